@@ -1,0 +1,19 @@
+# mixit: set-up, tests, benchmarks. Recipes for the paper's tables live in recipes/.
+PYTHON ?= python3
+
+.PHONY: install test bench help
+
+help:
+	@echo "make install   install ffmpeg, torch and mixit (editable) with test tools"
+	@echo "make test      run the test suite"
+	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
+
+install:
+	./scripts/install.sh
+
+test:
+	$(PYTHON) -m pytest -q tests
+
+bench:
+	$(PYTHON) bench/model.py
+	$(PYTHON) bench/mixit.py

@@ -1,0 +1,3 @@
+from mixitcli.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""Audio input and output shared by every stage: read, write, resample, probe.
+
+Arrays are float32 numpy arrays shaped (c, t): channels first, as the model wants them.
+soundfile (libsndfile >= 1.1) reads WAV, FLAC, OGG/Vorbis, Opus and MP3; anything else
+(m4a, mp4, stem files, ...) is decoded by ffmpeg when it is on PATH. soxr resamples.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 44100
+"""The model's sample rate (SPEC.md §2): everything is resampled to it."""
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".wma")
+
+FFMPEG_HINT = (
+    "ffmpeg and ffprobe must be on PATH for this (they decode compressed formats, and museval "
+    "imports stempeg, which refuses to load without them). On Debian/Ubuntu: "
+    "`sudo apt-get install -y ffmpeg`; on macOS: `brew install ffmpeg`."
+)
+
+
+class AudioError(Exception):
+    """A file could not be read or written as audio; the message names the file and why."""
+
+
+class MissingFFmpegError(AudioError):
+    """ffmpeg/ffprobe are needed but not on PATH."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds, without decoding it.
+
+    Attributes:
+        frames: length in samples per channel (may be an estimate for MP3 headers).
+        sample_rate: in Hz.
+        channels: number of audio channels.
+    """
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def have_ffmpeg() -> bool:
+    """True when both ffmpeg and ffprobe are on PATH."""
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def require_ffmpeg(what: str) -> None:
+    """Raise :class:`MissingFFmpegError` naming ``what`` needed ffmpeg, and how to install it."""
+    if not have_ffmpeg():
+        raise MissingFFmpegError(f"{what} needs ffmpeg. {FFMPEG_HINT}")
+
+
+def info(path: str | Path) -> AudioInfo:
+    """Probe a file. Raises AudioError when it is not readable audio."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        i = sf.info(str(path))
+        return AudioInfo(frames=int(i.frames), sample_rate=int(i.samplerate), channels=int(i.channels))
+    except Exception as sf_error:  # libsndfile cannot open it: try ffprobe
+        if not have_ffmpeg():
+            raise AudioError(f"{path}: cannot read as audio ({sf_error}); {FFMPEG_HINT}") from sf_error
+        return _ffprobe(path)
+
+
+def read(
+    path: str | Path,
+    *,
+    start: int = 0,
+    frames: int = -1,
+    sample_rate: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode audio to float32.
+
+    Args:
+        path: an audio file.
+        start: first sample to read, at the file's own rate.
+        frames: number of samples to read at the file's rate (-1: to the end).
+        sample_rate: resample to this rate in Hz (None: keep the file's rate).
+
+    Returns:
+        (audio, rate): audio (c, t) float32 and its sample rate in Hz.
+
+    Raises:
+        AudioError: the file is missing, empty or cannot be decoded.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            if start:
+                f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)  # (t, c)
+        audio = np.ascontiguousarray(data.T)
+    except Exception as sf_error:
+        if not have_ffmpeg():
+            raise AudioError(f"{path}: cannot decode ({sf_error}); {FFMPEG_HINT}") from sf_error
+        audio, rate = _ffmpeg_decode(path)
+        stop = None if frames < 0 else start + frames
+        audio = np.ascontiguousarray(audio[:, start:stop])
+    if sample_rate is not None and sample_rate != rate:
+        audio = resample(audio, rate, sample_rate)
+        rate = sample_rate
+    return audio, rate
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int, *, quality: str = "HQ") -> np.ndarray:
+    """Resample (c, t) audio with soxr (high quality by default). Returns float32 (c, t')."""
+    import soxr
+
+    if rate_in == rate_out:
+        return audio
+    out = soxr.resample(np.ascontiguousarray(audio.T), rate_in, rate_out, quality=quality)
+    return np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, audio.shape[0]).T)
+
+
+SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+
+
+def write(path: str | Path, audio: np.ndarray, sample_rate: int, *, bits: str = "24") -> None:
+    """Write (c, t) audio. The format follows the suffix: .wav, .flac, .mp3 (or .ogg).
+
+    ``bits`` is "16", "24" or "float" for WAV, "16" or "24" for FLAC, ignored for MP3/OGG.
+    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if audio.ndim != 2:
+        raise AudioError(f"{path}: expected audio shaped (channels, samples), got {audio.shape}")
+    suffix = path.suffix.lower()
+    if suffix == ".wav":
+        fmt, subtype = "WAV", SUBTYPES[bits]
+    elif suffix == ".flac":
+        fmt, subtype = "FLAC", SUBTYPES["16" if bits == "16" else "24"]
+    elif suffix == ".mp3":
+        fmt, subtype = "MP3", "MPEG_LAYER_III"
+    elif suffix == ".ogg":
+        fmt, subtype = "OGG", "VORBIS"
+    else:
+        raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav, .flac, .mp3 or .ogg)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    data = np.ascontiguousarray(audio.T)
+    if subtype != "FLOAT":
+        data = np.clip(data, -1.0, 1.0)
+    sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype)
+    tmp.replace(path)
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+        "stream=sample_rate,channels,duration", "-of", "default=noprint_wrappers=1", str(path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    fields = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    try:
+        rate = int(fields["sample_rate"])
+        channels = int(fields["channels"])
+        duration = float(fields.get("duration", "nan"))
+    except (KeyError, ValueError) as e:
+        raise AudioError(f"{path}: not an audio file ffprobe understands ({proc.stderr.strip()[:200]})") from e
+    frames = int(round(duration * rate)) if np.isfinite(duration) else 0
+    return AudioInfo(frames=frames, sample_rate=rate, channels=channels)
+
+
+def _ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:
+    probe = _ffprobe(path)
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0 or not proc.stdout:
+        raise AudioError(f"{path}: ffmpeg cannot decode it ({proc.stderr.decode(errors='replace').strip()[:200]})")
+    audio = np.frombuffer(proc.stdout, dtype=np.float32).reshape(-1, probe.channels).T
+    return np.ascontiguousarray(audio), probe.sample_rate
