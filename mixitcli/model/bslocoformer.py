@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mixitcli.model.attention import attention
 from mixitcli.model.config import ModelConfig, default_stems
 
 
@@ -63,8 +64,9 @@ class RMSGroupNorm(nn.Module):
 class ConvSwiGLU(nn.Module):
     """Macaron FFN of TF-Locoformer: Conv1d -> SwiGLU -> ConvTranspose1d along the sequence.
 
-    The sequence is zero-padded by (kernel - stride) on both sides and the transposed
-    convolution's output is cropped back to the input length.
+    The official model zero-pads the sequence by (kernel - stride) on both sides and crops
+    the transposed convolution's output back to the input length. With stride 1 the same
+    function is the convolutions' own padding (no padded copies, no cropping in backward).
     """
 
     def __init__(self, d_model: int, hidden: int, *, kernel_size: int, stride: int, dropout: float):
@@ -73,20 +75,24 @@ class ConvSwiGLU(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.pad = kernel_size - stride
-        self.conv = nn.Conv1d(d_model, 2 * hidden, kernel_size, stride=stride)
-        self.deconv = nn.ConvTranspose1d(hidden, d_model, kernel_size, stride=stride)
+        inner = self.pad if stride == 1 else 0
+        self.conv = nn.Conv1d(d_model, 2 * hidden, kernel_size, stride=stride, padding=inner)
+        self.deconv = nn.ConvTranspose1d(hidden, d_model, kernel_size, stride=stride, padding=inner)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, s, d) -> (N, s, d)."""
         s = x.shape[1]
-        padded = math.ceil((s + 2 * self.pad - self.kernel_size) / self.stride) * self.stride + self.kernel_size
-        y = F.pad(x.transpose(1, 2), (self.pad, padded - s - self.pad))  # (N, d, s + 2 pad)
+        y = x.transpose(1, 2)  # (N, d, s)
+        if self.stride != 1:  # the official explicit padding and crop
+            padded = math.ceil((s + 2 * self.pad - self.kernel_size) / self.stride) * self.stride + self.kernel_size
+            y = F.pad(y, (self.pad, padded - s - self.pad))
         y = self.conv(y)  # (N, 2 hidden, s')
-        y = y[:, : self.hidden] * F.silu(y[:, self.hidden :])  # first half * SiLU(second half)
-        y = self.deconv(self.dropout(y))  # (N, d, s'')
-        y = y[:, :, self.pad : self.pad + s].transpose(1, 2)  # (N, s, d)
-        return self.dropout(y)
+        value, gate = y.chunk(2, dim=1)
+        y = self.deconv(self.dropout(value * F.silu(gate)))  # SwiGLU, then (N, d, s'')
+        if self.stride != 1:
+            y = y[:, :, self.pad : self.pad + s]
+        return self.dropout(y.transpose(1, 2))  # (N, s, d)
 
 
 class SelfAttention(nn.Module):
@@ -105,7 +111,7 @@ class SelfAttention(nn.Module):
         n, s, _ = x.shape
         # (N, s, 3a) -> (N, s, 3, h, a/h) -> (3, N, h, s, a/h)
         q, k, v = self.qkv(x).view(n, s, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (N, h, s, a/h)
         y = y.transpose(1, 2).reshape(n, s, -1)  # (N, h, s, a/h) -> (N, s, a)
         return self.out_dropout(self.out(y))
 
