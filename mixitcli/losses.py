@@ -76,8 +76,8 @@ def finetune_loss(
     return loss.mean()
 
 
-def _gram(est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float64 inner products over time, accumulated chunk by chunk (bounded memory).
+def _gram(est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 inner products over time, chunk by chunk (bounded memory, cache-sized pieces).
 
     Args:
         est: (b, n, c, t); mix: (b, m, c, t).
@@ -87,10 +87,11 @@ def _gram(est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 1 << 15) -> tupl
     """
     b, n, c, t = est.shape
     m = mix.shape[1]
-    z = torch.cat((est, mix), dim=1)  # (b, n+m, c, t)
     gram = est.new_zeros((b, c, n + m, n + m), dtype=torch.float64)
     for start in range(0, t, chunk):
-        part = z[..., start : start + chunk].transpose(1, 2).double()  # (b, c, n+m, T)
+        stop = start + chunk
+        part = torch.cat((est[..., start:stop], mix[..., start:stop]), dim=1)  # (b, n+m, c, T)
+        part = part.transpose(1, 2).double()  # (b, c, n+m, T)
         gram += part @ part.transpose(-1, -2)
     return gram[..., :n, :n], gram[..., :n, n:], gram[..., n:, n:].diagonal(dim1=-2, dim2=-1)
 
