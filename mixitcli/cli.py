@@ -7,6 +7,7 @@ errors to clear messages and exit codes. Heavy imports happen inside the command
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -56,10 +57,6 @@ def _not_implemented(name: str) -> None:
 _PENDING = {
     "prepare-fma": "Scan FMA (or any folder of music), cut 10 s clips, write a manifest.",
     "prepare-musdb": "Validate MUSDB18-HQ, run source activity detection, write manifests.",
-    "pretrain": "Pre-train BS-Locoformer with MixIT (12 outputs) on prepared FMA data.",
-    "select-channels": "Pick 4 of the 12 MixIT outputs for vocals, drums, bass and other.",
-    "finetune": "Supervised fine-tuning on MUSDB18-HQ (from scratch or from pre-training).",
-    "freeze-finetune": "Fine-tuning with the separator frozen (encoder and decoder train).",
     "separate": "Separate songs into vocals, drums, bass and other.",
     "eval": "Score separations on MUSDB18-HQ (cSDR with museval, uSDR).",
 }
@@ -75,6 +72,181 @@ def _register_pending(name: str, summary: str) -> None:
 
 for _name, _summary in _PENDING.items():
     _register_pending(_name, _summary)
+
+
+# ----------------------------------------------------------------------------- training
+# Options shared by the three training commands. None means "not given": the recipe or the
+# stage's default applies (see mixitcli/train/config.py for every default).
+
+_DATA = typer.Option(None, "--data", help="Prepared data folder (prepare-fma output for pretrain, prepare-musdb output for fine-tuning).")
+_OUT = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).")
+_SIZE = typer.Option(None, "--size", help="Model preset: tiny, small, medium or large (default medium, or that of --init).")
+_CONFIG = typer.Option(None, "--config", help="YAML recipe (see recipes/); command-line options override it.")
+_RESUME = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped.")
+_MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: epochs x steps per epoch).")
+_BATCH = typer.Option(None, "--batch-size", help="Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).")
+_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation: micro-batches per step on each device.")
+_SEGMENT = typer.Option(None, "--segment-seconds", help="Length of the training crops in seconds (paper: 6).")
+_DEVICE = typer.Option(None, "--device", help="auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its LOCAL_RANK GPU.")
+_SEED = typer.Option(None, "--seed", help="Seed of the initial weights, the data order and dropout.")
+_EPOCHS = typer.Option(None, "--epochs", help="Number of epochs.")
+_SPE = typer.Option(None, "--steps-per-epoch", help="Optimizer steps per epoch (the schedule and validation count in epochs).")
+_LR = typer.Option(None, "--lr", help="Peak learning rate (paper: 1e-3 small/medium, 5e-4 large).")
+_WARMUP = typer.Option(None, "--warmup-steps", help="Linear warm-up steps.")
+_WORKERS = typer.Option(None, "--workers", help="DataLoader worker processes per device.")
+_BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off on CPU).")
+_CKPT = typer.Option(None, "--checkpointing/--no-checkpointing", help="Activation checkpointing: recompute block activations in the backward pass to save memory (default on).")
+_VALID_EVERY = typer.Option(None, "--valid-every", help="Validate (and rank checkpoints) every N epochs; the last step is always validated.")
+_KEEP_BEST = typer.Option(None, "--keep-best", help="How many best checkpoints (by validation loss) to keep.")
+_LOG_EVERY = typer.Option(None, "--log-every", help="Log metrics every N steps.")
+_SAVE_EVERY = typer.Option(None, "--save-every", help="Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).")
+_INIT = typer.Option(None, "--init", help="Start from these weights: a mixit checkpoint or run folder (averaged best), or an official model folder.")
+_SELECTION = typer.Option(None, "--selection", help="select-channels JSON that picks the 4 stems among the 12 outputs of --init.")
+
+
+def _train(stage: str, options: dict) -> None:
+    """Build the stage's configuration (defaults < --config < options) and run it."""
+    from mixitcli.train import ConfigError, TrainingError, build_config, resume_config, train
+    from mixitcli.train.checkpoint import CheckpointError
+
+    recipe, resume = options.pop("config"), options.pop("resume")
+    renames = {"valid_every": "valid_every_epochs", "checkpointing": "activation_checkpointing", "save_every": "save_every_steps"}
+    overrides = {renames.get(k, k): (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    try:
+        if resume:
+            import yaml
+
+            saved = Path(overrides["out"]) / "config.yaml"
+            if not saved.is_file():
+                fail(f"--resume: {saved} does not exist; is {overrides['out']} a run folder?")
+            config = resume_config(yaml.safe_load(saved.read_text()), overrides)
+        else:
+            config = build_config(stage, recipe=recipe, overrides=overrides)
+        train(config, resume=resume, console=console)
+    except (ConfigError, TrainingError, CheckpointError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+@app.command("pretrain")
+def pretrain(
+    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
+    mixit_solver: Optional[str] = typer.Option(None, "--mixit-solver", help="efficient (least squares + argmax, the paper's) or exact (all 4096 assignments)."),
+    valid_size: Optional[int] = typer.Option(None, "--valid-size", help="Held-out mixtures of mixtures per validation."),
+    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
+    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
+    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
+    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
+    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
+    save_every: Optional[int] = _SAVE_EVERY,
+) -> None:
+    """Pre-train BS-Locoformer with MixIT (12 outputs) on a prepare-fma folder."""
+    _train("pretrain", dict(locals()))
+
+
+@app.command("finetune")
+def finetune(
+    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
+    init: Optional[Path] = _INIT, selection: Optional[Path] = _SELECTION,
+    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
+    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
+    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
+    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
+    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
+    save_every: Optional[int] = _SAVE_EVERY,
+) -> None:
+    """Supervised fine-tuning on a prepare-musdb folder: 4 outputs (bass, drums, vocals, other),
+    from scratch, or from pre-training (--init with --selection)."""
+    _train("finetune", dict(locals()))
+
+
+@app.command("freeze-finetune")
+def freeze_finetune(
+    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
+    init: Optional[Path] = _INIT, selection: Optional[Path] = _SELECTION,
+    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
+    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
+    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
+    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
+    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
+    save_every: Optional[int] = _SAVE_EVERY,
+) -> None:
+    """Fine-tuning with the separator frozen: only the band-split encoder and the mask decoder
+    train (200 epochs by default). Paper Table 2."""
+    _train("freeze-finetune", dict(locals()))
+
+
+@app.command("select-channels")
+def select_channels(
+    checkpoint: Path = typer.Argument(..., help="Pre-trained 12-output model: checkpoint, run folder (averaged best) or official folder."),
+    musdb: Path = typer.Option(..., "--musdb", help="prepare-musdb output folder (its validation songs are used)."),
+    out: Path = typer.Option(..., "--out", help="Selection JSON to write; a heatmap PNG is written beside it."),
+    chunk_seconds: float = typer.Option(6.0, "--chunk-seconds", help="Chunk length in seconds (paper: 6)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Chunks separated together."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+) -> None:
+    """Pick, for each of bass, drums, vocals and other, the MixIT output that matches it most
+    often on the MUSDB validation songs (SPEC.md §6)."""
+    from mixitcli.model import ModelLoadError, load_model
+    from mixitcli.selection import SelectionError, plot_counts, select_channels as run
+    from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.train.loop import resolve_device
+
+    try:
+        from mixitcli.data.samplers import MusdbValidation
+
+        model = load_model(checkpoint)
+        songs = MusdbValidation(musdb, subset="valid")
+        with console.status("separating validation chunks") as status:
+            selection = run(model, songs, chunk_seconds=chunk_seconds, batch_size=batch_size, device=resolve_device(device),
+                            progress=lambda name: status.update(f"done: {name}"))
+    except (ModelLoadError, CheckpointError, SelectionError) as e:
+        fail(str(e))
+    selection.checkpoint = str(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(selection.to_json())
+    plot_counts(selection, out.with_suffix(".png"))
+    for note in selection.conflicts:
+        console.print(f"[yellow]warning:[/] {note}")
+    console.print(f"selected {dict(zip(selection.stems, selection.selected))} from {selection.chunks} chunks -> {out}")
+
+
+@app.command("average")
+def average(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (a mixit checkpoint that every command loads)."),
+    best: Optional[int] = typer.Option(None, "--best", help="Average only the best N kept checkpoints (default: all kept, up to 5)."),
+) -> None:
+    """Average the weights of a run's best checkpoints (the paper evaluates this average)."""
+    from mixitcli.model import model_to_dict
+    from mixitcli.train.checkpoint import CheckpointError, atomic_save, average_run, best_checkpoints
+
+    try:
+        paths = best_checkpoints(run)[:best] if best else best_checkpoints(run)
+        model = average_run(run, best=best)
+    except CheckpointError as e:
+        fail(str(e))
+    atomic_save(model_to_dict(model), out)
+    console.print(f"averaged {len(paths)} checkpoint(s): {', '.join(p.name for p in paths)} -> {out}")
+
+
+@app.command("plot")
+def plot(
+    run: Path = typer.Argument(..., help="Run folder (reads metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN/curves.png)."),
+) -> None:
+    """Draw training and validation loss and the learning rate against steps."""
+    from mixitcli.train.plot import PlotError, plot_run
+
+    try:
+        path = plot_run(run, out)
+    except PlotError as e:
+        fail(str(e))
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -300,6 +300,13 @@ class BSLocoformer(nn.Module):
             scale = power.clamp_min(1e-15).mean(dim=(2, 3), keepdim=True).sqrt()  # (b, c, 1, 1)
         return spec[..., : t // cfg.hop_length], scale
 
+    def input_scale(self, wav: torch.Tensor) -> torch.Tensor:
+        """(b, c, t) -> (b, c, 1): the per-channel STFT RMS that :meth:`analyse` divides by.
+
+        Training divides mixtures and references by it first, as the official recipe does.
+        """
+        return self.analyse(wav)[1].squeeze(-1)
+
     def synthesise(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """Inverse STFT: complex (b, n, c, f, l) -> (b, n, c, length)."""
         b, n, c, f, l = spec.shape

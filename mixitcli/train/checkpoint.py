@@ -1,0 +1,206 @@
+"""Run folders and checkpoints: atomic writes, ``last`` plus the best k, weight averaging.
+
+A run folder::
+
+    RUN/config.yaml            the resolved configuration
+    RUN/metrics.jsonl          one JSON object per logged step or validation
+    RUN/checkpoints/last.pt    everything needed to continue exactly
+    RUN/checkpoints/best-epochEEEE-stepSSSSSSS.pt   the best k by validation loss (no optimizer)
+    RUN/checkpoints/best.json  [{"path", "epoch", "step", "valid_loss"}, ...], best first
+
+A checkpoint is a dict of plain types and tensors (``torch.load(..., weights_only=True)``
+reads it without executing code): ``model`` (config, stem names, weights), ``optimizer``,
+``scheduler``, ``step``, ``epoch``, ``epoch_step``, ``rng``, ``config``, ``best``,
+``counters``, ``version``, ``git_commit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixitcli import __version__
+from mixitcli.model import BSLocoformer, ModelLoadError, model_from_dict
+
+FORMAT = "mixit-train"
+
+
+class CheckpointError(Exception):
+    """A checkpoint or run folder is missing, unreadable or not ours."""
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> dict:
+    """Read a training checkpoint (never executes code from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mixit training checkpoint")
+    return ckpt
+
+
+def git_commit() -> str | None:
+    """The source tree's commit, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state() -> dict:
+    """Every random generator the training process uses, as plain types and tensors."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": [int(x) for x in np.random.get_state()[1]] + [int(np.random.get_state()[2])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    *internal, version, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    *keys, pos = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Writes ``last.pt`` and keeps the ``keep_best`` checkpoints with the lowest validation loss."""
+
+    def __init__(self, run: Path, keep_best: int, best: list[dict] | None = None):
+        self.dir = Path(run) / "checkpoints"
+        self.keep_best = keep_best
+        self.best: list[dict] = list(best or [])
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    def save(self, state: dict, *, valid_loss: float | None = None) -> Path | None:
+        """Save ``state`` as last; also as a best one when ``valid_loss`` ranks in the best k.
+
+        Returns the best-checkpoint path written, if any.
+        """
+        written = None
+        finite = valid_loss is not None and np.isfinite(valid_loss)
+        if finite and (len(self.best) < self.keep_best or valid_loss < self.best[-1]["valid_loss"]):
+            name = f"best-epoch{state['epoch']:04d}-step{state['step']:07d}.pt"
+            entry = {"path": name, "epoch": state["epoch"], "step": state["step"], "valid_loss": float(valid_loss)}
+            ranked = sorted(self.best + [entry], key=lambda e: e["valid_loss"])  # best first
+            self.best, evicted = ranked[: self.keep_best], ranked[self.keep_best :]
+            written = self.dir / name
+            atomic_save(dict(state, best=self.best, optimizer=None, scheduler=None), written)  # weights only: for averaging
+            atomic_write_text(self.dir / "best.json", json.dumps(self.best, indent=2))
+            for old in evicted:
+                (self.dir / old["path"]).unlink(missing_ok=True)
+        atomic_save(dict(state, best=self.best), self.last)
+        return written
+
+
+def training_state(
+    *,
+    model: BSLocoformer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    step: int,
+    epoch: int,
+    epoch_step: int,
+    config: dict,
+    counters: dict,
+) -> dict:
+    from mixitcli.model import model_to_dict
+
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "git_commit": git_commit(),
+        "model": model_to_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "epoch_step": epoch_step,
+        "rng": rng_state(),
+        "config": config,
+        "counters": dict(counters),
+    }
+
+
+def best_checkpoints(run: str | Path) -> list[Path]:
+    """The run's best checkpoints (best first), or ``[last.pt]`` when none was validated."""
+    ckpt_dir = Path(run) / "checkpoints"
+    index = ckpt_dir / "best.json"
+    if index.is_file():
+        paths = [ckpt_dir / e["path"] for e in json.loads(index.read_text())]
+        paths = [p for p in paths if p.is_file()]
+        if paths:
+            return paths
+    if (ckpt_dir / "last.pt").is_file():
+        return [ckpt_dir / "last.pt"]
+    raise CheckpointError(f"{run}: not a mixit run folder (no checkpoints/last.pt or best.json)")
+
+
+@torch.no_grad()
+def average_checkpoints(paths: list[Path], *, map_location: str = "cpu") -> BSLocoformer:
+    """A model whose weights are the mean of the checkpoints' (the paper evaluates this)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total, reference = None, None
+    for path in paths:
+        model_dict = load_checkpoint(path, map_location=map_location)["model"]
+        if reference is None:
+            reference = model_dict
+            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in model_dict["state_dict"].items()}
+            continue
+        if model_dict["model_config"] != reference["model_config"]:
+            raise CheckpointError(f"{path}: a different architecture from {paths[0]}; cannot average")
+        for k, v in model_dict["state_dict"].items():
+            if v.is_floating_point():
+                total[k] += v.double()
+    averaged = {k: (v / len(paths)).to(reference["state_dict"][k].dtype) if v.is_floating_point() else v for k, v in total.items()}
+    try:
+        return model_from_dict(dict(reference, state_dict=averaged))
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def average_run(run: str | Path, *, best: int | None = None, map_location: str = "cpu") -> BSLocoformer:
+    """The average of a run's best ``best`` checkpoints (all kept ones by default)."""
+    paths = best_checkpoints(run)
+    return average_checkpoints(paths[:best] if best else paths, map_location=map_location)

@@ -1,0 +1,476 @@
+"""The one training loop behind `mixit pretrain`, `finetune` and `freeze-finetune`.
+
+What differs between the stages is configuration (:mod:`mixitcli.train.config`): the loss
+(MixIT or supervised), the data (mixtures of mixtures or dynamic mixing), where the weights
+start and what is trainable, and the schedule. Read top to bottom: set-up (devices, model,
+data, optimizer, resume), then :func:`train`'s loop, which calls :func:`train_step` and
+:func:`validate`, logs, and checkpoints.
+
+Devices: CPU, one CUDA GPU, or several processes under ``torchrun`` (DDP; NCCL on GPUs, gloo
+on CPUs). bf16 autocast on CUDA by default; the model keeps the STFT, norms and masks in
+float32 and the losses cast to float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from mixitcli.losses import finetune_loss, mixit_loss
+from mixitcli.model import STEMS, BSLocoformer, build_model, load_model, slice_outputs
+from mixitcli.model.config import PRESETS
+from mixitcli.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    training_state,
+)
+from mixitcli.train.config import ConfigError, TrainConfig
+from mixitcli.train.schedule import make_scheduler
+
+
+class TrainingError(Exception):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its rank among ``world`` processes and its device."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> this rank's GPU, else Apple MPS, else CPU; "cuda" -> this rank's GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup_runtime(device_name: str) -> Runtime:
+    """Read torchrun's environment and start the process group when there are several ranks."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def _preset_of(model: BSLocoformer) -> str:
+    for name, cfg in PRESETS.items():
+        if cfg.replace(n_outputs=model.config.n_outputs, dropout=model.config.dropout) == model.config:
+            return name
+    return "custom"
+
+
+def prepare_model(config: TrainConfig) -> tuple[BSLocoformer, str]:
+    """The model the run starts from, and a line saying where its weights come from.
+
+    From scratch: the preset with ``n_outputs`` outputs. From ``init``: a mixit checkpoint,
+    run folder (average of its best checkpoints) or official folder; a 12-output model is
+    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other).
+    """
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    if config.init is None:
+        model = build_model(config.size or "medium", n_outputs=config.n_outputs, dropout=config.dropout)
+        origin = f"random initialisation ({config.size or 'medium'}, {config.n_outputs} outputs)"
+    else:
+        from mixitcli.model import ModelLoadError
+
+        try:
+            model = load_model(config.init)
+        except (ModelLoadError, CheckpointError) as e:
+            raise TrainingError(f"--init: {e}") from e
+        origin = f"{config.init} ({model.config.n_outputs} outputs)"
+        if config.size is not None and _preset_of(model) != config.size:
+            raise TrainingError(f"--size {config.size} but --init {config.init} is a {_preset_of(model)} model; drop --size or change it")
+        if model.config.n_outputs != config.n_outputs:
+            if config.selection is None:
+                raise TrainingError(
+                    f"--init has {model.config.n_outputs} outputs and this stage needs {config.n_outputs}: "
+                    "pass --selection (from `mixit select-channels`) to choose them"
+                )
+            from mixitcli.selection import read_selection
+
+            keep = read_selection(config.selection, n_outputs=model.config.n_outputs)
+            model = slice_outputs(model, keep, stems=STEMS)
+            origin += f", outputs {keep} selected by {config.selection}"
+        if model.config.dropout != config.dropout:
+            rebuilt = BSLocoformer(model.config.replace(dropout=config.dropout), stems=model.stems)
+            rebuilt.load_state_dict(model.state_dict())
+            model = rebuilt
+        model.train().requires_grad_(True)
+    if config.loss == "supervised" and model.stems != STEMS:
+        raise TrainingError(f"fine-tuning needs outputs {STEMS}, the model has {model.stems}")
+    if config.trainable == "encdec":
+        model.separator.requires_grad_(False)
+    model.set_activation_checkpointing(config.activation_checkpointing)
+    return model, origin
+
+
+def make_datasets(config: TrainConfig, stems: tuple[str, ...]):
+    """(train, valid) datasets of the stage."""
+    from mixitcli.data.samplers import DynamicMixing, MixtureOfMixtures, MusdbValidation
+
+    epoch_size = config.steps_per_epoch * config.batch_size
+    if config.loss == "mixit":
+        train = MixtureOfMixtures(
+            config.data, split="train", segment_seconds=config.segment_seconds, seed=config.seed,
+            level_range_db=config.level_range_db, epoch_size=epoch_size,
+        )
+        valid = MixtureOfMixtures.validation(config.data, segment_seconds=config.segment_seconds, seed=config.seed + 1, size=config.valid_size)
+    else:
+        train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems, epoch_size=epoch_size)
+        valid = MusdbValidation(config.data, subset="valid", stems=stems)
+    return train, valid
+
+
+def micro_batch(config: TrainConfig, world: int) -> int:
+    """Examples per forward pass on each device; the global batch must divide evenly."""
+    if config.batch_size % (world * config.grad_accum):
+        raise ConfigError(
+            f"batch size {config.batch_size} does not split over {world} device(s) x {config.grad_accum} "
+            f"accumulation step(s); use a multiple of {world * config.grad_accum}"
+        )
+    return config.batch_size // (world * config.grad_accum)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def compute_loss(model, core: BSLocoformer, batch: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Loss of one micro-batch. ``batch``: (b, m, c, t) mixtures for MixIT (the input is their
+    sum) or (b, n, c, t) stems for supervised training (the input is their sum). Input and
+    references are first divided by the input's per-channel STFT RMS, as the official recipe."""
+    mixture = batch.sum(1)  # (b, c, t)
+    scale = core.input_scale(mixture)  # (b, c, 1)
+    mixture, refs = mixture / scale, batch / scale.unsqueeze(1)
+    with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)):
+        est = model(mixture)  # (b, n, c, t)
+    if config.loss == "mixit":
+        return mixit_loss(est, refs, solver=config.mixit_solver)[0]
+    return finetune_loss(est, refs)
+
+
+def train_step(model, core, batches, optimizer, scheduler, config: TrainConfig, rt: Runtime) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches. Non-finite loss or gradients
+    (on any rank) skip the update; the learning-rate schedule follows the step count."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=rt.device)
+    for i in range(config.grad_accum):
+        batch = next(batches).to(rt.device, non_blocking=True)
+        sync = model.no_sync() if rt.distributed and i < config.grad_accum - 1 else contextlib.nullcontext()
+        with sync:
+            loss = compute_loss(model, core, batch, config)
+            (loss / config.grad_accum).backward()
+        loss_sum += loss.detach()
+    params = [p for p in core.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+    finite = torch.isfinite(loss_sum) & torch.isfinite(norm)
+    if rt.distributed:
+        flag = finite.float()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = flag > 0
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return {"loss/train": loss_sum / config.grad_accum, "grad/norm": norm.detach(), "lr": lr, "finite": bool(finite)}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro: int) -> dict:
+    """Pre-training: MixIT loss on held-out mixtures of mixtures. Fine-tuning: the loss and uSDR
+    on whole validation songs, separated in 12 s chunks with a 6 s hop. Items are split
+    across ranks and the sums reduced, so every rank gets the same numbers."""
+    core.eval()
+    sums = torch.zeros(2 + len(core.stems), dtype=torch.float64)  # loss, count, per-stem uSDR
+    mine = list(range(rt.rank, len(valid), rt.world))
+    if config.loss == "mixit":
+        for start in range(0, len(mine), micro):
+            batch = torch.stack([valid[i] for i in mine[start : start + micro]]).to(rt.device)
+            sums[0] += compute_loss(core, core, batch, config).item() * len(batch)
+            sums[1] += len(batch)
+    else:
+        from mixitcli.evaluate import usdr
+        from mixitcli.separate import separate_array
+
+        for i in mine:
+            _, mixture, stems = valid[i]  # (c, t), (n, c, t)
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)):
+                est = separate_array(core, mixture, device=rt.device).float().cpu()  # (n, c, t)
+            sums[0] += finetune_loss(est[None], stems[None]).item()
+            sums[1] += 1
+            sums[2:] += torch.tensor([usdr(stems[j], est[j]) for j in range(len(core.stems))], dtype=torch.float64)
+    if rt.distributed:
+        sums = sums.to(rt.device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    count = max(sums[1].item(), 1.0)
+    out = {"loss/valid": sums[0].item() / count}
+    if config.loss != "mixit":
+        per_stem = sums[2:] / count
+        out["usdr/valid"] = per_stem.mean().item()
+        out.update({f"usdr/valid/{s}": v.item() for s, v in zip(core.stems, per_stem)})
+    return out
+
+
+def check_sync(core: BSLocoformer, rt: Runtime) -> float:
+    """Largest difference between ranks of the sum of all weights (0.0 when in sync)."""
+    total = torch.stack([p.detach().double().sum() for p in core.parameters()]).sum().view(1)
+    gathered = [torch.zeros_like(total) for _ in range(rt.world)]
+    dist.all_gather(gathered, total.to(rt.device) if rt.device.type == "cuda" else total)
+    values = torch.cat(gathered)
+    return float(values.max() - values.min())
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """JSON lines in RUN/metrics.jsonl, and TensorBoard events when tensorboard is installed."""
+
+    def __init__(self, run: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _progress(console, total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:>8.3f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:6.1f} ex/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+    task = progress.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, speed=0.0)
+    return progress, task
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
+    """Run (or continue) a training stage; returns a summary of the run.
+
+    Raises:
+        TrainingError: the run folder, data or initial weights are unusable, or training
+            diverged (too many non-finite steps in a row; the last good checkpoint is kept).
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    rt = setup_runtime(config.device)
+    run = Path(config.out)
+    manager_dir = run / "checkpoints"
+    if not resume and (manager_dir / "last.pt").exists():
+        raise TrainingError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+    if config.bf16 is None:
+        config = config.replace(bf16=rt.device.type == "cuda")
+    micro = micro_batch(config, rt.world)
+
+    model, origin = prepare_model(config)
+    core = model.to(rt.device)
+    ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
+    if ckpt is not None:
+        core.load_state_dict(ckpt["model"]["state_dict"])
+    train_set, valid_set = make_datasets(config, core.stems)
+    trainable = [p for p in core.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config)
+    step, epoch, epoch_step = 0, 0, 0
+    counters = {"skipped_steps": 0, "bad_in_a_row": 0}
+    best = []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, epoch, epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
+        counters.update(ckpt["counters"])
+        best = ckpt.get("best", [])
+        rng = ckpt["rng"]
+        set_rng_state(rng[rt.rank] if isinstance(rng, list) else rng)
+    else:
+        torch.manual_seed(config.seed * 1009 + rt.rank)  # dropout differs between ranks
+    model = DistributedDataParallel(core, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.distributed else core
+
+    manager = CheckpointManager(run, config.keep_best, best)
+    log = MetricsLog(run, enabled=rt.main)
+    if rt.main:
+        run.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        console.print(
+            f"[bold]{config.stage}[/] -> {run}  |  weights: {origin}  |  device {rt.device} x {rt.world}"
+            f"{'  bf16' if config.bf16 else ''}\n"
+            f"global batch {config.batch_size} = {micro} per forward x {config.grad_accum} accumulation x {rt.world} device(s); "
+            f"{config.total_steps} steps ({config.steps_per_epoch} per epoch)"
+            + (f"; resuming at step {step}" if resume else "")
+        )
+
+    def state() -> dict:
+        rngs = None
+        if rt.distributed:
+            rngs = [None] * rt.world
+            dist.all_gather_object(rngs, rng_state())
+        return training_state(
+            model=core, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch, epoch_step=epoch_step,
+            config=config.to_dict(), counters=counters,
+        ) | ({"rng": rngs} if rngs is not None else {})
+
+    def save(valid_loss: float | None = None) -> None:
+        s = state()  # collective under DDP: every rank takes part
+        if rt.main:
+            manager.save(s, valid_loss=valid_loss)
+
+    from mixitcli.data.samplers import IndexSampler
+
+    per_rank = micro * config.grad_accum
+    sampler = IndexSampler(len(train_set), seed=config.seed, epoch=epoch, rank=rt.rank, world_size=rt.world)
+    total = config.total_steps
+    progress, task = _progress(console, total, step) if rt.main else (None, None)
+    started, last_log = time.time(), (time.time(), step)
+    summary = {"stage": config.stage, "run": str(run), "start_step": step}
+    try:
+        with progress or contextlib.nullcontext():
+            while step < total:
+                sampler.set_epoch(epoch, start=epoch_step * per_rank)
+                loader = DataLoader(
+                    train_set, batch_size=micro, sampler=sampler, num_workers=config.workers, drop_last=True,
+                    generator=torch.Generator().manual_seed(config.seed + epoch),  # keeps the global RNG untouched
+                    pin_memory=rt.device.type == "cuda", persistent_workers=False,
+                )
+                batches = iter(loader)
+                while epoch_step < config.steps_per_epoch and step < total:
+                    stats = train_step(model, core, batches, optimizer, scheduler, config, rt)
+                    step, epoch_step = step + 1, epoch_step + 1
+                    if stats["finite"]:
+                        counters["bad_in_a_row"] = 0
+                    else:
+                        counters["skipped_steps"] += 1
+                        counters["bad_in_a_row"] += 1
+                        if counters["bad_in_a_row"] >= config.max_bad_steps:
+                            raise TrainingError(
+                                f"{counters['bad_in_a_row']} steps in a row had a non-finite loss or gradient (step {step}); "
+                                f"stopped. The last good checkpoint is {manager.last}; lower --lr or check the data"
+                            )
+                    if step % config.log_every == 0 or step == total:
+                        now = time.time()
+                        speed = (step - last_log[1]) * config.batch_size / max(now - last_log[0], 1e-9)
+                        last_log = (now, step)
+                        loss = stats["loss/train"]
+                        if rt.distributed:
+                            loss = loss.clone()
+                            dist.all_reduce(loss)
+                            loss /= rt.world
+                        record = {"step": step, "epoch": epoch, "time": round(now - started, 2), "loss/train": loss,
+                                  "lr": stats["lr"], "grad/norm": stats["grad/norm"], "examples_per_s": round(speed, 2),
+                                  "skipped_steps": counters["skipped_steps"]}
+                        if rt.distributed and config.check_sync_every and step % config.check_sync_every == 0:
+                            spread = check_sync(core, rt)
+                            record["dist/param_spread"] = spread
+                            if spread != 0.0:
+                                raise TrainingError(f"ranks out of sync at step {step} (weight sums differ by {spread})")
+                        log.write(record)
+                        if progress:
+                            progress.update(task, completed=step, loss=float(loss), lr=stats["lr"], speed=speed)
+                    elif progress:
+                        progress.update(task, completed=step)
+                    if config.save_every_steps and step % config.save_every_steps == 0 and epoch_step < config.steps_per_epoch:
+                        save()  # within long epochs; step-based, so every rank agrees
+                finished_epoch = epoch_step == config.steps_per_epoch
+                if finished_epoch:
+                    epoch, epoch_step = epoch + 1, 0
+                if (finished_epoch and epoch % config.valid_every_epochs == 0) or step >= total:
+                    metrics = validate(core, valid_set, config, rt, micro)
+                    log.write({"step": step, "epoch": epoch, **metrics})
+                    if rt.main:
+                        shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
+                        (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
+                    save(metrics["loss/valid"])
+                    summary.update(metrics)
+                else:
+                    save()
+    except KeyboardInterrupt:
+        if not rt.distributed:  # under DDP the other ranks may be inside a collective
+            save()
+        if rt.main:
+            console.print(f"[yellow]interrupted at step {step}; continue with --resume from {manager.last}")
+        raise
+    finally:
+        log.close()
+    summary.update(step=step, epoch=epoch, skipped_steps=counters["skipped_steps"], best=manager.best)
+    if rt.main:
+        console.print(f"done: {step} steps; best checkpoints in {manager.dir}")
+    return summary
+
