@@ -1,0 +1,522 @@
+"""`mixit prepare-fma`: FMA (or any folder of music) -> 10 s clips for MixIT pre-training.
+
+Pipeline (SPEC.md §2.1, issue #3):
+
+1. :func:`locate_fma` / :func:`locate_audio_dir` find the audio and, for FMA, the metadata;
+   :func:`scan` lists the files (sorted, so every machine sees the same list).
+2. :func:`prepare_fma` runs :func:`mixitcli.data.clips.process_file` on this shard's files in
+   worker processes, journaling each finished file (kept clips or rejection) in
+   ``DIR/shards/<I>-of-<N>/journal.jsonl``. Re-running the same command resumes: journaled
+   files are skipped, never decoded again; a file that was mid-decode when the run was
+   killed is decoded from scratch (its partial store file is never renamed into place).
+3. :func:`merge_shards` turns the shard journals into ``manifest.jsonl``, ``rejected.jsonl``,
+   ``summary.json`` and ``index.npz`` (formats in :mod:`mixitcli.data.manifest`). A plain run
+   (shard 0/1) merges by itself at the end. With ``--shard I/N`` on N machines writing to
+   one shared DIR, the last shard to finish merges; on separate disks, copy every
+   ``DIR/shards/*`` folder into one DIR and run ``mixit prepare-fma --merge --out DIR``.
+
+Shard membership is a hash of the file's path relative to the audio root, and the
+train/valid split is a hash of the track key, so both are deterministic and independent of
+the number of shards or workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixitcli.audio import AUDIO_EXTENSIONS
+from mixitcli.data import manifest as mf
+from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, ClipRules, process_file
+from mixitcli.data.errors import DataError, LayoutError, MetadataError, PrepareError
+from mixitcli.data.parallel import Task, run_parallel, wait_for_orphans
+
+SUBSETS = ("small", "medium", "large", "full")
+"""FMA subsets, nested: small ⊂ medium ⊂ large ⊂ full."""
+
+DEFAULT_VALID_FRACTION = 0.01
+"""Share of tracks held out for pre-training validation: about 400 clips of FMA small,
+a few thousand of FMA large (SPEC.md §2.1 "a few hundred clips, disjoint tracks")."""
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Where the audio is and how to read its track list.
+
+    Attributes:
+        kind: "fma" (FMA layout, track key = 6-digit id) or "dir" (any tree of audio files,
+            track key = path relative to ``audio_root`` without its suffix).
+        audio_root: the folder that is scanned.
+        subset: the FMA subset (None for "dir").
+        metadata: FMA ``tracks.csv``; None: every audio file under ``audio_root`` is used.
+    """
+
+    kind: str
+    audio_root: Path
+    subset: str | None = None
+    metadata: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "audio_root": str(self.audio_root),
+            "subset": self.subset,
+            "metadata": str(self.metadata) if self.metadata else None,
+        }
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path  # absolute
+    rel: str  # relative to the audio root, posix
+    track: str
+    size: int  # bytes
+
+
+@dataclass
+class Scan:
+    """The files to process and what the scan skipped (counts are over the whole tree)."""
+
+    source: AudioSource
+    files: list[SourceFile]
+    not_in_subset: int = 0
+    other_files: int = 0
+    metadata_tracks_without_file: int = 0
+
+    def stats(self) -> dict:
+        return {
+            "audio_files": len(self.files),
+            "not_in_subset": self.not_in_subset,
+            "other_files": self.other_files,
+            "metadata_tracks_without_file": self.metadata_tracks_without_file,
+        }
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Options of one `mixit prepare-fma` run.
+
+    Attributes:
+        out: the prepared folder DIR.
+        rules: how files become clips (changing them needs a new DIR).
+        workers: worker processes (0: in this process).
+        shard: (I, N), 0 <= I < N: this run does the files whose path hashes to I.
+        valid_fraction: share of tracks in the validation split (applied at merge).
+        progress: show a progress bar.
+    """
+
+    out: Path
+    rules: ClipRules = field(default_factory=ClipRules)
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise DataError(f"--shard {i}/{n}: the index is 0-based, so use 0/{n} ... {n - 1}/{n}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise DataError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N); raises DataError for anything else."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise DataError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+# --- finding and listing the audio ------------------------------------------------------
+
+
+def locate_fma(root: str | Path, subset: str, metadata: str | Path | None = None) -> AudioSource:
+    """Find ``fma_<subset>/`` (or a larger subset's folder) and ``tracks.csv``.
+
+    Args:
+        root: the folder that holds ``fma_<subset>/``, or that folder itself.
+        subset: small, medium, large or full.
+        metadata: a folder holding ``tracks.csv`` or the file itself; default: look for
+            ``fma_metadata/tracks.csv`` beside the audio folder.
+
+    Raises:
+        LayoutError: ROOT is missing or holds no FMA audio folder.
+        MetadataError: an unknown subset, a --metadata that does not exist, or a larger
+            subset's folder that cannot be filtered without metadata.
+    """
+    root = Path(root).expanduser().resolve()
+    if subset not in SUBSETS:
+        raise MetadataError(f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}")
+    if not root.is_dir():
+        raise LayoutError(f"{root}: no such folder")
+    audio_root = next(
+        (root / f"fma_{s}" for s in SUBSETS[SUBSETS.index(subset) :] if (root / f"fma_{s}").is_dir()), None
+    )
+    if audio_root is None:
+        numbered = any(p.is_dir() and re.fullmatch(r"\d{3}", p.name) for p in root.iterdir())
+        if not (root.name.startswith("fma_") or numbered):
+            raise LayoutError(
+                f"{root} holds no fma_{subset}/ folder (nor a larger subset's), and is not an FMA "
+                "audio folder itself (no 3-digit subfolders). Pass the folder that holds "
+                f"fma_{subset}/, or use --audio-dir for any folder of audio files."
+            )
+        audio_root = root
+    if metadata is not None:
+        given = Path(metadata).expanduser().resolve()
+        csv_path = given / "tracks.csv" if given.is_dir() else given
+        if not csv_path.is_file():
+            raise MetadataError(f"--metadata {given}: no tracks.csv there")
+    else:
+        candidates = [root / "fma_metadata" / "tracks.csv", audio_root.parent / "fma_metadata" / "tracks.csv"]
+        csv_path = next((c for c in candidates if c.is_file()), None)
+    folder_subset = audio_root.name[4:] if audio_root.name.startswith("fma_") else None
+    if csv_path is None and folder_subset in SUBSETS and folder_subset != subset:
+        raise MetadataError(
+            f"found {audio_root.name}/ but not fma_{subset}/: choosing the {subset} tracks out of it "
+            "needs fma_metadata/tracks.csv (pass --metadata DIR)"
+        )
+    return AudioSource(kind="fma", audio_root=audio_root, subset=subset, metadata=csv_path)
+
+
+def locate_audio_dir(folder: str | Path) -> AudioSource:
+    """Any folder tree of audio files. Raises LayoutError when it does not exist."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise LayoutError(f"{folder}: no such folder")
+    return AudioSource(kind="dir", audio_root=folder)
+
+
+def read_subset_ids(tracks_csv: Path, subset: str) -> set[int]:
+    """Track ids of ``subset`` from FMA's tracks.csv (two header rows; column set/subset).
+
+    Raises:
+        MetadataError: unreadable file, no set/subset column, or a subset it does not list.
+    """
+    wanted = None if subset == "full" else set(SUBSETS[: SUBSETS.index(subset) + 1])
+    csv.field_size_limit(2**31 - 1)  # artist bios are long
+    ids, values = set(), Counter()
+    try:
+        with open(tracks_csv, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            top, sub = next(reader, None), next(reader, None)
+            if top is None or sub is None:
+                raise MetadataError(f"{tracks_csv}: expected two header rows")
+            col = next((j for j, (a, b) in enumerate(zip(top, sub)) if (a, b) == ("set", "subset")), None)
+            if col is None:
+                raise MetadataError(f"{tracks_csv}: no 'set' / 'subset' column in the two header rows")
+            for row in reader:
+                if not row or not row[0].strip().isdigit():
+                    continue  # the "track_id" index-name row, blank lines
+                value = row[col].strip() if col < len(row) else ""
+                values[value] += 1
+                if wanted is None or value in wanted:
+                    ids.add(int(row[0]))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MetadataError(f"{tracks_csv}: cannot read it ({e})") from e
+    if subset != "full" and values[subset] == 0:
+        known = ", ".join(sorted(v for v in values if v)) or "nothing"
+        raise MetadataError(f"{tracks_csv} does not know the subset {subset!r} (its set/subset column lists: {known})")
+    if not ids:
+        raise MetadataError(f"{tracks_csv}: no tracks in subset {subset!r}")
+    return ids
+
+
+def scan(source: AudioSource) -> Scan:
+    """List the audio files to process, sorted by relative path.
+
+    Raises:
+        LayoutError: no audio file (or none of the subset) under the folder.
+        MetadataError: see :func:`read_subset_ids`.
+    """
+    ids = read_subset_ids(source.metadata, source.subset) if source.metadata else None
+    result = Scan(source=source, files=[])
+    found_ids: set[int] = set()
+    n_audio = 0
+    for dirpath, dirnames, filenames in os.walk(source.audio_root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS:
+                result.other_files += 1
+                continue
+            n_audio += 1
+            rel = path.relative_to(source.audio_root).as_posix()
+            if source.kind == "fma":
+                track = path.stem
+                if ids is not None:
+                    if not (track.isdigit() and int(track) in ids):
+                        result.not_in_subset += 1
+                        continue
+                    found_ids.add(int(track))
+            else:
+                track = rel[: -len(path.suffix)]
+            result.files.append(SourceFile(path=path, rel=rel, track=track, size=path.stat().st_size))
+    if ids is not None:
+        result.metadata_tracks_without_file = len(ids - found_ids)
+    if n_audio == 0:
+        raise LayoutError(f"{source.audio_root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder tree")
+    if not result.files:
+        raise LayoutError(
+            f"{source.audio_root}: none of its {n_audio} audio files is in subset {source.subset!r} "
+            f"according to {source.metadata}"
+        )
+    result.files.sort(key=lambda f: f.rel)
+    return result
+
+
+# --- running one shard ------------------------------------------------------------------
+
+
+def shard_of(rel: str, n_shards: int) -> int:
+    """Which shard processes a file: a hash of its relative path (stable across machines)."""
+    return zlib.crc32(rel.encode()) % n_shards
+
+
+def split_of(track: str, valid_fraction: float) -> str:
+    """"valid" for a deterministic ``valid_fraction`` of track keys, else "train"."""
+    u = int.from_bytes(hashlib.blake2b(track.encode(), digest_size=8).digest(), "big") / 2.0**64
+    return "valid" if u < valid_fraction else "train"
+
+
+def _shard_dir(out: Path, shard: tuple[int, int]) -> Path:
+    return out / mf.SHARDS / f"{shard[0]}-of-{shard[1]}"
+
+
+def _shard_dirs(out: Path) -> dict[tuple[int, int], Path]:
+    found = {}
+    for p in (out / mf.SHARDS).glob("*-of-*"):
+        m = re.fullmatch(r"(\d+)-of-(\d+)", p.name)
+        if m and p.is_dir():
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    return found
+
+
+def _check_config(shard_dir: Path, wanted: dict) -> None:
+    path = shard_dir / "config.json"
+    if path.exists():
+        have = json.loads(path.read_text())
+        diff = [k for k in ("source", "rules") if have.get(k) != wanted[k]]
+        if diff:
+            raise PrepareError(
+                f"{shard_dir} was prepared with other {' and '.join(diff)}: "
+                f"had {json.dumps({k: have.get(k) for k in diff})}, now {json.dumps({k: wanted[k] for k in diff})}. "
+                f"Use a new --out folder, or delete {shard_dir} to start this shard again."
+            )
+    else:
+        mf.write_json(path, wanted)
+
+
+def _lock(shard_dir: Path):
+    """Hold an exclusive lock on the shard for this process's life (released even by kill -9)."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(shard_dir / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise PrepareError(f"{shard_dir} is being prepared by another running process; wait for it or stop it")
+    return handle
+
+
+def _remove_partials(audio_dir: Path) -> int:
+    """Delete half-written store files of killed runs (call only when no worker is alive)."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(audio_dir):
+        for name in filenames:
+            if name.endswith(PARTIAL_SUFFIX):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
+    """Prepare this shard of ``source`` into ``config.out``, resuming any earlier run.
+
+    Returns:
+        The merged summary (see :func:`merge_shards`), or None when other shards of a
+        sharded run are not finished yet.
+
+    Raises:
+        DataError (LayoutError, MetadataError, PrepareError): nothing usable to do; raised
+        before any decoding. Broken audio files never raise: they are rejected.
+    """
+    out = Path(config.out).expanduser().resolve()
+    others = {n for (_, n) in _shard_dirs(out)} - {config.shard[1]}
+    if others:
+        raise PrepareError(f"{out} already holds a {sorted(others)[0]}-way sharded run; use the same N or a new --out")
+    listing = scan(source)
+    shard_dir = _shard_dir(out, config.shard)
+    lock = _lock(shard_dir)
+    try:
+        _check_config(shard_dir, {"source": source.to_dict(), "rules": config.rules.to_dict(), "shard": list(config.shard)})
+        (shard_dir / "done.json").unlink(missing_ok=True)
+        if not wait_for_orphans(shard_dir / "workers.lock"):
+            raise PrepareError(f"{shard_dir}: worker processes of an earlier run are still alive; stop them first")
+        _remove_partials(shard_dir / "audio")
+        journal = mf.Journal(shard_dir / "journal.jsonl")
+        finished = journal.load()
+        mine = [f for f in listing.files if shard_of(f.rel, config.shard[1]) == config.shard[0]]
+        todo = [f for f in mine if f.rel not in finished]
+        tasks = [
+            Task(key=f.rel, args=(str(f.path), str(shard_dir / "audio" / f"{f.rel}.s16"), config.rules), weight=f.size, meta={"file": f})
+            for f in todo
+        ]
+
+        def on_result(task: Task, result: dict) -> None:
+            f: SourceFile = task.meta["file"]
+            record = {"file": f.rel, "track": f.track, **result}
+            if result["status"] == "kept":
+                record["store"] = (shard_dir / "audio" / f"{f.rel}.s16").relative_to(out).as_posix()
+            journal.append(record)
+
+        def on_crash(task: Task) -> None:
+            on_result(task, {"status": "rejected", "reason": "decoder_crashed", "detail": "worker process died twice", "seconds": 0.0})
+
+        label = f"prepare-fma shard {config.shard[0]}/{config.shard[1]}" if config.shard[1] > 1 else "prepare-fma"
+        try:
+            run_parallel(
+                process_file, tasks, workers=config.workers, on_result=on_result, on_crash=on_crash,
+                label=label, log_path=shard_dir / "decoder.log", lock_path=shard_dir / "workers.lock", progress=config.progress,
+            )
+        finally:
+            journal.close()
+        mf.write_json(
+            shard_dir / "done.json",
+            {"files": len(mine), "resumed": len(mine) - len(todo), "processed": len(todo), "scan": listing.stats()},
+        )
+    finally:
+        lock.close()
+    shards = _shard_dirs(out)
+    n = config.shard[1]
+    if all((i, n) in shards and (shards[(i, n)] / "done.json").exists() for i in range(n)):
+        return merge_shards(out, valid_fraction=config.valid_fraction)
+    return None
+
+
+# --- merging shards into the manifest ---------------------------------------------------
+
+
+def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACTION) -> dict:
+    """Write manifest.jsonl, rejected.jsonl, summary.json and index.npz from the shard journals.
+
+    Idempotent: it can be re-run (e.g. with another ``valid_fraction``) without decoding.
+
+    Returns:
+        The summary (also written to ``DIR/summary.json``).
+
+    Raises:
+        PrepareError: no shard, shards of different N, a shard not finished, or shards
+        prepared with different sources or rules.
+    """
+    out = Path(out).expanduser().resolve()
+    if not 0.0 <= valid_fraction < 1.0:
+        raise DataError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+    shards = _shard_dirs(out)
+    if not shards:
+        raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
+    ns = sorted({n for _, n in shards})
+    if len(ns) > 1:
+        raise PrepareError(f"{out}: shards of different splits ({', '.join(f'N={n}' for n in ns)}); keep one N")
+    n = ns[0]
+    unfinished = [f"{i}/{n}" for i in range(n) if (i, n) not in shards or not (shards[(i, n)] / "done.json").exists()]
+    if unfinished:
+        raise PrepareError(f"{out}: shard(s) {', '.join(unfinished)} not finished; run them (or copy their folders in) first")
+    configs = [json.loads((shards[(i, n)] / "config.json").read_text()) for i in range(n)]
+    for c in configs[1:]:
+        if (c["source"]["kind"], c["source"]["subset"], c["rules"]) != (configs[0]["source"]["kind"], configs[0]["source"]["subset"], configs[0]["rules"]):
+            raise PrepareError(f"{out}: shards were prepared with different sources or rules: {configs[0]} vs {c}")
+    rules = ClipRules(**configs[0]["rules"])
+    records: dict[str, dict] = {}
+    roots: dict[str, Path] = {}
+    for i in range(n):
+        for rel, record in mf.Journal(shards[(i, n)] / "journal.jsonl").load().items():
+            records[rel] = record
+            roots[rel] = Path(configs[i]["source"]["audio_root"])
+    index = mf.IndexBuilder()
+    per_split: Counter = Counter()
+    tracks_per_split: dict[str, set] = {s: set() for s in mf.SPLITS}
+
+    def manifest_rows():
+        for rel in sorted(records):
+            r = records[rel]
+            if r["status"] != "kept":
+                continue
+            split = split_of(r["track"], valid_fraction)
+            per_split[split] += len(r["segments"])
+            tracks_per_split[split].add(r["track"])
+            for offset, store_offset in r["segments"]:
+                row = {
+                    "track": r["track"], "source": str(roots[rel] / rel), "offset": offset,
+                    "length": rules.segment_frames, "split": split, "store": r["store"], "store_offset": store_offset,
+                }
+                index.add(row)
+                yield row
+
+    rejected = (
+        {"file": str(roots[rel] / rel), "track": r["track"], "reason": r["reason"], "detail": r.get("detail", "")}
+        for rel, r in sorted(records.items()) if r["status"] != "kept"
+    )
+    mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
+    mf.write_jsonl(out / mf.REJECTED, rejected)
+    index.save(out, rules.sample_rate)
+    splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
+              "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()}}
+    summary = _summary(records, splits, rules, configs[0], shards[(0, n)], valid_fraction, n)
+    mf.write_json(out / mf.SUMMARY, summary)
+    return summary
+
+
+def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -> dict:
+    kept = [r for r in records.values() if r["status"] == "kept"]
+    reasons = Counter(r["reason"] for r in records.values() if r["status"] == "rejected")
+    store_frames = sum(r["store_frames"] for r in kept)
+    n_segments = sum(len(r["segments"]) for r in kept)
+    scan_stats = json.loads((shard0 / "done.json").read_text()).get("scan", {})
+    return {
+        "files_seen": len(records),
+        "files_kept": len(kept),
+        "files_rejected": dict(sorted(reasons.items())),
+        "files_not_in_subset": scan_stats.get("not_in_subset", 0),
+        "metadata_tracks_without_file": scan_stats.get("metadata_tracks_without_file", 0),
+        "other_files": scan_stats.get("other_files", 0),
+        "segments_kept": n_segments,
+        "segments_dropped": {"silent": sum(r["dropped"] for r in kept)},
+        **splits,
+        "hours_decoded": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
+        "hours_kept": round(store_frames / rules.sample_rate / 3600, 4),
+        "hours_in_segments": round(n_segments * rules.segment_seconds / 3600, 4),
+        "store_bytes": store_frames * STORE_CHANNELS * STORE_DTYPE.itemsize,
+        "valid_fraction": valid_fraction,
+        "shards": n_shards,
+        "source": config["source"],
+        "rules": config["rules"],
+        "reasons": {k: REASONS[k] for k in sorted(reasons)},
+    }
+
+
+def describe(summary: dict) -> str:
+    """A few human-readable lines about a summary, for the CLI."""
+    rejected = ", ".join(f"{k} {v}" for k, v in summary["files_rejected"].items()) or "none"
+    return (
+        f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
+        f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
+        f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent\n"
+        f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_decoded']:.2f} h decoded, "
+        f"store {summary['store_bytes'] / 2**30:.2f} GiB"
+    )
+
+
+__all__ = [
+    "SUBSETS", "AudioSource", "PrepareConfig", "Scan", "SourceFile", "describe", "locate_audio_dir",
+    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "read_subset_ids", "scan", "shard_of", "split_of",
+]
+

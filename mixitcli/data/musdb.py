@@ -1,0 +1,334 @@
+"""MUSDB18-HQ: the reader, the layout check, source activity detection and `mixit prepare-musdb`.
+
+Layout (SPEC.md §2.2): ``ROOT/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``,
+stereo 44.1 kHz; 100 train tracks (86 after taking out the standard 14 validation tracks) and
+50 test tracks.
+
+Only the HQ (WAV) version is read. The compressed MUSDB18 (``*.stem.mp4``) is recognised and
+refused with a clear message: its stems are AAC-coded, so numbers computed on it are not
+comparable with the paper's (which are on MUSDB18-HQ). Convert it with `musdbconvert` from the
+`musdb` package if you must, knowing that.
+
+A prepared folder ``DIR`` (written by :func:`prepare_musdb`)::
+
+    DIR/salient/<stem>.jsonl   per stem, one line per salient 8 s segment of a training track:
+                               {"track": "A Classic Education - NightOwl", "path": "/abs/.../bass.wav",
+                                "start": 176400, "length": 352800}   (samples at 44.1 kHz)
+    DIR/train.txt, DIR/valid.txt, DIR/test.txt   track names, one per line, sorted
+    DIR/summary.json           root, tracks per split, segments per stem, hours, SAD settings
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixitcli.audio import SAMPLE_RATE
+from mixitcli.data import manifest as mf
+from mixitcli.data.errors import LayoutError, PreparedDataError
+from mixitcli.data.parallel import Task, run_parallel
+
+SOURCES = ("mixture", "vocals", "drums", "bass", "other")
+STEMS = ("bass", "drums", "vocals", "other")
+"""The stem order of the official fine-tuned models (SPEC.md §8); the default everywhere."""
+
+SUBSETS = ("train", "valid", "test")
+
+VALIDATION_TRACKS = (
+    "Actions - One Minute Smile",
+    "Clara Berry And Wooldog - Waltz For My Victims",
+    "Johnny Lokke - Promises & Lies",
+    "Patrick Talbot - A Reason To Leave",
+    "Triviul - Angelsaint",
+    "Alexander Ross - Goodbye Bolero",
+    "Fergessen - Nos Palpitants",
+    "Leaf - Summerghost",
+    "Skelpolu - Human Mistakes",
+    "Young Griffo - Pennies",
+    "ANiMAL - Rockshow",
+    "James May - On The Line",
+    "Meaxic - Take A Step",
+    "Traffic Experiment - Sirens",
+)
+"""The standard 14-track validation split, taken out of train (SPEC.md §2.2)."""
+
+HQ_HINT = (
+    "mixit needs MUSDB18-HQ (WAV stems, https://zenodo.org/records/3338373): the compressed "
+    "MUSDB18 (.stem.mp4) has AAC-coded stems, so scores on it are not comparable with the paper's"
+)
+
+
+@dataclass(frozen=True)
+class SadConfig:
+    """Source activity detection of BSRNN as run by the official recipe (SPEC.md §2.2).
+
+    Attributes:
+        segment_seconds: segment length; segments hop by half of it (full segments only).
+        n_chunks: equal chunks per segment.
+        min_active: a segment is salient when at least this many chunks exceed the threshold.
+        quantile: percentile (0-100) of all chunk energies of the stem in the track.
+        zero_energy: the energy an exactly-zero chunk counts as.
+        min_threshold: floor of the threshold (energy = sum of squares over both channels).
+    """
+
+    segment_seconds: int = 8
+    n_chunks: int = 10
+    min_active: int = 5
+    quantile: float = 15.0
+    zero_energy: float = 1e-5
+    min_threshold: float = 1e-3
+
+
+@dataclass(frozen=True)
+class MusdbTrack:
+    """One MUSDB18-HQ track folder.
+
+    Attributes:
+        name: "Artist - Title".
+        subset: "train", "valid" or "test".
+        folder: the folder holding mixture.wav and the four stem WAVs.
+    """
+
+    name: str
+    subset: str
+    folder: Path
+
+    def path(self, source: str) -> Path:
+        """The WAV of ``source`` (mixture, vocals, drums, bass or other)."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}: use one of {SOURCES}")
+        return self.folder / f"{source}.wav"
+
+    @property
+    def mixture(self) -> Path:
+        return self.path("mixture")
+
+    @property
+    def vocals(self) -> Path:
+        return self.path("vocals")
+
+    @property
+    def drums(self) -> Path:
+        return self.path("drums")
+
+    @property
+    def bass(self) -> Path:
+        return self.path("bass")
+
+    @property
+    def other(self) -> Path:
+        return self.path("other")
+
+    def frames(self) -> int:
+        """Length in samples (of mixture.wav)."""
+        import soundfile as sf
+
+        return sf.info(str(self.mixture)).frames
+
+    def load(self, source: str = "mixture", *, start: int = 0, frames: int = -1) -> np.ndarray:
+        """Samples [start, start + frames) of one source (frames=-1: to the end) as float32 (c, t)."""
+        import soundfile as sf
+
+        data, _ = sf.read(str(self.path(source)), start=start, frames=frames, dtype="float32", always_2d=True)
+        return np.ascontiguousarray(data.T)  # (t, c) -> (c, t)
+
+    def load_stems(self, stems: tuple[str, ...] = STEMS) -> np.ndarray:
+        """All of ``stems`` as float32 (n, c, t), in the order given."""
+        return np.stack([self.load(s) for s in stems])
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+def _check_track(folder: Path, rel: str) -> list[str]:
+    import soundfile as sf
+
+    problems, infos = [], {}
+    for source in SOURCES:
+        p = folder / f"{source}.wav"
+        if not p.is_file():
+            problems.append(f"{rel}: missing {source}.wav")
+            continue
+        try:
+            infos[source] = sf.info(str(p))
+        except Exception as e:
+            problems.append(f"{rel}/{source}.wav: not a readable WAV ({str(e).splitlines()[0][:120]})")
+    for source, i in infos.items():
+        if i.samplerate != SAMPLE_RATE:
+            problems.append(f"{rel}/{source}.wav: {i.samplerate} Hz, expected {SAMPLE_RATE}")
+        if i.channels != 2:
+            problems.append(f"{rel}/{source}.wav: {i.channels} channel(s), expected 2")
+        if "mixture" in infos and i.frames != infos["mixture"].frames:
+            problems.append(f"{rel}/{source}.wav: {i.frames} samples, but mixture.wav has {infos['mixture'].frames}")
+    return problems
+
+
+def _track_folders(root: Path, split: str, problems: list[str]) -> list[Path]:
+    folder = root / split
+    if not folder.is_dir():
+        problems.append(f"missing folder {split}/")
+        return []
+    tracks = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not tracks:
+        problems.append(f"{split}/ holds no track folders")
+    return tracks
+
+
+def validate_musdb(root: str | Path, splits: tuple[str, ...] = ("train", "test")) -> None:
+    """Check the layout of ``root`` (every file's header), reporting every problem at once.
+
+    Raises:
+        LayoutError: with ``problems`` listing each missing or malformed folder or file, or
+            the compressed-MUSDB18 hint when .stem.mp4 files are found.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise LayoutError(f"{root}: no such folder")
+    if next(root.glob("*/*.stem.mp4"), None) is not None:
+        raise LayoutError(f"{root} holds the compressed MUSDB18 (*.stem.mp4). {HQ_HINT}.")
+    problems: list[str] = []
+    for split in splits:
+        for folder in _track_folders(root, split, problems):
+            problems += _check_track(folder, f"{split}/{folder.name}")
+    if problems:
+        raise LayoutError(f"{root} is not a complete MUSDB18-HQ tree ({len(problems)} problem(s)):", problems)
+
+
+def scan_musdb(root: str | Path, subset: str = "test", *, validate: bool = True) -> list[MusdbTrack]:
+    """The tracks of one subset, sorted by name.
+
+    Args:
+        root: the MUSDB18-HQ folder (holding train/ and test/).
+        subset: "train" (the 86 training tracks), "valid" (the standard 14) or "test" (50).
+        validate: check the layout of the folder read first (raises LayoutError).
+    """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    root = Path(root).expanduser()
+    split = "test" if subset == "test" else "train"
+    if validate:
+        validate_musdb(root, (split,))
+    problems: list[str] = []
+    folders = _track_folders(root, split, problems)
+    if problems:
+        raise LayoutError(f"{root}:", problems)
+    tracks = [MusdbTrack(name=f.name, subset=_subset_of(f.name, split), folder=f.resolve()) for f in folders]
+    return [t for t in tracks if t.subset == subset]
+
+
+def _subset_of(name: str, split: str) -> str:
+    return "test" if split == "test" else ("valid" if name in VALIDATION_TRACKS else "train")
+
+
+def load_prepared_tracks(prep_dir: str | Path, subset: str) -> list[MusdbTrack]:
+    """The tracks of ``subset`` listed in a `mixit prepare-musdb` folder.
+
+    Raises:
+        PreparedDataError: DIR is not prepared, or a listed track folder has moved.
+    """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    prep_dir = Path(prep_dir)
+    summary, listing = prep_dir / mf.SUMMARY, prep_dir / f"{subset}.txt"
+    if not summary.is_file() or not listing.is_file():
+        raise PreparedDataError(f"{prep_dir}: not a prepared MUSDB folder; run `mixit prepare-musdb ROOT --out {prep_dir}`")
+    root = Path(json.loads(summary.read_text())["root"])
+    split = "test" if subset == "test" else "train"
+    tracks = [MusdbTrack(name=n, subset=subset, folder=root / split / n) for n in listing.read_text().splitlines() if n]
+    moved = [str(t.folder) for t in tracks if not t.folder.is_dir()]
+    if moved:
+        raise PreparedDataError(f"{prep_dir}: {len(moved)} listed track folder(s) are gone, e.g. {moved[0]}; prepare again")
+    return tracks
+
+
+# --- source activity detection ------------------------------------------------------------
+
+
+def salient_segments(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, config: SadConfig = SadConfig()) -> tuple[list[int], int]:
+    """BSRNN's unsupervised source activity detection on one stem of one track.
+
+    Args:
+        audio: (c, t) float audio of the stem.
+        sample_rate: Hz.
+        config: the SAD constants.
+
+    Returns:
+        (starts, n_segments): start samples of the salient segments (each
+        ``segment_seconds * sample_rate`` long) and the number of candidate segments.
+    """
+    if audio.ndim != 2:
+        raise ValueError(f"expected audio shaped (channels, samples), got {audio.shape}")
+    length = config.segment_seconds * sample_rate
+    hop, chunk = length // 2, length // config.n_chunks
+    starts = list(range(0, audio.shape[1] - length + 1, hop))
+    if not starts:
+        return [], 0
+    energy = np.empty((len(starts), config.n_chunks))  # (segments, chunks)
+    for i, s in enumerate(starts):
+        seg = audio[:, s : s + chunk * config.n_chunks].astype(np.float64)  # (c, n*chunk)
+        seg = seg.reshape(audio.shape[0], config.n_chunks, chunk)  # (c, n, chunk)
+        energy[i] = np.einsum("cnk,cnk->n", seg, seg)
+    energy[energy == 0.0] = config.zero_energy
+    threshold = max(float(np.percentile(energy, config.quantile)), config.min_threshold)
+    active = (energy > threshold).sum(axis=1)  # (segments,)
+    return [s for s, a in zip(starts, active) if a >= config.min_active], len(starts)
+
+
+def _sad_track(folder: str, stems: tuple[str, ...], config: SadConfig) -> dict:
+    track = MusdbTrack(name=Path(folder).name, subset="train", folder=Path(folder))
+    out = {"frames": track.frames(), "segments": {}, "candidates": 0}
+    for stem in stems:
+        out["segments"][stem], out["candidates"] = salient_segments(track.load(stem), SAMPLE_RATE, config)
+    return out
+
+
+def prepare_musdb(root: str | Path, out: str | Path, *, workers: int = 1, progress: bool = True, config: SadConfig = SadConfig()) -> dict:
+    """Validate MUSDB18-HQ, run SAD on every stem of the training tracks, write DIR (see module doc).
+
+    Returns:
+        The summary written to ``DIR/summary.json``.
+
+    Raises:
+        LayoutError: the layout check failed (every problem listed).
+    """
+    root = Path(root).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    validate_musdb(root)
+    tracks = {s: scan_musdb(root, s, validate=False) for s in SUBSETS}
+    results: dict[str, dict] = {}
+    tasks = [Task(key=t.name, args=(str(t.folder), STEMS, config), weight=1.0) for t in tracks["train"]]
+    run_parallel(
+        _sad_track, tasks, workers=workers, label="prepare-musdb SAD",
+        on_result=lambda task, r: results.__setitem__(task.key, r),
+        on_crash=lambda task: results.__setitem__(task.key, None), progress=progress,
+    )
+    crashed = [k for k, r in results.items() if r is None]
+    if crashed:
+        raise LayoutError(f"{root}: reading these tracks crashed the WAV reader:", crashed)
+    length = config.segment_seconds * SAMPLE_RATE
+    for stem in STEMS:
+        rows = [
+            {"track": t.name, "path": str(t.path(stem)), "start": s, "length": length}
+            for t in tracks["train"] for s in results[t.name]["segments"][stem]
+        ]
+        mf.write_jsonl(out / "salient" / f"{stem}.jsonl", rows)
+    for subset, listed in tracks.items():
+        mf.write_text_atomic(out / f"{subset}.txt", "".join(f"{t.name}\n" for t in listed))
+    hours = {s: round(sum(t.frames() for t in listed) / SAMPLE_RATE / 3600, 4) for s, listed in tracks.items()}
+    n_segments = {stem: sum(len(r["segments"][stem]) for r in results.values()) for stem in STEMS}
+    summary = {
+        "root": str(root),
+        "tracks": {s: len(listed) for s, listed in tracks.items()},
+        "validation_tracks_missing": sorted(set(VALIDATION_TRACKS) - {t.name for t in tracks["valid"]}),
+        "segments": n_segments,
+        "candidate_segments": sum(r["candidates"] for r in results.values()),
+        "salient_hours": {stem: round(n * config.segment_seconds / 3600, 4) for stem, n in n_segments.items()},
+        "hours": hours,
+        "sample_rate": SAMPLE_RATE,
+        "sad": asdict(config),
+    }
+    mf.write_json(out / mf.SUMMARY, summary)
+    return summary
