@@ -1,0 +1,86 @@
+"""Small prepared data folders for training tests: an FMA-like folder and a MUSDB18-HQ tree.
+
+The audio is structured noise (bands, tones and gates), 44.1 kHz stereo, a few seconds
+long: enough for 1 s training crops and for the 8 s SAD segments of prepare-musdb.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mixitcli.data.fma import PrepareConfig, locate_audio_dir, prepare_fma, split_of
+from mixitcli.data.musdb import VALIDATION_TRACKS, prepare_musdb
+
+SR = 44100
+VALID_FRACTION = 0.3
+
+
+def instrument(kind: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """(2, t) float32: a gated tone or noise band, panned."""
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == 0:  # low tone
+        x = np.sin(2 * np.pi * rng.uniform(50, 120) * t)
+    elif kind == 1:  # noise bursts
+        x = rng.standard_normal(t.size) * (np.sin(2 * np.pi * rng.uniform(1, 4) * t) > 0.5)
+    elif kind == 2:  # vibrato tone
+        x = np.sin(2 * np.pi * rng.uniform(300, 600) * t + 3 * np.sin(2 * np.pi * 5 * t))
+    else:  # chord
+        x = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(200, 1200, 3)) / 3
+    gate = np.repeat(rng.random(int(seconds) + 1) > 0.2, SR)[: t.size]
+    pan = rng.uniform(0.2, 0.8)
+    return (np.stack([pan * x, (1 - pan) * x]) * gate * rng.uniform(0.05, 0.2)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def fma_prep(tmp_path_factory) -> Path:
+    """A prepare-fma folder of 8 tracks (at least 2 in each split), 11 s each."""
+    root = tmp_path_factory.mktemp("fma")
+    audio = root / "music"
+    names = []
+    for i in range(200):
+        name = f"song{i:03d}"
+        n_valid = sum(split_of(n, VALID_FRACTION) == "valid" for n in names)
+        want = "valid" if n_valid < 2 else "train"
+        if split_of(name, VALID_FRACTION) == want or len(names) >= 6 and n_valid >= 2:
+            names.append(name)
+        if len(names) == 8 and n_valid >= 2:
+            break
+    rng = np.random.default_rng(0)
+    for name in names:
+        mix = sum(instrument(k, 11, rng) for k in rng.choice(4, 2, replace=False))
+        (audio).mkdir(parents=True, exist_ok=True)
+        sf.write(audio / f"{name}.wav", mix.T, SR)
+    out = root / "prep"
+    prepare_fma(locate_audio_dir(audio), PrepareConfig(out=out, workers=0, valid_fraction=VALID_FRACTION, progress=False))
+    return out
+
+
+def write_musdb_track(folder: Path, rng: np.random.Generator, seconds: float = 9.0) -> None:
+    folder.mkdir(parents=True)
+    stems = {name: instrument(k, seconds, rng) for name, k in (("bass", 0), ("drums", 1), ("vocals", 2), ("other", 3))}
+    for name, x in stems.items():
+        sf.write(folder / f"{name}.wav", x.T, SR, subtype="FLOAT")
+    sf.write(folder / "mixture.wav", sum(stems.values()).T, SR, subtype="FLOAT")
+
+
+@pytest.fixture(scope="session")
+def musdb_root(tmp_path_factory) -> Path:
+    """A MUSDB18-HQ tree: 3 training tracks, 2 validation tracks, 2 test tracks of 9 s."""
+    root = tmp_path_factory.mktemp("musdb") / "musdb18hq"
+    rng = np.random.default_rng(1)
+    for name in ("Artist A - Song One", "Artist B - Song Two", "Artist C - Song Three", *VALIDATION_TRACKS[:2]):
+        write_musdb_track(root / "train" / name, rng)
+    for name in ("Test Artist - First", "Test Artist - Second"):
+        write_musdb_track(root / "test" / name, rng)
+    return root
+
+
+@pytest.fixture(scope="session")
+def musdb_prep(musdb_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("musdb-prep")
+    prepare_musdb(musdb_root, out, workers=1, progress=False)
+    return out
