@@ -17,3 +17,5 @@ test:
 bench:
 	$(PYTHON) bench/model.py
 	$(PYTHON) bench/mixit.py
+	$(PYTHON) bench/prepare.py
+	$(PYTHON) bench/dataloader.py

@@ -98,6 +98,8 @@ def prepare_fma(
                 raise typer.BadParameter("give either ROOT (with --subset) or --audio-dir DIR")
             if root is not None and subset is None:
                 raise typer.BadParameter("--subset is needed with ROOT (small, medium, large or full)")
+            if audio_dir is not None and (subset or metadata):
+                raise typer.BadParameter("--subset and --metadata go with ROOT (the FMA layout), not with --audio-dir")
             source = fma.locate_audio_dir(audio_dir) if audio_dir else fma.locate_fma(root, subset, metadata)
             rules = ClipRules(silence_rule=silence_rule, silence_db=silence_db, keep_mono=keep_mono)
             config = fma.PrepareConfig(out=out, rules=rules, workers=workers, shard=fma.parse_shard(shard), valid_fraction=valid_fraction, progress=progress)

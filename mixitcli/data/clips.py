@@ -19,7 +19,11 @@ Rules, in order:
    (the official script): twenty 0.5 s chunks per clip; one clip that is all zero or has
    >= 10 silent chunks drops the whole track. "Silent" means exactly zero energy by default,
    or a mean power below ``silence_db`` dB re full scale when that is set. A file with no
-   clip left is ``silent``.
+   clip left is ``silent``. Like the official script, the "track" rule also checks the
+   partial windows that start on the hop grid after the last full clip (the last 2 s of a
+   32 s track, say: all zero there drops the track) and does not check the end clip itself;
+   unlike it, windows shorter than 20 samples are skipped (the script would count all 20 of
+   their empty chunks as silent).
 
 Storage: the union of the kept clips (maximal runs of overlapping clips) is written once,
 as raw little-endian int16, interleaved stereo -- shape (t, c=2), frames = bytes / 4 -- at
@@ -57,6 +61,9 @@ STORE_DTYPE = np.dtype("<i2")
 STORE_CHANNELS = 2
 PCM_SCALE = 32768.0
 """int16 <-> float: x_float = x_int / 32768 (as soundfile reads PCM_16)."""
+
+MIN_WINDOW = 20
+"""Shortest partial window the "track" rule checks: one sample per 0.5 s chunk."""
 
 PARTIAL_SUFFIX = ".partial"
 """Store files are written as ``.<name>.<pid>.partial`` and renamed when complete."""
@@ -190,19 +197,24 @@ class _Cutter:
             self.buf_start = keep_from
 
     def finish(self) -> None:
-        """Evaluate the clip ending at the end of the track, if the hops missed it."""
+        """The end of the track: the official rule's partial windows, then the end clip."""
+        official = self.rules.silence_rule == "track"
+        if official:  # windows on the hop grid that run past the end, as the official script checks
+            for start in range(self.next_start, self.frames - MIN_WINDOW + 1, self.H):
+                if clip_fails_track(self.buf[start - self.buf_start :], self.rules):
+                    self.failed = True
+                    break
         end_start = self.frames - self.L
         if not self.failed and end_start > self.last_start and end_start >= 0:
-            self._decide(end_start)
+            self._decide(end_start, check=not official)  # the official script never checks it
 
-    def _decide(self, start: int) -> None:
+    def _decide(self, start: int, check: bool = True) -> None:
         self.last_start = start
         clip = self.buf[start - self.buf_start : start - self.buf_start + self.L]  # (L, c)
-        if self.rules.silence_rule == "track":
-            if clip_fails_track(clip, self.rules):
-                self.failed = True
-                return
-        elif not clip_passes(clip, self.rules):
+        if check and self.rules.silence_rule == "track" and clip_fails_track(clip, self.rules):
+            self.failed = True
+            return
+        if check and self.rules.silence_rule == "clip" and not clip_passes(clip, self.rules):
             self.dropped += 1
             return
         first_new = max(start, self.written_end)  # overlap with the previous kept clip is stored already
@@ -321,6 +333,8 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
         if cutter.frames < cutter.L:
             return _reject("too_short", f"{seconds:.2f} s < {rules.segment_seconds:g} s", seconds)
         cutter.finish()
+        if cutter.failed:
+            return _reject("silent", "the official whole-track rule dropped it", seconds)
         if not cutter.kept:
             return _reject("silent", f"all {cutter.dropped} clips fail the silence rule", seconds)
     tmp.replace(store_path)

@@ -491,7 +491,7 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
         "segments_kept": n_segments,
         "segments_dropped": {"silent": sum(r["dropped"] for r in kept)},
         **splits,
-        "hours_decoded": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
+        "hours_seen": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
         "hours_kept": round(store_frames / rules.sample_rate / 3600, 4),
         "hours_in_segments": round(n_segments * rules.segment_seconds / 3600, 4),
         "store_bytes": store_frames * STORE_CHANNELS * STORE_DTYPE.itemsize,
@@ -510,7 +510,7 @@ def describe(summary: dict) -> str:
         f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
         f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
         f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent\n"
-        f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_decoded']:.2f} h decoded, "
+        f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_seen']:.2f} h seen, "
         f"store {summary['store_bytes'] / 2**30:.2f} GiB"
     )
 

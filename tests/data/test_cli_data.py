@@ -69,6 +69,8 @@ def test_prepare_fma_errors(tmp_path, fma_root):
         assert message in " ".join(result.output.split()), (args, result.output)
     both = runner.invoke(app, ["prepare-fma", str(fma_root), "--audio-dir", str(fma_root), "--out", str(tmp_path / "o")])
     assert both.exit_code == 2 and "either ROOT" in both.output
+    mixed = runner.invoke(app, ["prepare-fma", "--audio-dir", str(fma_root), "--subset", "small", "--out", str(tmp_path / "o")])
+    assert mixed.exit_code == 2 and "go with ROOT" in " ".join(mixed.output.split())
 
 
 def test_prepare_musdb_end_to_end_and_errors(musdb_root, tmp_path):

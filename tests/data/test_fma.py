@@ -140,6 +140,17 @@ def test_official_track_rule(gap_dir, tmp_path):
     assert list(rows_by_track(tmp_path / "p")) == ["quiet"]
 
 
+def test_official_rule_checks_the_partial_end_windows(tmp_path):
+    """32 s ending in 2 s of zeros: the official script's window at 30 s is all zero and drops
+    the track; the paper rule keeps 6 clips, the last one ending at 32 s."""
+    x = noise(32, seed=4)
+    x[30 * SR :] = 0.0
+    write(tmp_path / "src" / "fade.wav", x)
+    assert _prepare_dir(tmp_path / "src", tmp_path / "track", silence_rule="track")["files_rejected"] == {"silent": 1}
+    _prepare_dir(tmp_path / "src", tmp_path / "clip")
+    assert [r["offset"] for r in rows_by_track(tmp_path / "clip")["fade"]] == [0, 5 * SR, 10 * SR, 15 * SR, 20 * SR, 22 * SR]
+
+
 def test_keep_mono(fma_root, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
