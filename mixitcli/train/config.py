@@ -185,12 +185,12 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class FreezeFinetuneConfig(FinetuneConfig):
-    """Fine-tuning with the separator frozen: only encoder and decoder train, 200 epochs."""
+    """Fine-tuning with the separator frozen: only encoder and decoder train, 200 epochs, with
+    the fine-tuning schedule (its decay, from epoch 550, is not reached)."""
 
     stage: str = "freeze-finetune"
     trainable: str = "encdec"
     epochs: int = 200
-    decay_start_epoch: int = 120
 
 
 STAGE_CONFIGS: dict[str, type[TrainConfig]] = {
