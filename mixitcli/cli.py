@@ -39,7 +39,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Optional[bool] = typer.Option(
-        None, "--version", callback=_version, is_eager=True, is_flag=True, help="Print the version and exit."
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """mixit: BS-Locoformer music source separation with MixIT pre-training."""

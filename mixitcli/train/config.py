@@ -241,6 +241,7 @@ def build_config(stage: str, *, recipe: str | Path | None = None, overrides: dic
 
 
 RUNTIME_KEYS = frozenset({
+    "out", "data",  # a run folder or the data may move to another machine or disk
     "max_steps", "epochs", "device", "workers", "bf16", "activation_checkpointing", "log_every",
     "check_sync_every", "max_bad_steps", "valid_every_epochs", "save_every_steps",
 })

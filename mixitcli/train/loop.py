@@ -148,11 +148,21 @@ def prepare_model(config: TrainConfig) -> tuple[BSLocoformer, str]:
     return model, origin
 
 
-def make_datasets(config: TrainConfig, stems: tuple[str, ...]):
-    """(train, valid) datasets of the stage."""
+def make_datasets(config: TrainConfig):
+    """(train, valid) datasets of the stage. Raises TrainingError for an unusable data folder."""
+    from mixitcli.data.errors import DataError
+
+    try:
+        return _make_datasets(config)
+    except DataError as e:
+        raise TrainingError(f"--data: {e}") from e
+
+
+def _make_datasets(config: TrainConfig):
     from mixitcli.data.samplers import DynamicMixing, MixtureOfMixtures, MusdbValidation
 
     epoch_size = config.steps_per_epoch * config.batch_size
+    stems = STEMS
     if config.loss == "mixit":
         train = MixtureOfMixtures(
             config.data, split="train", segment_seconds=config.segment_seconds, seed=config.seed,
@@ -339,12 +349,12 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         config = config.replace(bf16=rt.device.type == "cuda")
     micro = micro_batch(config, rt.world)
 
+    train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
     model, origin = prepare_model(config)
     core = model.to(rt.device)
     ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
     if ckpt is not None:
         core.load_state_dict(ckpt["model"]["state_dict"])
-    train_set, valid_set = make_datasets(config, core.stems)
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
