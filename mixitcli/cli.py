@@ -175,7 +175,7 @@ _VALID_EVERY = typer.Option(None, "--valid-every", help="Validate (and rank chec
 _KEEP_BEST = typer.Option(None, "--keep-best", help="How many best checkpoints (by validation loss) to keep.")
 _LOG_EVERY = typer.Option(None, "--log-every", help="Log metrics every N steps.")
 _SAVE_EVERY = typer.Option(None, "--save-every", help="Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).")
-_INIT = typer.Option(None, "--init", help="Start from these weights: a mixit checkpoint or run folder (averaged best), or an official model folder.")
+_INIT = typer.Option(None, "--init", help="Start from these weights: a mixit checkpoint or run folder (averaged best), or an official model folder (pretrain: continue pre-training from them).")
 _SELECTION = typer.Option(None, "--selection", help="select-channels JSON that picks the 4 stems among the 12 outputs of --init.")
 
 
@@ -204,55 +204,52 @@ def _train(stage: str, options: dict) -> None:
         raise typer.Exit(130)
 
 
-@app.command("pretrain")
-def pretrain(
-    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
-    mixit_solver: Optional[str] = typer.Option(None, "--mixit-solver", help="efficient (least squares + argmax, the paper's) or exact (all 4096 assignments)."),
-    valid_size: Optional[int] = typer.Option(None, "--valid-size", help="Held-out mixtures of mixtures per validation."),
-    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
-    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
-    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
-    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
-    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
-    save_every: Optional[int] = _SAVE_EVERY,
-) -> None:
-    """Pre-train BS-Locoformer with MixIT (12 outputs) on a prepare-fma folder."""
-    _train("pretrain", dict(locals()))
+_COMMON = {
+    "data": (Optional[Path], _DATA), "out": (Path, _OUT), "size": (Optional[str], _SIZE),
+    "config": (Optional[Path], _CONFIG), "resume": (bool, _RESUME), "max_steps": (Optional[int], _MAX_STEPS),
+    "batch_size": (Optional[int], _BATCH), "grad_accum": (Optional[int], _ACCUM),
+    "segment_seconds": (Optional[float], _SEGMENT), "device": (Optional[str], _DEVICE), "seed": (Optional[int], _SEED),
+    "epochs": (Optional[int], _EPOCHS), "steps_per_epoch": (Optional[int], _SPE), "lr": (Optional[float], _LR),
+    "warmup_steps": (Optional[int], _WARMUP), "workers": (Optional[int], _WORKERS), "bf16": (Optional[bool], _BF16),
+    "checkpointing": (Optional[bool], _CKPT), "valid_every": (Optional[int], _VALID_EVERY),
+    "keep_best": (Optional[int], _KEEP_BEST), "log_every": (Optional[int], _LOG_EVERY), "save_every": (Optional[int], _SAVE_EVERY),
+}
+_FROM_WEIGHTS = {"init": (Optional[Path], _INIT), "selection": (Optional[Path], _SELECTION)}
+_MIXIT = {
+    "mixit_solver": (Optional[str], typer.Option(None, "--mixit-solver", help="efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).")),
+    "valid_size": (Optional[int], typer.Option(None, "--valid-size", help="Held-out mixtures of mixtures per validation.")),
+}
 
 
-@app.command("finetune")
-def finetune(
-    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
-    init: Optional[Path] = _INIT, selection: Optional[Path] = _SELECTION,
-    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
-    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
-    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
-    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
-    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
-    save_every: Optional[int] = _SAVE_EVERY,
-) -> None:
-    """Supervised fine-tuning on a prepare-musdb folder: 4 outputs (bass, drums, vocals, other),
-    from scratch, or from pre-training (--init with --selection)."""
-    _train("finetune", dict(locals()))
+def _training_command(stage: str, summary: str, extra: dict) -> None:
+    """Register `mixit STAGE` with the shared training options plus ``extra``: one function,
+    three commands, each with its own --help."""
+    import inspect
+
+    def command(**options) -> None:
+        _train(stage, options)
+
+    options = {**_COMMON, **extra}
+    command.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for name, (kind, opt) in options.items()]
+    )
+    command.__doc__ = summary
+    app.command(stage)(command)
 
 
-@app.command("freeze-finetune")
-def freeze_finetune(
-    data: Optional[Path] = _DATA, out: Path = _OUT, size: Optional[str] = _SIZE,
-    init: Optional[Path] = _INIT, selection: Optional[Path] = _SELECTION,
-    config: Optional[Path] = _CONFIG, resume: bool = _RESUME, max_steps: Optional[int] = _MAX_STEPS,
-    batch_size: Optional[int] = _BATCH, grad_accum: Optional[int] = _ACCUM, segment_seconds: Optional[float] = _SEGMENT,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, epochs: Optional[int] = _EPOCHS,
-    steps_per_epoch: Optional[int] = _SPE, lr: Optional[float] = _LR, warmup_steps: Optional[int] = _WARMUP,
-    workers: Optional[int] = _WORKERS, bf16: Optional[bool] = _BF16, checkpointing: Optional[bool] = _CKPT,
-    valid_every: Optional[int] = _VALID_EVERY, keep_best: Optional[int] = _KEEP_BEST, log_every: Optional[int] = _LOG_EVERY,
-    save_every: Optional[int] = _SAVE_EVERY,
-) -> None:
-    """Fine-tuning with the separator frozen: only the band-split encoder and the mask decoder
-    train (200 epochs by default). Paper Table 2."""
-    _train("freeze-finetune", dict(locals()))
+_training_command("pretrain", "Pre-train BS-Locoformer with MixIT (12 outputs) on a prepare-fma folder.", {**_MIXIT, **_FROM_WEIGHTS})
+_training_command(
+    "finetune",
+    "Supervised fine-tuning on a prepare-musdb folder: 4 outputs (bass, drums, vocals, other), from scratch, "
+    "or from pre-training (--init with --selection).",
+    _FROM_WEIGHTS,
+)
+_training_command(
+    "freeze-finetune",
+    "Fine-tuning with the separator frozen: only the band-split encoder and the mask decoder train "
+    "(200 epochs by default). Paper Table 2.",
+    _FROM_WEIGHTS,
+)
 
 
 @app.command("select-channels")
