@@ -137,6 +137,38 @@ def prepare_musdb(
     console.print(f"tracks: {tracks}\nsalient 8 s segments: {segments}", highlight=False)
 
 
+MAKE_DEMO_DATA_HELP = """Synthesise music for the demo and tests: no download needed.
+
+Each song is made from its seed with numpy: a tempo, a key, chord progressions and sections (intro, verse, break, chorus, groove, outro) that switch stems off (no vocals in the intro, no drums in a break, ...); drums, a bass line, a sung-like lead with vowel formants ("vocals") and chords (pads, arpeggios, stabs: "other"), each with its own timbre, pan, room and level.
+
+Writes OUT/unlabeled/ (FMA-like mixtures in FLAC, MP3, WAV and Ogg; every fifth at 48 kHz), OUT/musdb/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav (MUSDB18-HQ layout: 16-bit stereo 44.1 kHz, mixture = exact sum of the stems) and OUT/demo.json (the summary). The same options always give the same files. The defaults (40 + 16 songs of 30 s) take about 30 s on one core and 520 MB of disk.
+
+Then: mixit prepare-fma --audio-dir OUT/unlabeled --out ... and mixit prepare-musdb OUT/musdb --out ...
+"""
+
+
+@app.command("make-demo-data", help=MAKE_DEMO_DATA_HELP)
+def make_demo_data(
+    out: Path = typer.Argument(..., help="Output folder OUT (created)."),
+    songs: int = typer.Option(40, "--songs", help="Unlabeled songs (mixtures only) in OUT/unlabeled/."),
+    musdb_train: int = typer.Option(12, "--musdb-train", help="Songs with stems in OUT/musdb/train/, the validation ones included."),
+    musdb_valid: Optional[int] = typer.Option(None, "--musdb-valid", help="How many of the train songs carry standard MUSDB validation names, so that prepare-musdb puts them in the validation split (0-14; default: min(3, half of --musdb-train))."),
+    musdb_test: int = typer.Option(4, "--musdb-test", help="Songs with stems in OUT/musdb/test/."),
+    seconds: float = typer.Option(30.0, "--seconds", help="Length of every song in seconds (use >= 10: prepare-fma cuts 10 s clips and prepare-musdb 8 s segments)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything (>= 0); another seed gives other songs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/unlabeled and OUT/musdb left by an earlier make-demo-data run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+) -> None:
+    from mixitcli.demo_data import DemoDataError, describe, make_demo_data as run
+
+    try:
+        summary = run(out, songs=songs, musdb_train=musdb_train, musdb_test=musdb_test, musdb_valid=musdb_valid,
+                      seconds=seconds, seed=seed, overwrite=overwrite, progress=progress)
+    except DemoDataError as e:
+        fail("make-demo-data cannot start:\n" + "\n".join(f"  - {p}" for p in e.problems))
+    console.print(describe(summary), highlight=False)
+
+
 def _register_pending(name: str, summary: str) -> None:
     def command(ctx: typer.Context) -> None:
         _not_implemented(name)
