@@ -155,7 +155,11 @@ def make_datasets(config: TrainConfig):
     try:
         return _make_datasets(config)
     except DataError as e:
-        raise TrainingError(f"--data: {e}") from e
+        hint = ""
+        if config.loss == "mixit" and "'valid' split" in str(e):
+            hint = (f" Hold out more tracks without decoding again: "
+                    f"`mixit prepare-fma --merge --out {config.data} --valid-fraction 0.05` (or larger for small collections).")
+        raise TrainingError(f"--data: {e}{hint}") from e
 
 
 def _make_datasets(config: TrainConfig):
