@@ -19,3 +19,5 @@ bench:
 	$(PYTHON) bench/mixit.py
 	$(PYTHON) bench/prepare.py
 	$(PYTHON) bench/dataloader.py
+
+include recipes/tables.mk

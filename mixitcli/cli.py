@@ -190,6 +190,7 @@ _OUT = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, 
 _SIZE = typer.Option(None, "--size", help="Model preset: tiny, small, medium or large (default medium, or that of --init).")
 _CONFIG = typer.Option(None, "--config", help="YAML recipe (see recipes/); command-line options override it.")
 _RESUME = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped.")
+_AUTO_RESUME = typer.Option(False, "--auto-resume", help="Resume when --out already holds a run, else start it (for scripts and preemptible jobs).")
 _MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: epochs x steps per epoch).")
 _BATCH = typer.Option(None, "--batch-size", help="Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).")
 _ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation: micro-batches per step on each device.")
@@ -216,7 +217,8 @@ def _train(stage: str, options: dict) -> None:
     from mixitcli.train import ConfigError, TrainingError, build_config, resume_config, train
     from mixitcli.train.checkpoint import CheckpointError
 
-    recipe, resume = options.pop("config"), options.pop("resume")
+    recipe, resume, auto = options.pop("config"), options.pop("resume"), options.pop("auto_resume")
+    resume = resume or (auto and (Path(options["out"]) / "checkpoints" / "last.pt").is_file())
     renames = {"valid_every": "valid_every_epochs", "checkpointing": "activation_checkpointing", "save_every": "save_every_steps"}
     overrides = {renames.get(k, k): (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     try:
@@ -238,7 +240,7 @@ def _train(stage: str, options: dict) -> None:
 
 _COMMON = {
     "data": (Optional[Path], _DATA), "out": (Path, _OUT), "size": (Optional[str], _SIZE),
-    "config": (Optional[Path], _CONFIG), "resume": (bool, _RESUME), "max_steps": (Optional[int], _MAX_STEPS),
+    "config": (Optional[Path], _CONFIG), "resume": (bool, _RESUME), "auto_resume": (bool, _AUTO_RESUME), "max_steps": (Optional[int], _MAX_STEPS),
     "batch_size": (Optional[int], _BATCH), "grad_accum": (Optional[int], _ACCUM),
     "segment_seconds": (Optional[float], _SEGMENT), "device": (Optional[str], _DEVICE), "seed": (Optional[int], _SEED),
     "epochs": (Optional[int], _EPOCHS), "steps_per_epoch": (Optional[int], _SPE), "lr": (Optional[float], _LR),

@@ -1,0 +1,94 @@
+# Tables 1-3 of Saijo & Bando (WASPAA 2025) as chains of file targets:
+#   prepare -> pretrain -> select-channels -> finetune / freeze-finetune -> eval -> report
+# Every stage writes its files under $(WORK); re-running `make tableN` after an interruption
+# resumes unfinished training runs (--resume from checkpoints/last.pt), resumes prepare-fma
+# and eval where they stopped, and skips finished targets.
+#
+#   make table1 FMA=/data/fma MUSDB=/data/musdb18hq GPUS=8
+#   make -n table2 ...         # print the plan
+#
+# FMA:   the folder holding fma_<subset>/ and fma_metadata/ (subsets small, medium, large, full)
+# MUSDB: the MUSDB18-HQ folder holding train/ and test/
+# GPUS:  processes per training run (torchrun); 1 runs `mixit` directly
+
+FMA ?= /path/to/fma
+MUSDB ?= /path/to/musdb18hq
+GPUS ?= 1
+WORK ?= work
+PREP_WORKERS ?= 8
+EVAL_WORKERS ?= 4
+FMA_VALID ?= 0.01
+MIXIT ?= mixit
+TRAIN ?= $(if $(filter 1,$(GPUS)),$(MIXIT),torchrun --standalone --nproc_per_node=$(GPUS) -m mixitcli)
+
+DATA := $(WORK)/data
+RUNS := $(WORK)/runs
+RESULTS := $(WORK)/results
+TABLES := $(WORK)/tables
+
+.PHONY: table1 table2 table3 tables check-data
+.SECONDARY:
+
+tables: table1 table2 table3
+
+check-data:
+	@test -d "$(FMA)" || { echo "FMA=$(FMA) is not a folder: make tableN FMA=/path/to/fma MUSDB=/path/to/musdb18hq"; exit 1; }
+	@test -d "$(MUSDB)/train" || { echo "MUSDB=$(MUSDB) has no train/: point it at MUSDB18-HQ"; exit 1; }
+
+# ---------------------------------------------------------------- data
+$(DATA)/fma-%/summary.json: | check-data
+	$(MIXIT) prepare-fma $(FMA) --subset $* --out $(@D) --workers $(PREP_WORKERS) --valid-fraction $(FMA_VALID)
+
+$(DATA)/musdb/summary.json: | check-data
+	$(MIXIT) prepare-musdb $(MUSDB) --out $(@D)
+
+# ---------------------------------------------------------------- runs
+# pre-SIZE-SUBSET: MixIT pre-training of SIZE on FMA SUBSET, and its channel selection
+define pretrain_run
+$(RUNS)/pre-$(1)-$(2)/DONE: $(DATA)/fma-$(2)/summary.json
+	$(TRAIN) pretrain --config recipes/pretrain/$(1).yaml --data $(DATA)/fma-$(2) --out $$(@D) --auto-resume
+	touch $$@
+
+$(RUNS)/pre-$(1)-$(2)/selection.json: $(RUNS)/pre-$(1)-$(2)/DONE $(DATA)/musdb/summary.json
+	$(MIXIT) select-channels $$(@D) --musdb $(DATA)/musdb --out $$@
+endef
+
+# ft-SIZE-scratch: supervised from random weights; ft-SIZE-SUBSET: from pre-SIZE-SUBSET
+define finetune_run
+$(RUNS)/$(1)-$(2)-$(3)/DONE: $(DATA)/musdb/summary.json $(if $(filter scratch random,$(3)),,$(RUNS)/pre-$(2)-$(3)/selection.json)
+	$(TRAIN) $(if $(filter fz,$(1)),freeze-finetune,finetune) --config recipes/$(if $(filter fz,$(1)),freeze-finetune,finetune)/$(2).yaml \
+		--data $(DATA)/musdb --out $$(@D) $(if $(filter scratch random,$(3)),,--init $(RUNS)/pre-$(2)-$(3) --selection $(RUNS)/pre-$(2)-$(3)/selection.json) --auto-resume
+	touch $$@
+
+$(RESULTS)/$(1)-$(2)-$(3)/summary.json: $(RUNS)/$(1)-$(2)-$(3)/DONE
+	$(MIXIT) eval --model $(RUNS)/$(1)-$(2)-$(3) --musdb $(MUSDB) --out $$(@D) --workers $(EVAL_WORKERS)
+endef
+
+$(foreach size,small medium large,$(eval $(call pretrain_run,$(size),large)))
+$(foreach subset,small medium full,$(eval $(call pretrain_run,medium,$(subset))))
+$(foreach size,small medium large,$(foreach init,scratch large,$(eval $(call finetune_run,ft,$(size),$(init)))))
+$(foreach subset,small medium full,$(eval $(call finetune_run,ft,medium,$(subset))))
+$(foreach init,large random,$(eval $(call finetune_run,fz,medium,$(init))))
+
+# ---------------------------------------------------------------- tables
+# Table 1: S1/S2, M1/M2, L1/L2 = small/medium/large from scratch vs pre-trained on FMA large
+TABLE1 := S1=$(RESULTS)/ft-small-scratch S2=$(RESULTS)/ft-small-large M1=$(RESULTS)/ft-medium-scratch \
+	M2=$(RESULTS)/ft-medium-large L1=$(RESULTS)/ft-large-scratch L2=$(RESULTS)/ft-large-large
+# Table 2: medium, separator frozen: pre-trained (FMA large) vs random
+TABLE2 := freeze-random=$(RESULTS)/fz-medium-random freeze-fma-large=$(RESULTS)/fz-medium-large
+# Table 3: medium pre-trained on FMA small / medium / large / full, and no pre-training
+TABLE3 := none=$(RESULTS)/ft-medium-scratch fma-small=$(RESULTS)/ft-medium-small fma-medium=$(RESULTS)/ft-medium-medium \
+	fma-large=$(RESULTS)/ft-medium-large fma-full=$(RESULTS)/ft-medium-full
+
+results_of = $(foreach r,$(1),$(lastword $(subst =, ,$(r)))/summary.json)
+
+$(TABLES)/table%/report.md:
+	$(MIXIT) report $(TABLE$*) --out $(@D)
+
+$(TABLES)/table1/report.md: $(call results_of,$(TABLE1))
+$(TABLES)/table2/report.md: $(call results_of,$(TABLE2))
+$(TABLES)/table3/report.md: $(call results_of,$(TABLE3))
+
+table1: $(TABLES)/table1/report.md
+table2: $(TABLES)/table2/report.md
+table3: $(TABLES)/table3/report.md
