@@ -127,7 +127,7 @@ def separate_command(
     chunk: float = typer.Option(12.0, "--chunk", help="Chunk length in seconds (paper: 12)."),
     hop: float = typer.Option(6.0, "--hop", help="Hop between chunks in seconds, at most --chunk (paper: 6)."),
     window: Window = typer.Option(Window.equal, "--window", help="Cross-fade of overlapping chunks: equal weights (paper) or a triangle / Hann fade."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Chunks per forward pass (more is faster on a GPU; same output)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Chunks per forward pass (default: 4 on a GPU, 1 on the CPU); the output does not change."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs: auto = CUDA, else MPS, else CPU."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model in bfloat16 autocast (meant for GPUs; outputs differ slightly from float32)."),
 ) -> None:
@@ -172,7 +172,7 @@ def eval_command(
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Processes scoring tracks in parallel (0: score in this process)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs (with --model)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for separation (with --model)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Chunks per forward pass (with --model)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Chunks per forward pass (with --model; default: 4 on a GPU, 1 on the CPU)."),
 ) -> None:
     """Score separations on MUSDB18-HQ: cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean), as the paper's Table 1.
 

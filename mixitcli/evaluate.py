@@ -370,7 +370,7 @@ def evaluate_musdb(
     workers: int = 2,
     device: str = "auto",
     bf16: bool = False,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     console=None,
 ) -> dict:
     """`mixit eval`: separate MUSDB18-HQ with ``model`` (into OUT/estimates) or read

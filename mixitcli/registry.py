@@ -323,6 +323,7 @@ def _accept_unverified(url: str, dest: Path, expected_sha256: str | None) -> Pat
 
 
 def _fetch(url: str, dest: Path, size: int | None, hub_digest: str | None, expected_sha256: str | None, progress: bool) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -337,7 +338,8 @@ def _fetch(url: str, dest: Path, size: int | None, hub_digest: str | None, expec
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     sha256, n = hashlib.sha256(), 0
     try:
-        with response, open(tmp, "wb") as f, Progress(*columns, disable=not progress, transient=True) as bar:
+        bar = Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True)  # stdout stays clean
+        with response, open(tmp, "wb") as f, bar:
             task = bar.add_task(f"download {dest.name}", total=total)
             while chunk := response.read(1 << 20):
                 f.write(chunk)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -49,13 +49,14 @@ class ChunkOptions:
         chunk_s: chunk length in seconds (the paper: 12).
         hop_s: distance between chunk starts in seconds, at most ``chunk_s`` (the paper: 6).
         window: weights of overlapping outputs, one of :data:`WINDOWS`.
-        batch_size: chunks per forward pass (useful on a GPU; the result does not change).
+        batch_size: chunks per forward pass (None: 4 on a GPU, 1 on the CPU, where batching
+            does not help); the result does not depend on it.
     """
 
     chunk_s: float = 12.0
     hop_s: float = 6.0
     window: str = "equal"
-    batch_size: int = 1
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,7 +66,7 @@ class ChunkOptions:
             problems.append(f"hop must be in (0, chunk={self.chunk_s}] seconds, got {self.hop_s}")
         if self.window not in WINDOWS:
             problems.append(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch size must be >= 1, got {self.batch_size}")
         if problems:
             raise SeparationError("; ".join(problems))
@@ -143,6 +144,7 @@ class ChunkedSeparator:
         self.n_outputs = model.config.n_outputs
         self.n_channels = model.config.n_channels
         self.window = overlap_window(options.window, self.chunk)  # (T,)
+        self.batch_size = options.batch_size or (1 if self.device.type == "cpu" else 4)
         self._buf = torch.zeros(self.n_channels, 0)  # input samples from _buf_start on
         self._buf_start = 0
         self._n_in = 0
@@ -199,7 +201,7 @@ class ChunkedSeparator:
             seg = torch.nn.functional.pad(seg, (0, self.chunk - valid))
         self._pending.append((start, seg, valid))
         self._scheduled += 1
-        if len(self._pending) >= self.options.batch_size:
+        if len(self._pending) >= self.batch_size:
             self._run()
 
     def _drop_consumed_input(self) -> None:
@@ -225,7 +227,9 @@ class ChunkedSeparator:
         active = chunks.abs().flatten(1).sum(1) > 0  # (B,)
         if not active.any():
             return torch.zeros(b, self.n_outputs, c, t)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # Without bf16 the caller's autocast state (e.g. training validation under bf16) applies.
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with torch.no_grad(), amp:
             y = self.model(chunks[active].to(self.device) if not active.all() else chunks.to(self.device))
         y = y.float().cpu()
         if active.all():
@@ -261,7 +265,7 @@ def separate_array(
     chunk_s: float = 12.0,
     hop_s: float = 6.0,
     window: str = "equal",
-    batch_size: int = 1,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     bf16: bool = False,
 ) -> torch.Tensor:
@@ -272,7 +276,7 @@ def separate_array(
         mixture: (c, t) waveform at ``model.config.sample_rate``, any length.
         chunk_s, hop_s, window, batch_size: see :class:`ChunkOptions` (defaults: the paper's).
         device: where the model runs (default: where its parameters are).
-        bf16: bfloat16 autocast.
+        bf16: bfloat16 autocast (without it, an autocast the caller entered applies).
 
     Returns:
         (n, c, t) float32 CPU tensor, outputs in the order of ``model.stems``.
