@@ -165,7 +165,7 @@ class Subset(str, Enum):
 @app.command("eval")
 def eval_command(
     musdb: Path = typer.Option(..., "--musdb", help="MUSDB18-HQ root (holding train/ and test/)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results folder: results.jsonl / results.csv per track, summary.md / summary.json, and estimates/ when --model is given. Run again with the same --out to resume."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder: results.jsonl / results.csv per track, summary.md / summary.json, and estimates/ when --model is given (default with --estimates: that folder). Run again with the same --out to resume."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Separate with this model first (a path or a published model name, as in `mixit separate`); stems go to OUT/estimates/<track>/<stem>.wav (float WAV)."),
     estimates: Optional[Path] = typer.Option(None, "--estimates", help="Score existing stems instead: a folder of <track>/<stem>.wav (any audio format)."),
     subset: Subset = typer.Option(Subset.test, "--subset", help="MUSDB18-HQ subset: test (the paper's 50 tracks), valid (the standard 14) or train."),
@@ -187,7 +187,8 @@ def eval_command(
         )
     except _user_errors() as e:
         fail(str(e))
-    console.print(f"results in {out}/summary.md, {out}/summary.json, per track {out}/results.csv", highlight=False)
+    folder = out or estimates
+    console.print(f"results in {folder}/summary.md, {folder}/summary.json, per track {folder}/results.csv", highlight=False)
 
 
 @app.command("report")

@@ -362,7 +362,7 @@ def find_estimates(folder: Path, tracks: Sequence, stems: Sequence[str] = STEMS)
 
 def evaluate_musdb(
     musdb: str | Path,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     model: str | None = None,
     estimates: str | Path | None = None,
@@ -381,7 +381,7 @@ def evaluate_musdb(
 
     Args:
         musdb: the MUSDB18-HQ root.
-        out: results folder.
+        out: results folder (None: the ``estimates`` folder; needed with ``model``).
         model: model path or published name (exclusive with ``estimates``).
         estimates: folder of ``<track>/<stem>.wav``.
         subset: "test" (the paper's), "valid" or "train".
@@ -397,7 +397,9 @@ def evaluate_musdb(
     """
     if (model is None) == (estimates is None):
         raise EvalError("give exactly one of --model (separate, then score) and --estimates (score existing stems)")
-    out = Path(out)
+    if out is None and estimates is None:
+        raise EvalError("--out is needed with --model (the separated stems and the results go there)")
+    out = Path(out if out is not None else estimates)
     tracks = musdb_tracks(musdb, subset)
     config = {"musdb": str(Path(musdb).expanduser().resolve()), "subset": subset, "model": model, "estimates": str(estimates) if estimates else None}
     results = ResultsFolder(out, config)

@@ -118,8 +118,8 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
         return {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}}
 
     monkeypatch.setattr(evaluate, "score_track", fake_score)
-    out = tmp_path / "res"
-    args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(out), "--workers", "0"]
+    out = estimates  # the default results folder with --estimates
+    args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--workers", "0"]
     ResultsFolder(out, {"musdb": str(musdb.resolve()), "subset": "test", "model": None, "estimates": str(estimates)}).add(fake_score("B - Two", {}, {}))
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

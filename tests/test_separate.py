@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from mixitcli import audio
 from mixitcli.model.official import load_official
 from mixitcli.separate import (
     ChunkedSeparator,
@@ -164,6 +166,19 @@ def test_output_formats(tmp_path, suffix, bits, subtype):
     assert info.subtype == subtype and info.channels == 2 and info.samplerate == SR
     assert abs(info.frames - int(1.5 * SR)) <= (2000 if suffix == ".mp3" else 0)
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_formats_only_ffmpeg_reads_are_streamed_too(tmp_path):
+    wav, m4a = tmp_path / "in.wav", tmp_path / "in.m4a"
+    sf.write(wav, _tone(2.0, SR, 2).T, SR)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    whole, rate = audio.read(m4a)
+    blocks = list(audio.read_blocks(m4a, 10_000))
+    assert rate == SR and len(blocks) > 1 and all(b.shape[0] == 2 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), whole)
+    result = separate_file(GainModel(), m4a, {"bass": tmp_path / "bass.wav"}, bits="float")
+    assert sf.info(tmp_path / "bass.wav").frames == whole.shape[1] and result.seconds == pytest.approx(whole.shape[1] / SR)
 
 
 def test_refuses_to_overwrite_the_input(tmp_path):
