@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -138,6 +139,23 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int, *, quality: str = "
 
 
 SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg")
+
+
+def _format_for(path: Path, bits: str) -> tuple[str, str]:
+    """(libsndfile format, subtype) for an output path's suffix and a bit depth."""
+    if bits not in SUBTYPES:
+        raise AudioError(f"{path}: bits must be one of {', '.join(SUBTYPES)}, got {bits!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".wav":
+        return "WAV", SUBTYPES[bits]
+    if suffix == ".flac":
+        return "FLAC", SUBTYPES["16" if bits == "16" else "24"]
+    if suffix == ".mp3":
+        return "MP3", "MPEG_LAYER_III"
+    if suffix == ".ogg":
+        return "OGG", "VORBIS"
+    raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav, .flac, .mp3 or .ogg)")
 
 
 def write(path: str | Path, audio: np.ndarray, sample_rate: int, *, bits: str = "24") -> None:
@@ -146,29 +164,151 @@ def write(path: str | Path, audio: np.ndarray, sample_rate: int, *, bits: str = 
     ``bits`` is "16", "24" or "float" for WAV, "16" or "24" for FLAC, ignored for MP3/OGG.
     The file is written to a temporary name and renamed, so a crash never leaves half a file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if audio.ndim != 2:
         raise AudioError(f"{path}: expected audio shaped (channels, samples), got {audio.shape}")
-    suffix = path.suffix.lower()
-    if suffix == ".wav":
-        fmt, subtype = "WAV", SUBTYPES[bits]
-    elif suffix == ".flac":
-        fmt, subtype = "FLAC", SUBTYPES["16" if bits == "16" else "24"]
-    elif suffix == ".mp3":
-        fmt, subtype = "MP3", "MPEG_LAYER_III"
-    elif suffix == ".ogg":
-        fmt, subtype = "OGG", "VORBIS"
-    else:
-        raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav, .flac, .mp3 or .ogg)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    data = np.ascontiguousarray(audio.T)
-    if subtype != "FLOAT":
-        data = np.clip(data, -1.0, 1.0)
-    sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype)
-    tmp.replace(path)
+    with BlockWriter(path, sample_rate, audio.shape[0], bits=bits) as writer:
+        writer.write(audio)
+
+
+class BlockWriter:
+    """Write (c, t) audio block by block, so memory stays bounded by the block, not the file.
+
+    The data goes to a hidden temporary file beside ``path`` (``.NAME.partial``), renamed to
+    ``path`` by :meth:`close`; :meth:`abort` (or leaving the ``with`` block on an exception)
+    deletes it. So a crash never leaves half a file under the final name.
+
+    Integer formats clip to [-1, 1]; ``bits="float"`` WAV keeps any value.
+
+    Args:
+        path: the final file; its suffix picks the format (.wav, .flac, .mp3, .ogg).
+        sample_rate: Hz.
+        channels: channels of every block.
+        bits: "16", "24" or "float" (WAV); "16" or "24" (FLAC); ignored for MP3/OGG.
+        limit: if given, the file holds exactly this many samples: later samples are
+            dropped and a short file is padded with zeros at :meth:`close`. It can be set
+            after opening (when the length becomes known) through :attr:`limit`.
+
+    Raises:
+        AudioError: unsupported suffix or bit depth, or the file cannot be created.
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int, channels: int, *, bits: str = "24", limit: int | None = None):
+        import soundfile as sf
+
+        self.path = Path(path)
+        fmt, subtype = _format_for(self.path, bits)
+        self.channels = channels
+        self.clip = subtype != "FLOAT"
+        self.limit = limit
+        self.frames = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self._file = sf.SoundFile(str(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype)
+        except Exception as e:
+            raise AudioError(f"{self.path}: cannot create ({e})") from e
+
+    def write(self, block: np.ndarray) -> None:
+        """Append a (c, t) block."""
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise AudioError(f"{self.path}: expected blocks shaped ({self.channels}, samples), got {block.shape}")
+        if self.limit is not None:
+            block = block[:, : max(0, self.limit - self.frames)]
+        if block.shape[1] == 0:
+            return
+        data = np.ascontiguousarray(block.T, dtype=np.float32)  # (c, t) -> (t, c)
+        if self.clip:
+            data = np.clip(data, -1.0, 1.0)
+        self._file.write(data)
+        self.frames += block.shape[1]
+
+    def close(self) -> None:
+        """Pad to ``limit`` if set, finish the file and give it its final name."""
+        if self._file.closed:
+            return
+        if self.limit is not None and self.frames < self.limit:
+            self.write(np.zeros((self.channels, self.limit - self.frames), dtype=np.float32))
+        self._file.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        """Stop and delete the temporary file; ``path`` is left untouched."""
+        if not self._file.closed:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "BlockWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode a file block by block: float32 (c, t) blocks of ``block_frames`` samples
+    (the last one shorter), at the file's own rate (see :func:`info`).
+
+    Memory stays bounded by the block: soundfile reads in place; other formats stream
+    through an ffmpeg pipe.
+
+    Raises:
+        AudioError: the file is missing, empty or cannot be decoded.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    if block_frames < 1:
+        raise ValueError(f"block_frames must be >= 1, got {block_frames}")
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as sf_error:
+        if not have_ffmpeg():
+            raise AudioError(f"{path}: cannot decode ({sf_error}); {FFMPEG_HINT}") from sf_error
+        yield from _ffmpeg_blocks(path, block_frames)
+        return
+    with f:
+        while True:
+            try:
+                data = f.read(block_frames, dtype="float32", always_2d=True)  # (t, c)
+            except Exception as e:
+                raise AudioError(f"{path}: decoding failed after {f.tell()} samples ({e})") from e
+            if len(data) == 0:
+                return
+            yield np.ascontiguousarray(data.T)
+
+
+def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    probe = _ffprobe(path)
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    frame_bytes = 4 * probe.channels
+    total, finished = 0, False
+    try:
+        while True:
+            raw = proc.stdout.read(block_frames * frame_bytes)
+            if not raw:
+                finished = True
+                break
+            raw = raw[: len(raw) - len(raw) % frame_bytes]
+            total += len(raw) // frame_bytes
+            yield np.ascontiguousarray(np.frombuffer(raw, dtype=np.float32).reshape(-1, probe.channels).T)
+    finally:
+        if not finished:  # the consumer stopped early: do not wait for ffmpeg to finish decoding
+            proc.kill()
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        code = proc.wait()
+    if code != 0 or total == 0:
+        raise AudioError(f"{path}: ffmpeg cannot decode it ({stderr[:200]})")
 
 
 def _ffprobe(path: Path) -> AudioInfo:

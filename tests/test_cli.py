@@ -16,6 +16,7 @@ PRODUCT_COMMANDS = [
     "freeze-finetune",
     "separate",
     "eval",
+    "report",
 ]
 
 

@@ -67,20 +67,13 @@ class Runtime:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this rank's GPU, else Apple MPS, else CPU; "cuda" -> this rank's GPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
+    """This rank's device (see :func:`mixitcli.devices.pick_device`)."""
+    from mixitcli.devices import DeviceError, pick_device
+
+    try:
+        return pick_device(name, local_rank)
+    except DeviceError as e:
+        raise TrainingError(str(e)) from e
 
 
 def setup_runtime(device_name: str) -> Runtime:
@@ -257,8 +250,7 @@ def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro:
 
         for i in mine:
             _, mixture, stems = valid[i]  # (c, t), (n, c, t)
-            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)):
-                est = separate_array(core, mixture, device=rt.device).float().cpu()  # (n, c, t)
+            est = separate_array(core, mixture, device=rt.device, bf16=bool(config.bf16))  # (n, c, t) on the CPU
             sums[0] += finetune_loss(est[None], stems[None]).item()
             sums[1] += 1
             sums[2:] += torch.tensor([usdr(stems[j], est[j]) for j in range(len(core.stems))], dtype=torch.float64)

@@ -1,0 +1,330 @@
+"""Separating many files: finding inputs, naming outputs, skipping, failures, progress.
+
+:func:`separate_many` is what `mixit separate` calls. Output naming lives here and only
+here: :func:`plan` turns inputs and a filename template into :class:`Job` s, and rejects
+(all at once, before any separation) templates whose outputs collide or would overwrite an
+input. :func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
+a file that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from mixitcli import audio
+from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
+
+DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
+TEMPLATE_FIELDS = {
+    "track": "the input file's name without its extension",
+    "stem": "the stem name (bass, drums, vocals, other)",
+    "ext": "the output format's extension (wav, flac, mp3)",
+    "folder": "the input's folder relative to the INPUT folder it was found in (empty for files given directly)",
+    "parent": "the name of the folder holding the input (e.g. the song folder of MUSDB's mixture.wav)",
+}
+
+
+class PlanError(SeparationError):
+    """Inputs or output naming are unusable; ``problems`` lists every problem found."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        self.problems = list(problems)
+        shown = "".join(f"\n  - {p}" for p in self.problems[:30])
+        more = f"\n  ... and {len(self.problems) - 30} more" if len(self.problems) > 30 else ""
+        super().__init__(message + shown + more)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the stem files it becomes."""
+
+    input: Path
+    outputs: dict[str, Path]
+
+    def done(self) -> bool:
+        """All outputs exist (so ``--skip-existing`` skips it)."""
+        return all(p.is_file() for p in self.outputs.values())
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in audio.AUDIO_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_inputs(inputs: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
+    """The audio files named by ``inputs``: files as given, folders walked recursively
+    (hidden files and anything under ``exclude``, the output folder, left out).
+
+    Returns:
+        (file, folder it was found in, or None for a file given directly), in order, no repeats.
+
+    Raises:
+        PlanError: a missing input, or a folder holding no audio files.
+    """
+    found: list[tuple[Path, Path | None]] = []
+    problems: list[str] = []
+    exclude = exclude.resolve() if exclude is not None else None
+    for given in map(Path, inputs):
+        if given.is_file():
+            found.append((given, None))
+        elif given.is_dir():
+            files = sorted(p for p in given.rglob("*") if p.is_file() and _is_audio(p))
+            if exclude is not None:
+                files = [p for p in files if not p.resolve().is_relative_to(exclude)]
+            if not files:
+                problems.append(f"{given}: no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}) in this folder")
+            found += [(p, given) for p in files]
+        else:
+            problems.append(f"{given}: no such file or folder")
+    if problems:
+        raise PlanError("cannot read the inputs:", problems)
+    seen, unique = set(), []
+    for path, root in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, root))
+    return unique
+
+
+def check_template(template: str) -> None:
+    """Raise :class:`PlanError` when ``template`` uses unknown fields or is an absolute path."""
+    problems = []
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise PlanError(f"--filename {template!r} is not a valid template ({e})") from e
+    unknown = sorted(fields - set(TEMPLATE_FIELDS))
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join('{' + u + '}' for u in unknown)}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+    if os.path.isabs(template):
+        problems.append("it must be relative to --out")
+    if problems:
+        raise PlanError(f"--filename {template!r}:", problems)
+
+
+def plan(
+    inputs: Sequence[tuple[Path, Path | None]],
+    out_dir: str | Path,
+    *,
+    stems: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+    ext: str = "wav",
+) -> list[Job]:
+    """Name every output file.
+
+    Args:
+        inputs: from :func:`find_inputs`.
+        out_dir: the output folder; the template is relative to it.
+        stems: the stems to write.
+        template: a path with the fields of :data:`TEMPLATE_FIELDS`.
+        ext: output extension (wav, flac, mp3, ogg).
+
+    Raises:
+        PlanError: bad template, two outputs with the same path (the message suggests a
+            field that tells them apart), or an output that is one of the inputs.
+    """
+    check_template(template)
+    out_dir = Path(out_dir)
+    jobs, owner, problems = [], {}, []
+    input_paths = {p.resolve() for p, _ in inputs}
+    for path, root in inputs:
+        folder = path.parent.relative_to(root).as_posix() if root is not None else ""
+        outputs = {}
+        for stem in stems:
+            name = template.format(track=path.stem, stem=stem, ext=ext, folder=folder, parent=path.parent.name)
+            out = Path(os.path.normpath(out_dir / name.lstrip("/")))  # an empty {folder} leaves a leading "/"
+            key = out.resolve()
+            if not key.is_relative_to(out_dir.resolve()):
+                problems.append(f"{out}: outside --out {out_dir}")
+            elif key in input_paths:
+                problems.append(f"{out}: would overwrite an input file")
+            elif key in owner:
+                problems.append(f"{out}: written for both {owner[key]} and {path}")
+            owner[key] = path
+            outputs[stem] = out
+        jobs.append(Job(path, outputs))
+    if problems:
+        hint = ""
+        if any("written for both" in p for p in problems):
+            hint = ' Tell them apart with --filename, e.g. "{folder}/{track}/{stem}.{ext}" or "{parent}/{stem}.{ext}".'
+        raise PlanError(f"the output names do not work.{hint}", problems)
+    return jobs
+
+
+class Reporter:
+    """Progress callbacks of :func:`run_jobs`; this base class shows nothing."""
+
+    def start(self, n_files: int, device: str, dtype: str) -> None: ...
+    def file_started(self, job: Job, seconds: float) -> None: ...
+    def file_progress(self, seconds_done: float) -> None: ...
+    def file_done(self, job: Job, result: FileResult) -> None: ...
+    def file_skipped(self, job: Job) -> None: ...
+    def file_failed(self, job: Job, message: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class RichReporter(Reporter):
+    """Two progress bars on the console: all files, and the current file with its real-time factor."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
+        )
+
+    def start(self, n_files: int, device: str, dtype: str) -> None:
+        self.progress.start()
+        self.overall = self.progress.add_task("[bold]files", total=n_files, info=f"{device}, {dtype}")
+        self.current = None
+        self.started = time.perf_counter()
+
+    def file_started(self, job: Job, seconds: float) -> None:
+        self.file_t0 = time.perf_counter()
+        self.current = self.progress.add_task(job.input.name[:40], total=max(1, round(seconds)), info="")
+
+    def file_progress(self, seconds_done: float) -> None:
+        wall = time.perf_counter() - self.file_t0
+        rtf = f"RTF {wall / seconds_done:.2f}" if seconds_done > 0 else ""
+        self.progress.update(self.current, completed=round(seconds_done), info=rtf)
+
+    def _end_file(self) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+            self.current = None
+        self.progress.advance(self.overall)
+
+    def file_done(self, job: Job, result: FileResult) -> None:
+        self._end_file()
+        self.console.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})", highlight=False)
+
+    def file_skipped(self, job: Job) -> None:
+        self._end_file()
+        self.console.print(f"[dim]skipped[/] {job.input} (outputs exist)", highlight=False)
+
+    def file_failed(self, job: Job, message: str) -> None:
+        self._end_file()
+        self.console.print(f"[bold red]failed[/] {job.input}: {message}", highlight=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+@dataclass
+class BatchSummary:
+    """What :func:`run_jobs` did."""
+
+    done: list[FileResult] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        seconds = sum(r.seconds for r in self.done)
+        wall = sum(r.wall_s for r in self.done)
+        rtf = f", RTF {wall / seconds:.2f}" if seconds else ""
+        return (
+            f"separated {len(self.done)} file(s), {seconds / 60:.1f} min of audio in {wall:.0f} s{rtf}; "
+            f"skipped {len(self.skipped)}; failed {len(self.failed)}"
+        )
+
+
+def run_jobs(
+    model,
+    jobs: Sequence[Job],
+    *,
+    options: ChunkOptions = ChunkOptions(),
+    device=None,
+    bf16: bool = False,
+    sample_rate: int | None = None,
+    bits: str = "24",
+    skip_existing: bool = False,
+    reporter: Reporter | None = None,
+) -> BatchSummary:
+    """Separate every job; a failing file is recorded in the summary and the others go on."""
+    reporter = reporter or Reporter()
+    summary = BatchSummary()
+    reporter.start(len(jobs), str(device or next(model.parameters()).device), dtype_name(bf16))
+    try:
+        for job in jobs:
+            if skip_existing and job.done():
+                summary.skipped.append(job)
+                reporter.file_skipped(job)
+                continue
+            try:
+                reporter.file_started(job, audio.info(job.input).seconds)
+                result = separate_file(
+                    model, job.input, job.outputs, options=options, device=device, bf16=bf16,
+                    sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
+                )
+            except (audio.AudioError, SeparationError, RuntimeError, ValueError, OSError) as e:
+                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                message = message.removeprefix(f"{job.input}: ")  # the reporter names the file
+                summary.failed.append((job.input, message))
+                reporter.file_failed(job, message)
+                continue
+            summary.done.append(result)
+            reporter.file_done(job, result)
+    finally:
+        reporter.stop()
+    return summary
+
+
+def separate_many(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    stems: Sequence[str] | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    ext: str = "wav",
+    bits: str = "24",
+    sample_rate: int | None = None,
+    skip_existing: bool = False,
+    options: ChunkOptions = ChunkOptions(),
+    device: str = "auto",
+    bf16: bool = False,
+    console=None,
+) -> BatchSummary:
+    """`mixit separate`: find the inputs, get the model, name the outputs, separate.
+
+    Problems with inputs, names, options or the model are raised before any separation;
+    problems with single files end up in the summary's ``failed``.
+
+    Args:
+        inputs: files and folders (walked recursively).
+        out_dir: output folder.
+        model: a path for :func:`mixitcli.model.load_model` or a published model name
+            (:mod:`mixitcli.registry`; None: the default model).
+        stems: stems to write (None: all of the model's outputs).
+        template, ext, bits, sample_rate, skip_existing: see :func:`plan` and :func:`run_jobs`.
+        options, device, bf16: chunking and where/how the model runs.
+        console: a rich Console for progress (None: no progress display).
+
+    Raises:
+        PlanError, SeparationError, RegistryError, ModelLoadError: before any work is done.
+    """
+    from mixitcli.model import load_model
+    from mixitcli.registry import resolve_model
+
+    if bits == "float" and ext != "wav":
+        raise SeparationError(f"--bits float needs --format wav (got --format {ext})")
+    check_template(template)
+    found = find_inputs(inputs, exclude=Path(out_dir))
+    torch_device = pick_device(device)
+    net = load_model(resolve_model(model, progress=console is not None)).to(torch_device).eval()
+    stems = list(stems) if stems else list(net.stems)
+    unknown = [s for s in stems if s not in net.stems]
+    if unknown:
+        raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
+    jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
+    reporter = RichReporter(console) if console is not None else None
+    return run_jobs(
+        net, jobs, options=options, device=torch_device, bf16=bf16, sample_rate=sample_rate,
+        bits=bits, skip_existing=skip_existing, reporter=reporter,
+    )

@@ -1,0 +1,195 @@
+"""`mixit report`: the results of several evaluations in the layout of the paper's Tables 1–3
+(Markdown) and one bar chart per stem (PNG).
+
+Each result is a ``summary.json`` written by `mixit eval` (or its folder), optionally named
+``LABEL=PATH``. A result is placed in the paper's tables by what its label or model name
+says (SPEC.md §9):
+
+- size: ``bslocoformer-small|medium|large`` or a word small/medium/large, or the paper's
+  ``S1 S2 M1 M2 L1 L2`` (1: from scratch, 2: pre-trained on FMA large);
+- pre-training: ``fma-small|medium|large|full`` (none: trained from scratch);
+- ``freeze`` anywhere: the separator was frozen (Table 2).
+
+Published model names (:mod:`mixitcli.registry`) say all of this. Results that say nothing
+appear only in the "All results" table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from mixitcli.evaluate import METRICS, STEMS, SUMMARY_JSON
+
+COLUMNS = list(STEMS) + ["average"]
+PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), SPEC.md §9
+    ("BSRNN", 8.24, 7.94),
+    ("SIMO stereo BSRNN", 8.54, 8.55),
+    ("TS-BSMamba2", 9.56, 8.71),
+    ("BS-RoFormer", 9.80, None),
+)
+
+
+class ReportError(Exception):
+    """A result file is missing or is not a `mixit eval` summary."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One evaluated model: its label, what it is, and its summary."""
+
+    label: str
+    summary: dict
+    size: str | None
+    pretrain: str | None  # FMA subset, None: from scratch
+    freeze: bool
+
+
+def classify(text: str) -> tuple[str | None, str | None, bool]:
+    """(size, FMA pre-training subset or None, frozen separator) from a label or model name."""
+    paper = re.search(r"\b([SML])([12])\b", text)
+    size = re.search(r"bslocoformer-(small|medium|large)", text) or re.search(r"\b(small|medium|large)\b", text)
+    fma = re.search(r"fma-(small|medium|large|full)", text)
+    freeze = "freeze" in text.lower()
+    if paper and not size:
+        sizes = {"S": "small", "M": "medium", "L": "large"}
+        return sizes[paper.group(1)], "large" if paper.group(2) == "2" else None, freeze
+    return (size.group(1) if size else None), (fma.group(1) if fma else None), freeze
+
+
+def load_result(spec: str) -> Result:
+    """Read ``[LABEL=]PATH`` where PATH is a summary.json or a folder holding one.
+
+    Raises:
+        ReportError: missing file or not a summary.
+    """
+    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(path)
+    file = path / SUMMARY_JSON if path.is_dir() else path
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{file}: not a readable summary.json written by `mixit eval` ({e})") from e
+    if not all(m in summary for m in METRICS):
+        raise ReportError(f"{file}: not a `mixit eval` summary (no {', '.join(METRICS)})")
+    if not label:
+        model = summary.get("model") or summary.get("estimates") or file.parent.name
+        label = Path(str(model)).name or str(model)
+    size, pretrain, freeze = classify(f"{label} {summary.get('model') or ''}")
+    return Result(label, summary, size, pretrain, freeze)
+
+
+def _cells(summary: dict, metric: str) -> list[str]:
+    return ["–" if summary[metric].get(c) is None else f"{summary[metric][c]:.2f}" for c in COLUMNS]
+
+
+SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
+
+
+def _table(rows: Sequence[tuple[str, Result | None]], *, metrics: Sequence[str] = ("csdr", "usdr")) -> str:
+    head = "| model | " + " | ".join(f"{SHORT[m]} {c.capitalize()}" for m in metrics for c in COLUMNS) + " |"
+    lines = [head, "|---" * (1 + len(COLUMNS) * len(metrics)) + "|"]
+    for name, result in rows:
+        cells = [c for m in metrics for c in (_cells(result.summary, m) if result else ["–"] * len(COLUMNS))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pick(results: Sequence[Result], **want) -> Result | None:
+    for r in results:
+        if all(getattr(r, k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def _label(r: Result | None, fallback: str) -> str:
+    return f"{fallback} ({r.label})" if r else fallback
+
+
+def build_report(results: Sequence[Result]) -> str:
+    """The Markdown report: all results, then Tables 1–3 where the results fill them."""
+    out = ["# MUSDB18-HQ results\n", "cSDR: museval BSSEval v4, median over tracks; uSDR: mean over tracks (paper: per-channel; MDX21: both channels). README, 'Evaluation'.\n"]
+    out += ["## All results\n", _table([(r.label, r) for r in results], metrics=tuple(METRICS))]
+    table1 = []
+    for size, letter in (("small", "S"), ("medium", "M"), ("large", "L")):
+        for pre, digit in ((None, "1"), ("large", "2")):
+            r = _pick(results, size=size, pretrain=pre, freeze=False)
+            table1.append((_label(r, f"{letter}{digit}: {size}, {'MixIT on FMA large' if pre else 'from scratch'}"), r))
+    if any(r for _, r in table1):
+        out += ["## Table 1: model size, from scratch (1) vs MixIT pre-training on FMA large (2)\n", _table(table1)]
+        refs = ["| reference (paper) | cSDR average | uSDR average |", "|---|---|---|"]
+        refs += [f"| {n} | {c:.2f} | {'–' if u is None else f'{u:.2f}'} |" for n, c, u in PAPER_REFERENCES]
+        out += ["\n".join(refs) + "\n"]
+    table2 = []
+    for pre in ("large", None):
+        r = next((x for x in results if x.freeze and (x.pretrain is not None) == (pre is not None)), None)
+        table2.append((_label(r, "separator pre-trained with MixIT, frozen" if pre else "separator random, frozen"), r))
+    if any(r for _, r in table2):
+        out += ["## Table 2: frozen separator, encoder and decoder fine-tuned\n", _table(table2)]
+    table3 = []
+    for pre in (None, "small", "medium", "large", "full"):
+        r = _pick(results, size="medium", pretrain=pre, freeze=False)
+        table3.append((_label(r, f"medium, {'no pre-training' if pre is None else f'MixIT on FMA {pre}'}"), r))
+    if any(r for _, r in table3):
+        out += ["## Table 3: pre-training data size (medium model)\n", _table(table3)]
+    return "\n".join(out)
+
+
+def bar_charts(results: Sequence[Result], out_dir: Path) -> list[Path]:
+    """One PNG per stem (and the average): cSDR and uSDR bars per result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    y = np.arange(len(results))[::-1]  # first result on top
+    metrics = ("csdr", "usdr", "usdr_mdx")
+    height = 0.8 / len(metrics)
+    for column in COLUMNS:
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.75 * len(results)))
+        for k, metric in enumerate(metrics):
+            values = [r.summary[metric].get(column) for r in results]
+            pos = y + (1 - k) * height
+            bars = ax.barh(pos, [np.nan if v is None else v for v in values], height=height, label=METRICS[metric])
+            ax.bar_label(bars, labels=["–" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
+        ax.set_yticks(y, [r.label for r in results], fontsize=8)
+        ax.set_xlabel("dB")
+        ax.set_title(f"{column.capitalize()} on MUSDB18-HQ")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.5 + 0.4 * len(results))), ncol=3, frameon=False)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.12)
+        fig.tight_layout()
+        path = out_dir / f"{column}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(specs: Sequence[str], out_dir: str | Path) -> list[Path]:
+    """`mixit report`: read every result, write OUT/report.md and OUT/<stem>.png.
+
+    Returns:
+        The files written.
+
+    Raises:
+        ReportError: a result cannot be read (all are checked before anything is written).
+    """
+    results, problems = [], []
+    for spec in specs:
+        try:
+            results.append(load_result(spec))
+        except ReportError as e:
+            problems.append(str(e))
+    if problems:
+        raise ReportError("cannot read the results:\n" + "\n".join(f"  - {p}" for p in problems))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "report.md"
+    md.write_text(build_report(results))
+    return [md, *bar_charts(results, out_dir)]

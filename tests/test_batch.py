@@ -1,0 +1,109 @@
+"""`mixit separate`: inputs, output naming, skipping, failures, through the library and the CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from mixitcli.batch import PlanError, find_inputs, plan
+from mixitcli.cli import app
+from mixitcli.model import model_to_dict
+from mixitcli.model.official import load_official
+
+runner = CliRunner()
+STEMS = ("bass", "drums", "vocals", "other")
+
+
+def noise(path: Path, seconds: float = 1.0, rate: int = 44100, channels: int = 2) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = 0.1 * np.random.default_rng(len(str(path))).standard_normal((int(seconds * rate), channels))
+    sf.write(path, x.astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(official_tiny, tmp_path_factory) -> Path:
+    model = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
+    path = tmp_path_factory.mktemp("model") / "tiny4.pt"
+    torch.save(model_to_dict(model), path)
+    return path
+
+
+def test_folders_are_walked_and_the_output_folder_left_out(tmp_path):
+    noise(tmp_path / "music" / "a.wav")
+    noise(tmp_path / "music" / "album" / "b.flac")
+    noise(tmp_path / "music" / "stems" / "a" / "vocals.wav")  # a previous run's output
+    (tmp_path / "music" / "notes.txt").write_text("not audio")
+    found = find_inputs([tmp_path / "music"], exclude=tmp_path / "music" / "stems")
+    assert [p.relative_to(tmp_path / "music").as_posix() for p, _ in found] == ["a.wav", "album/b.flac"]
+    with pytest.raises(PlanError, match="no such file") as info:
+        find_inputs([tmp_path / "missing.wav", tmp_path / "empty"])
+    assert len(info.value.problems) == 2  # every problem at once
+
+
+def test_output_names_and_template_fields(tmp_path):
+    root = tmp_path / "in"
+    found = [(root / "x" / "song.mp3", root), (tmp_path / "solo.wav", None)]
+    jobs = plan(found, tmp_path / "out", stems=["vocals"], template="{folder}/{parent}-{track}.{stem}.{ext}", ext="flac")
+    assert jobs[0].outputs["vocals"] == tmp_path / "out" / "x" / "x-song.vocals.flac"
+    assert jobs[1].outputs["vocals"] == tmp_path / "out" / f"{tmp_path.name}-solo.vocals.flac"
+
+
+def test_colliding_names_and_input_overwrites_are_refused(tmp_path):
+    found = [(tmp_path / "a" / "mixture.wav", tmp_path), (tmp_path / "b" / "mixture.wav", tmp_path)]
+    with pytest.raises(PlanError, match=r"\{folder\}") as info:
+        plan(found, tmp_path / "out", stems=STEMS)  # both would be out/mixture/<stem>.wav
+    assert len(info.value.problems) == 4
+    assert len(plan(found, tmp_path / "out", stems=STEMS, template="{parent}/{stem}.{ext}")) == 2
+    with pytest.raises(PlanError, match="overwrite an input"):
+        plan([(tmp_path / "a" / "mixture.wav", None)], tmp_path, stems=["vocals"], template="a/mixture.wav")
+    with pytest.raises(PlanError, match="unknown field"):
+        plan(found, tmp_path, stems=STEMS, template="{song}/{stem}.{ext}")
+
+
+def test_cli_one_bad_file_among_good_ones(tmp_path, tiny_checkpoint):
+    noise(tmp_path / "in" / "one.wav")
+    noise(tmp_path / "in" / "sub" / "two.flac", rate=22050, channels=1)
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "broken.wav" in result.output and "1 file(s) failed" in result.output
+    assert "cpu, float32" in result.output and "RTF" in result.output  # device, dtype, real-time factor
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == sorted(f"{t}/{s}.wav" for t in ("one", "two") for s in STEMS)
+    two = sf.info(out / "two" / "vocals.wav")
+    assert (two.samplerate, two.channels, two.frames) == (22050, 1, 22050)  # mono in, mono out, input rate
+    assert not list(out.rglob(".*partial"))
+
+
+def test_cli_stems_format_and_skip_existing(tmp_path, tiny_checkpoint):
+    song = noise(tmp_path / "song.wav")
+    out = tmp_path / "out"
+    args = ["separate", str(song), "--out", str(out), "-m", str(tiny_checkpoint), "--stems", "vocals,drums", "--format", "flac", "--bits", "16"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "song").iterdir()) == ["drums.flac", "vocals.flac"]
+    assert sf.info(out / "song" / "vocals.flac").subtype == "PCM_16"
+    stamp = (out / "song" / "vocals.flac").stat().st_mtime_ns
+    result = runner.invoke(app, args + ["--skip-existing"])
+    assert result.exit_code == 0 and "skipped 1" in result.output
+    assert (out / "song" / "vocals.flac").stat().st_mtime_ns == stamp
+
+
+def test_cli_reports_bad_options_before_work(tmp_path, tiny_checkpoint):
+    song = noise(tmp_path / "song.wav")
+    base = ["separate", str(song), "--out", str(tmp_path / "out"), "-m", str(tiny_checkpoint)]
+    for extra, message in (
+        (["--stems", "voice"], "unknown stem"),
+        (["--format", "mp3", "--bits", "float"], "--bits float needs --format wav"),
+        (["--hop", "20"], "hop must be in"),
+        (["--filename", "{nope}.{ext}"], "unknown field"),
+    ):
+        result = runner.invoke(app, base + extra)
+        assert result.exit_code == 1 and message in result.output, (extra, result.output)
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["separate", str(song), "--out", str(tmp_path / "o"), "-m", "no-such-model"])
+    assert result.exit_code == 1 and "Published models" in result.output

@@ -1,0 +1,176 @@
+"""Scores: cSDR through museval, uSDR by hand, silent stems, resumable results, `mixit eval` and `mixit report`."""
+
+import json
+from pathlib import Path
+
+import museval
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from mixitcli import evaluate
+from mixitcli.cli import app
+from mixitcli.evaluate import EvalError, ResultsFolder, csdr, score_arrays, summarise, usdr, usdr_mdx
+from mixitcli.model import model_to_dict
+from mixitcli.model.official import load_official
+
+runner = CliRunner()
+SR = 44100
+
+
+def at_snr(reference: np.ndarray, snr_db: float, rng) -> np.ndarray:
+    """reference + noise scaled so that 10 log10(|s|^2 / |noise|^2) is exactly snr_db."""
+    noise = rng.standard_normal(reference.shape)
+    noise *= np.sqrt(np.sum(reference**2) / np.sum(noise**2) / 10 ** (snr_db / 10))
+    return reference + noise
+
+
+def test_usdr_of_a_known_snr():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((2, 3 * SR))
+    left, right = at_snr(s[0], 10.0, rng), at_snr(s[1], 20.0, rng)
+    est = np.stack([left, right])
+    assert usdr(s, est) == pytest.approx(15.0, abs=1e-6)  # paper: mean of per-channel SNRs
+    p = np.sum(s**2, axis=1)  # signal power per channel
+    n = np.array([p[0] / 10, p[1] / 100])  # noise power per channel at 10 and 20 dB
+    assert usdr_mdx(s, est) == pytest.approx(10 * np.log10(p.sum() / n.sum()), abs=1e-6)  # MDX21: pooled
+    assert usdr(s, np.zeros_like(s)) == pytest.approx(0.0, abs=1e-9)
+    assert usdr_mdx(s, s) == pytest.approx(10 * np.log10((p.sum() + 1e-7) / 1e-7))
+
+
+def test_csdr_is_museval():
+    rng = np.random.default_rng(1)
+    refs = rng.standard_normal((2, 2, 3 * SR))
+    ests = np.stack([at_snr(refs[0], 8.0, rng), at_snr(refs[1], 3.0, rng)])
+    values, flags = csdr(refs, ests)
+    direct = museval.evaluate(refs.transpose(0, 2, 1), ests.transpose(0, 2, 1), win=SR, hop=SR)[0]
+    np.testing.assert_allclose(values, np.nanmedian(direct, axis=1), rtol=0, atol=1e-9)
+    assert flags == [None, None]
+    assert values[0] == pytest.approx(8.0, abs=0.3)  # white noise at 8 dB reads about 8 dB
+
+
+def test_silent_stems_are_scored_as_defined():
+    rng = np.random.default_rng(2)
+    refs = rng.standard_normal((3, 2, 3 * SR))
+    ests = np.stack([at_snr(refs[0], 6.0, rng), np.zeros((2, 3 * SR)), at_snr(refs[2], 12.0, rng)])
+    refs[2] = 0.0  # silent reference; its estimate is noise
+    record = score_arrays(refs, ests, stems=("vocals", "bass", "drums"))
+    assert record["flags"] == {"bass": "silent estimate", "drums": "silent reference"}
+    assert record["csdr"]["bass"] == 0.0 and record["usdr"]["bass"] == pytest.approx(0.0, abs=1e-9)
+    assert record["csdr"]["drums"] is None and record["usdr"]["drums"] is None and record["usdr_mdx"]["drums"] is None
+    # The remaining stem gets exactly what museval gives it on its own reference and estimate.
+    alone = museval.evaluate(refs[:1].transpose(0, 2, 1), ests[:1].transpose(0, 2, 1), win=SR, hop=SR)[0]
+    assert record["csdr"]["vocals"] == pytest.approx(float(np.nanmedian(alone)), abs=1e-9)
+
+
+def test_summary_medians_means_and_missing_values():
+    def rec(name, c, u):
+        return {"track": name, "csdr": dict(zip(evaluate.STEMS, c)), "usdr": dict(zip(evaluate.STEMS, u)), "usdr_mdx": dict(zip(evaluate.STEMS, u)), "flags": {}}
+
+    records = [rec("a", [1, 2, 3, 4], [1, 1, 1, 1]), rec("b", [3, 2, 1, None], [2, 2, 2, None]), rec("c", [8, 2, 2, 6], [6, 3, 3, 3])]
+    summary = summarise(records)
+    assert summary["csdr"] == {"vocals": 3.0, "bass": 2.0, "drums": 2.0, "other": 5.0, "average": 3.0}
+    assert summary["usdr"]["vocals"] == pytest.approx(3.0) and summary["usdr"]["other"] == pytest.approx(2.0)
+    assert summary["tracks"] == 3
+
+
+def test_results_folder_resumes_and_refuses_another_evaluation(tmp_path):
+    config = {"musdb": "/m", "subset": "test", "model": "x", "estimates": None}
+    folder = ResultsFolder(tmp_path, config)
+    record = {"track": "A", "seconds": 1.0, "csdr": {s: 1.0 for s in evaluate.STEMS}, "usdr": {s: 2.0 for s in evaluate.STEMS}, "usdr_mdx": {s: 2.0 for s in evaluate.STEMS}, "flags": {}}
+    folder.add(record)
+    with open(tmp_path / evaluate.RECORDS, "a") as f:
+        f.write('{"track": "B", "csdr": {')  # interrupted mid-line
+    again = ResultsFolder(tmp_path, config)
+    assert again.done() == {"A"}
+    assert (tmp_path / evaluate.RECORDS_CSV).read_text().count("\n") == 2  # header + A
+    with pytest.raises(EvalError, match="another evaluation"):
+        ResultsFolder(tmp_path, dict(config, subset="valid"))
+
+
+def fake_musdb(root: Path, names, seconds: float = 3.0) -> Path:
+    rng = np.random.default_rng(3)
+    for name in names:
+        folder = root / "test" / name
+        folder.mkdir(parents=True)
+        stems = {s: (0.05 * rng.standard_normal((int(seconds * SR), 2))).astype(np.float32) for s in evaluate.STEMS}
+        for s, x in stems.items():
+            sf.write(folder / f"{s}.wav", x, SR, subtype="FLOAT")
+        sf.write(folder / "mixture.wav", sum(stems.values()), SR, subtype="FLOAT")
+    return root
+
+
+def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One", "B - Two", "C - Three"])
+    estimates = tmp_path / "est"
+    for track in (musdb / "test").iterdir():
+        for s in evaluate.STEMS:
+            (estimates / track.name).mkdir(parents=True, exist_ok=True)
+            x, _ = sf.read(track / f"{s}.wav")
+            sf.write(estimates / track.name / f"{s}.flac", 0.5 * x, SR)
+    scored = []
+
+    def fake_score(name, references, estimates):  # museval is tested above; count the calls here
+        scored.append(name)
+        v = {s: float(len(scored)) for s in evaluate.STEMS}
+        return {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}}
+
+    monkeypatch.setattr(evaluate, "score_track", fake_score)
+    out = estimates  # the default results folder with --estimates
+    args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--workers", "0"]
+    ResultsFolder(out, {"musdb": str(musdb.resolve()), "subset": "test", "model": None, "estimates": str(estimates)}).add(fake_score("B - Two", {}, {}))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert scored == ["B - Two", "A - One", "C - Three"]  # B was done: only A and C scored now
+    summary = json.loads((out / evaluate.SUMMARY_JSON).read_text())
+    assert summary["tracks"] == 3 and summary["csdr"]["vocals"] == 2.0
+    assert "| cSDR" in (out / evaluate.SUMMARY_MD).read_text()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and len(scored) == 3  # everything done: nothing scored again
+    (estimates / "C - Three" / "bass.flac").unlink()
+    result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(tmp_path / "r2"), "--workers", "0"])
+    assert result.exit_code == 1 and "C - Three/bass" in result.output
+
+
+def test_eval_model_end_to_end(tmp_path, official_tiny):
+    model = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
+    torch.save(model_to_dict(model), tmp_path / "tiny.pt")
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=2.0)
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--model", str(tmp_path / "tiny.pt"), "--out", str(out), "--workers", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / evaluate.RECORDS).read_text())
+    ests = np.stack([sf.read(out / "estimates" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in evaluate.STEMS])
+    refs = np.stack([sf.read(musdb / "test" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in evaluate.STEMS])
+    direct = museval.evaluate(refs.transpose(0, 2, 1), ests.transpose(0, 2, 1))[0]
+    np.testing.assert_allclose([record["csdr"][s] for s in evaluate.STEMS], np.nanmedian(direct, axis=1), atol=1e-9)
+    assert record["usdr"]["vocals"] == pytest.approx(usdr(refs[0], ests[0]))
+    assert "Vocals" in result.output and "uSDR (paper" in result.output
+
+
+def test_report_tables_and_charts(tmp_path):
+    def summary(c, u):
+        stems = {s: c for s in evaluate.STEMS} | {"average": c}
+        ustems = {s: u for s in evaluate.STEMS} | {"average": u}
+        return {"model": None, "tracks": 50, "csdr": stems, "usdr": ustems, "usdr_mdx": ustems, "flagged": []}
+
+    paths = []
+    for name, c in (("sup.musdb18hq.bslocoformer-medium", 8.0), ("sup.musdb18hq.bslocoformer-medium.mixit-fma-large-pretrained", 8.5), ("mine", 7.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        s = summary(c, c - 0.3)
+        s["model"] = name
+        (folder / evaluate.SUMMARY_JSON).write_text(json.dumps(s))
+        paths.append(str(folder))
+    result = runner.invoke(app, ["report", *paths, f"M2={paths[1]}", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Table 1" in md and "## Table 3" in md and "## Table 2" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| M1: medium"))
+    assert row.count("8.00") == 5 and row.count("7.70") == 5  # cSDR and uSDR for 4 stems + average
+    assert "| mine |" in md and "BSRNN" in md
+    assert all((tmp_path / "report" / f"{c}.png").stat().st_size > 1000 for c in ("vocals", "bass", "drums", "other", "average"))
+    result = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "not a readable summary" in " ".join(result.output.split())
