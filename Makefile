@@ -7,6 +7,8 @@ help:
 	@echo "make install   install ffmpeg, torch and mixit (editable) with test tools"
 	@echo "make test      run the test suite"
 	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
+	@echo "make demo      the whole pipeline on synthesised music with the tiny model (about 20 min on 2 CPU cores)"
+	@echo "make table1 FMA=... MUSDB=... GPUS=N   (also table2, table3): reproduce the paper's tables"
 
 install:
 	./scripts/install.sh
@@ -21,3 +23,4 @@ bench:
 	$(PYTHON) bench/dataloader.py
 
 include recipes/tables.mk
+include recipes/demo.mk

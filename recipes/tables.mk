@@ -75,10 +75,10 @@ $(foreach init,large random,$(eval $(call finetune_run,fz,medium,$(init))))
 TABLE1 := S1=$(RESULTS)/ft-small-scratch S2=$(RESULTS)/ft-small-large M1=$(RESULTS)/ft-medium-scratch \
 	M2=$(RESULTS)/ft-medium-large L1=$(RESULTS)/ft-large-scratch L2=$(RESULTS)/ft-large-large
 # Table 2: medium, separator frozen: pre-trained (FMA large) vs random
-TABLE2 := freeze-random=$(RESULTS)/fz-medium-random freeze-fma-large=$(RESULTS)/fz-medium-large
+TABLE2 := medium-freeze-random=$(RESULTS)/fz-medium-random medium-freeze-fma-large=$(RESULTS)/fz-medium-large
 # Table 3: medium pre-trained on FMA small / medium / large / full, and no pre-training
-TABLE3 := none=$(RESULTS)/ft-medium-scratch fma-small=$(RESULTS)/ft-medium-small fma-medium=$(RESULTS)/ft-medium-medium \
-	fma-large=$(RESULTS)/ft-medium-large fma-full=$(RESULTS)/ft-medium-full
+TABLE3 := medium-scratch=$(RESULTS)/ft-medium-scratch medium-fma-small=$(RESULTS)/ft-medium-small \
+	medium-fma-medium=$(RESULTS)/ft-medium-medium medium-fma-large=$(RESULTS)/ft-medium-large medium-fma-full=$(RESULTS)/ft-medium-full
 
 results_of = $(foreach r,$(1),$(lastword $(subst =, ,$(r)))/summary.json)
 
