@@ -54,6 +54,16 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def _readable(path: str | Path) -> Path:
+    """``path`` as a Path; AudioError when it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    return path
+
+
 def have_ffmpeg() -> bool:
     """True when both ffmpeg and ffprobe are on PATH."""
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -104,11 +114,7 @@ def read(
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    path = _readable(path)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
@@ -260,11 +266,7 @@ def read_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    path = _readable(path)
     if block_frames < 1:
         raise ValueError(f"block_frames must be >= 1, got {block_frames}")
     try:
