@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from mixitcli.model.bslocoformer import BSLocoformer
-from mixitcli.model.config import PRESETS, STEMS, ModelConfig, default_stems, preset
+from mixitcli.model.config import PRESETS, STEMS, ModelConfig, default_stems
+from mixitcli.model.config import preset as preset_config
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
 
 __all__ = [
@@ -34,18 +35,18 @@ class ModelLoadError(Exception):
     """A model could not be loaded; the message says what was expected and what was found."""
 
 
-def build_model(preset_name: str = "medium", n_outputs: int = 4, **overrides) -> BSLocoformer:
+def build_model(preset: str = "medium", n_outputs: int = 4, **overrides) -> BSLocoformer:
     """A freshly initialised BS-Locoformer.
 
     Args:
-        preset_name: "tiny", "small", "medium" or "large" (SPEC.md §3).
+        preset: "tiny", "small", "medium" or "large" (SPEC.md §3).
         n_outputs: number of outputs (12 for MixIT, 4 for fine-tuning).
         overrides: any :class:`ModelConfig` field, e.g. ``dropout=0.0``.
 
     Returns:
         The model; it maps (b, 2, t) waveforms to (b, n_outputs, 2, t).
     """
-    return BSLocoformer(preset(preset_name, n_outputs=n_outputs, **overrides))
+    return BSLocoformer(preset_config(preset, n_outputs=n_outputs, **overrides))
 
 
 def model_to_dict(model: BSLocoformer) -> dict:

@@ -110,3 +110,37 @@ def test_checkpoints_never_execute_code(tmp_path):
     path.write_bytes(pickle.dumps({"format": "mixit-train", "x": Evil()}))
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path)
+
+
+def test_finetuning_loss_goes_down(musdb_prep, tmp_path):
+    run = tmp_path / "fine"
+    values = dict(FAST, data=str(musdb_prep), out=str(run), batch_size=4, epochs=3, steps_per_epoch=8, lr=3e-3,
+                  warmup_steps=4, valid_every_epochs=3)
+    train(build_config("finetune", overrides=values))
+    losses = train_losses(run)
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (22, 23, 24)) / 3
+    assert last < first - 1.0, losses
+    valid = [r for r in metrics(run) if "usdr/valid" in r]
+    assert len(valid) == 1 and valid[0]["usdr/valid"] > 0  # better than silence on the validation songs
+
+
+def test_finetune_from_an_official_mixit_folder(official_tiny, musdb_prep, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mixit.fma-large.bslocoformer-tiny.12outputs"
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(official_tiny / "tiny12_model.pth", folder / "checkpoints" / "model.pth")
+    shutil.copy(official_tiny / "tiny12_merged_config.yaml", folder / "merged_config.yaml")
+    selection = tmp_path / "inst_head.json"  # the official selection format
+    selection.write_text(json.dumps({"bass": 5, "drums": 1, "vocals": 9, "other": 2}))
+    run = tmp_path / "run"
+    values = dict(FAST, data=str(musdb_prep), out=str(run), init=str(folder), selection=str(selection),
+                  batch_size=2, epochs=1, steps_per_epoch=1, lr=1e-9, warmup_steps=1)
+    train(build_config("finetune", overrides=values))
+    from mixitcli.model.official import load_official
+
+    official = load_official(folder / "checkpoints" / "model.pth", folder / "merged_config.yaml")
+    start = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert start["stems"] == ["bass", "drums", "vocals", "other"]
+    heads = start["state_dict"]["decoder.heads.3.fc3.weight"]
+    assert torch.allclose(heads, official.decoder.heads[3].fc3.weight[[5, 1, 9, 2]], atol=1e-6)  # lr 1e-9: barely moved
