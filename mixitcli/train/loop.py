@@ -56,6 +56,7 @@ class Runtime:
     world: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this process started the process group (and ends it)
 
     @property
     def main(self) -> bool:
@@ -84,9 +85,10 @@ def setup_runtime(device_name: str) -> Runtime:
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank=rank, world=world, local_rank=local_rank, device=device)
+    return Runtime(rank=rank, world=world, local_rank=local_rank, device=device, owns_group=owns_group)
 
 
 def _preset_of(model: BSLocoformer) -> str:
@@ -475,6 +477,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         raise
     finally:
         log.close()
+        if rt.owns_group:
+            dist.destroy_process_group()
     summary.update(step=step, epoch=epoch, skipped_steps=counters["skipped_steps"], best=manager.best)
     if rt.main:
         console.print(f"done: {step} steps; best checkpoints in {manager.dir}")
