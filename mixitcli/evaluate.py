@@ -37,6 +37,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mixitcli.audio import require_ffmpeg
+
+MUSEVAL_NEEDS = "cSDR scoring (museval imports stempeg, which refuses to load without ffmpeg and ffprobe)"
 STEMS = ("vocals", "bass", "drums", "other")
 """Table order (the paper's Table 1); models output bass, drums, vocals, other."""
 METRICS = {
@@ -88,6 +91,7 @@ def csdr(references: np.ndarray, estimates: np.ndarray, *, window: int = WINDOW,
         None or the reason its value is not museval's own ("silent estimate", "silent
         reference", "no scorable window").
     """
+    require_ffmpeg(MUSEVAL_NEEDS)
     import museval
 
     refs, ests = _align(references, estimates)
@@ -370,7 +374,9 @@ def evaluate_musdb(
 
     Raises:
         EvalError: bad arguments, missing estimates, a results folder of another evaluation.
+        MissingFFmpegError: ffmpeg/ffprobe are not on PATH (museval cannot be imported).
     """
+    require_ffmpeg(MUSEVAL_NEEDS)
     if (model is None) == (estimates is None):
         raise EvalError("give exactly one of --model (separate, then score) and --estimates (score existing stems)")
     if out is None and estimates is None:

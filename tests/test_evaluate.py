@@ -174,3 +174,15 @@ def test_report_tables_and_charts(tmp_path):
     assert all((tmp_path / "report" / f"{c}.png").stat().st_size > 1000 for c in ("vocals", "bass", "drums", "other", "average"))
     result = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "not a readable summary" in " ".join(result.output.split())
+
+
+def test_eval_says_clearly_that_ffmpeg_is_missing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mixitcli import audio
+    from mixitcli.cli import app
+
+    monkeypatch.setattr(audio, "have_ffmpeg", lambda: False)
+    result = CliRunner().invoke(app, ["eval", "--estimates", str(tmp_path), "--musdb", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "needs ffmpeg" in result.output and "apt-get install -y ffmpeg" in result.output
