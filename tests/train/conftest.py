@@ -40,19 +40,13 @@ def fma_prep(tmp_path_factory) -> Path:
     """A prepare-fma folder of 8 tracks (at least 2 in each split), 11 s each."""
     root = tmp_path_factory.mktemp("fma")
     audio = root / "music"
-    names = []
-    for i in range(200):
-        name = f"song{i:03d}"
-        n_valid = sum(split_of(n, VALID_FRACTION) == "valid" for n in names)
-        want = "valid" if n_valid < 2 else "train"
-        if split_of(name, VALID_FRACTION) == want or len(names) >= 6 and n_valid >= 2:
-            names.append(name)
-        if len(names) == 8 and n_valid >= 2:
-            break
+    candidates = [f"song{i:03d}" for i in range(200)]
+    valid = [n for n in candidates if split_of(n, VALID_FRACTION) == "valid"][:2]
+    names = valid + [n for n in candidates if split_of(n, VALID_FRACTION) == "train"][:6]
     rng = np.random.default_rng(0)
     for name in names:
         mix = sum(instrument(k, 11, rng) for k in rng.choice(4, 2, replace=False))
-        (audio).mkdir(parents=True, exist_ok=True)
+        audio.mkdir(parents=True, exist_ok=True)
         sf.write(audio / f"{name}.wav", mix.T, SR)
     out = root / "prep"
     prepare_fma(locate_audio_dir(audio), PrepareConfig(out=out, workers=0, valid_fraction=VALID_FRACTION, progress=False))
