@@ -1,6 +1,6 @@
 """MixIT solvers: time of the exact and efficient solvers, and how often efficient is optimal.
 
-Timing: n = 12 outputs, a batch of 16 mixtures of mixtures of 6 s stereo (SPEC.md §4).
+Timing: n = 12 outputs, a batch of 16 mixtures of mixtures of 6 s stereo (docs/method.md §4).
 Agreement: on model outputs for mixtures of mixtures, the fraction of items where the
 efficient solver's assignment has the exact solver's (minimal) loss, and the mean loss gap.
 By default the model is the official tiny 12-output fixture and the mixtures are made by

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 SAMPLE_RATE = 44100
-"""The model's sample rate (SPEC.md §2): everything is resampled to it."""
+"""The model's sample rate (docs/method.md §2): everything is resampled to it."""
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".wma")
 

@@ -56,7 +56,7 @@ def fail(message: str, code: int = 1) -> None:
 
 PREPARE_FMA_HELP = """Cut FMA (or any folder of music) into 10 s clips for MixIT pre-training.
 
-Per file (SPEC.md 2.1): files below 44.1 kHz are dropped, higher rates are resampled to 44.1 kHz, mono files are dropped (unless --keep-mono); 10 s clips every 5 s, plus one ending at the track's end; silent clips are dropped. Broken files (corrupt, truncated, empty, not audio) are listed in rejected.jsonl and never stop the run.
+Per file (docs/method.md §2.1): files below 44.1 kHz are dropped, higher rates are resampled to 44.1 kHz, mono files are dropped (unless --keep-mono); 10 s clips every 5 s, plus one ending at the track's end; silent clips are dropped. Broken files (corrupt, truncated, empty, not audio) are listed in rejected.jsonl and never stop the run.
 
 Writes DIR/manifest.jsonl (one line per clip), DIR/rejected.jsonl, DIR/summary.json, DIR/index.npz (for the samplers) and the audio store under DIR/shards/I-of-N/audio/ (the kept audio once, 16-bit). Re-running the same command resumes a stopped or killed run: finished files are not decoded again.
 
@@ -114,7 +114,7 @@ def prepare_musdb(
 ) -> None:
     """Check MUSDB18-HQ, find each training stem's salient 8 s segments, list the splits.
 
-    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left). Source activity detection (SPEC.md 2.2) runs on vocals, drums, bass and other of the 86 training tracks.
+    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left). Source activity detection (docs/method.md §2.2) runs on vocals, drums, bass and other of the 86 training tracks.
 
     Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
     """
@@ -279,7 +279,7 @@ def select_channels(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ) -> None:
     """Pick, for each of bass, drums, vocals and other, the MixIT output that matches it most
-    often on the MUSDB validation songs (SPEC.md §6)."""
+    often on the MUSDB validation songs (docs/method.md §6)."""
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.train.checkpoint import CheckpointError

@@ -1,7 +1,7 @@
 """The demo's datasets, written from synthetic songs: `mixit make-demo-data`.
 
 Issue 6 asks for a demo that runs every stage here, with no download. This module writes the
-two datasets the pipeline reads (SPEC.md §2), from songs of :mod:`mixitcli.demo_synth`:
+two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitcli.demo_synth`:
 
 - unlabeled music, FMA-like (``OUT/unlabeled/<3 digits>/<6 digits>.<ext>``): mixtures only,
   in FLAC, MP3, WAV and Ogg Vorbis, mostly 44.1 kHz with every fifth file at 48 kHz so that

@@ -1,5 +1,5 @@
 """Scores on MUSDB18-HQ: cSDR (museval BSSEval v4) and uSDR (two named variants), per track
-and per stem, resumable and in parallel processes (SPEC.md §7).
+and per stem, resumable and in parallel processes (docs/method.md §7).
 
 Metrics, for one track, references s and estimates ŝ shaped (n, c, t):
 

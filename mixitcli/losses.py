@@ -1,4 +1,4 @@
-"""Losses (SPEC.md §4): thresholded negative SNR, the fine-tuning loss with inactive
+"""Losses (docs/method.md §4): thresholded negative SNR, the fine-tuning loss with inactive
 sources, and mixture invariant training (MixIT) with an exact and an efficient solver.
 
 Shapes: b batch, n outputs (estimates), m mixtures (2 for MixIT), c audio channels,
@@ -143,7 +143,7 @@ def mixit_loss(
     snr_max: float = SNR_MAX_DB,
     eps: float = EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixture invariant training loss (Wisdom et al. 2020), SPEC.md §4.
+    """Mixture invariant training loss (Wisdom et al. 2020), docs/method.md §4.
 
     min over assignments A (each output to exactly one mixture, shared by all channels) of
     the mean over mixtures and channels of neg_snr(x_m, sum of the outputs assigned to m).

@@ -1,6 +1,6 @@
 """The authors' published models: where they live, download, verification, cache.
 
-SPEC.md §8: Hugging Face repository ``kohei0209/mixit_mss`` at a pinned revision; each model
+docs/method.md §8: Hugging Face repository ``kohei0209/mixit_mss`` at a pinned revision; each model
 is ``models/{sup,mixit}/<name>/checkpoints/model.pth`` plus ``.../<name>/merged_config.yaml``.
 
 Download (:func:`fetch_model`):
@@ -59,7 +59,7 @@ class RegistryModel:
         name: the folder name on the hub, e.g. ``sup.musdb18hq.bslocoformer-medium``.
         description: one line for listings.
         sha256: known SHA-256 per file (keys from :data:`FILES`); checked in addition to the
-            hub's. Empty until someone records them (SPEC.md §8: not known here).
+            hub's. Empty until someone records them (docs/method.md §8: not known here).
     """
 
     name: str

@@ -3,7 +3,7 @@
 
 Each result is a ``summary.json`` written by `mixit eval` (or its folder), optionally named
 ``LABEL=PATH``. A result is placed in the paper's tables by what its label or model name
-says (SPEC.md §9):
+says (docs/method.md §9):
 
 - size: ``bslocoformer-small|medium|large`` or a word small/medium/large, or the paper's
   ``S1 S2 M1 M2 L1 L2`` (1: from scratch, 2: pre-trained on FMA large);
@@ -25,7 +25,7 @@ from typing import Sequence
 from mixitcli.evaluate import METRICS, STEMS, SUMMARY_JSON
 
 COLUMNS = list(STEMS) + ["average"]
-PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), SPEC.md §9
+PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), docs/method.md §9
     ("BSRNN", 8.24, 7.94),
     ("SIMO stereo BSRNN", 8.54, 8.55),
     ("TS-BSMamba2", 9.56, 8.71),

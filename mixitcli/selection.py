@@ -1,4 +1,4 @@
-"""Channel selection (SPEC.md §6): which of the 12 MixIT outputs becomes which stem.
+"""Channel selection (docs/method.md §6): which of the 12 MixIT outputs becomes which stem.
 
 1. Cut each validation song into 6 s chunks (6 s hop; the last chunk ends at the song's end,
    as the official recipe; chunks whose mixture is digital silence are skipped).

@@ -1,6 +1,6 @@
 """Chunked inference: separate audio of any length with a model that only sees fixed segments.
 
-SPEC.md §7 and the authors' ``css``: 12 s chunks with a 6 s hop; the last chunk is
+docs/method.md §7 and the authors' ``css``: 12 s chunks with a 6 s hop; the last chunk is
 zero-padded to 12 s and its output cut back; where chunks overlap their outputs are averaged
 with equal weights; an all-zero chunk gives zeros without running the model; an input no
 longer than one chunk is separated in one pass, unpadded. :class:`ChunkedSeparator`
@@ -14,7 +14,7 @@ undo it afterwards. Our model divides every chunk by its own per-channel STFT RM
 scale-equivariant and that global step only changes float rounding (tests/test_separate.py
 checks the result against the official output, ``long_out``, to 1e-4): it is skipped.
 
-Shape letters (SPEC.md): n outputs, c channels, t samples, B chunks in a batch, T chunk length.
+Shape letters (docs/method.md §3): n outputs, c channels, t samples, B chunks in a batch, T chunk length.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class ChunkedSeparator:
 
     ``push`` any number of (c, t) blocks, then call ``finish`` once; each call returns the
     output samples that are final so far, (n, c, t'), in order. Concatenated, they equal
-    the separation of the concatenated input (SPEC.md §7 chunking), whatever the block sizes.
+    the separation of the concatenated input (docs/method.md §7 chunking), whatever the block sizes.
 
     Memory: the input kept is at most one batch of chunks plus a hop; the output kept is
     the not-yet-final overlap. Nothing grows with the song's length.
@@ -250,7 +250,7 @@ def separate_array(
     device: torch.device | str | None = None,
     bf16: bool = False,
 ) -> torch.Tensor:
-    """Separate a whole song held in memory, chunk by chunk (SPEC.md §7).
+    """Separate a whole song held in memory, chunk by chunk (docs/method.md §7).
 
     Args:
         model: a BS-Locoformer in eval mode (``model(x (b, c, t)) -> (b, n, c, t)``).

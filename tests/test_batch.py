@@ -25,8 +25,8 @@ def noise(path: Path, seconds: float = 1.0, rate: int = 44100, channels: int = 2
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(official_tiny, tmp_path_factory) -> Path:
-    model = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
+def tiny_checkpoint(official, tmp_path_factory) -> Path:
+    model = load_official(official.weights("tiny4"), official.config("tiny4"))
     path = tmp_path_factory.mktemp("model") / "tiny4.pt"
     torch.save(model_to_dict(model), path)
     return path

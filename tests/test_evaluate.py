@@ -134,8 +134,8 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "C - Three/bass" in result.output
 
 
-def test_eval_model_end_to_end(tmp_path, official_tiny):
-    model = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
+def test_eval_model_end_to_end(tmp_path, official):
+    model = load_official(official.weights("tiny4"), official.config("tiny4"))
     torch.save(model_to_dict(model), tmp_path / "tiny.pt")
     musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=2.0)
     out = tmp_path / "res"

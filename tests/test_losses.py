@@ -30,7 +30,7 @@ def test_neg_snr_shape_mismatch():
 
 
 def official_finetune_loss(est, ref):
-    """A loop transcription of SPEC.md §4's fine-tuning loss, for comparison."""
+    """A loop transcription of docs/method.md §4's fine-tuning loss, for comparison."""
     tau, eps = 1e-3, 1e-8
     b, n, c, _ = est.shape
     mix = ref.sum(1)

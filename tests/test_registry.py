@@ -88,9 +88,9 @@ class FakeHub:
 
 
 @pytest.fixture
-def hub(official_tiny, tmp_path, monkeypatch):
-    weights = (official_tiny / "tiny4_model.pth").read_bytes()
-    config = (official_tiny / "tiny4_merged_config.yaml").read_bytes()
+def hub(official, tmp_path, monkeypatch):
+    weights = (official.weights("tiny4")).read_bytes()
+    config = (official.config("tiny4")).read_bytes()
     files, lfs = {}, set()
     for name in (GOOD, CORRUPT):
         model = registry.get(name)
@@ -125,15 +125,15 @@ def test_registry_holds_the_published_models():
         registry.get("sup.musdb18hq.bslocoformer-huge")
 
 
-def test_download_verifies_and_caches(hub, official_tiny):
+def test_download_verifies_and_caches(hub, official):
     folder = registry.fetch_model(GOOD, progress=False)
     assert folder == registry.model_folder(GOOD) and folder.is_relative_to(registry.cache_dir())
-    assert (folder / "checkpoints/model.pth").read_bytes() == (official_tiny / "tiny4_model.pth").read_bytes()
+    assert (folder / "checkpoints/model.pth").read_bytes() == (official.weights("tiny4")).read_bytes()
     assert (folder / "checkpoints/model.pth.sha256").is_file() and (folder / "merged_config.yaml.sha256").is_file()
     assert {m for m, _ in hub.requests} == {"HEAD", "GET"}
     # The cached folder is an official model folder: it loads to the same model.
     x = torch.randn(1, 2, 4096)
-    reference = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
+    reference = load_official(official.weights("tiny4"), official.config("tiny4"))
     with torch.no_grad():
         torch.testing.assert_close(load_model(folder)(x), reference(x))
     # Verified files are never fetched again: no request at all.
@@ -168,22 +168,22 @@ def test_offline_message_names_urls_and_destinations(monkeypatch, tmp_path):
     assert not (registry.model_folder(GOOD) / "checkpoints" / "model.pth").exists()
 
 
-def test_files_placed_by_hand_are_used_offline(monkeypatch, tmp_path, official_tiny):
+def test_files_placed_by_hand_are_used_offline(monkeypatch, tmp_path, official):
     monkeypatch.setenv("MIXIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MIXIT_HUB_URL", unreachable_url())
     folder = registry.model_folder(GOOD)
     (folder / "checkpoints").mkdir(parents=True)
-    shutil.copy(official_tiny / "tiny4_model.pth", folder / "checkpoints" / "model.pth")
-    shutil.copy(official_tiny / "tiny4_merged_config.yaml", folder / "merged_config.yaml")
+    shutil.copy(official.weights("tiny4"), folder / "checkpoints" / "model.pth")
+    shutil.copy(official.config("tiny4"), folder / "merged_config.yaml")
     with pytest.warns(UserWarning, match="unverified"):
         assert registry.fetch_model(GOOD, progress=False) == folder
 
 
-def test_hand_placed_files_are_verified_not_downloaded_online(hub, official_tiny):
+def test_hand_placed_files_are_verified_not_downloaded_online(hub, official):
     folder = registry.model_folder(GOOD)
     (folder / "checkpoints").mkdir(parents=True)
-    shutil.copy(official_tiny / "tiny4_model.pth", folder / "checkpoints" / "model.pth")
-    shutil.copy(official_tiny / "tiny4_merged_config.yaml", folder / "merged_config.yaml")
+    shutil.copy(official.weights("tiny4"), folder / "checkpoints" / "model.pth")
+    shutil.copy(official.config("tiny4"), folder / "merged_config.yaml")
     registry.fetch_model(GOOD, progress=False)
     assert {m for m, _ in hub.requests} == {"HEAD"}
     assert (folder / "checkpoints" / "model.pth.sha256").is_file()

@@ -22,6 +22,7 @@ from mixitcli.separate import (
     separate_array,
     separate_file,
 )
+from tests import official as rule
 from tests.conftest import REPO, rel_err
 from tests.fakes import ContextModel, GainModel
 
@@ -29,22 +30,15 @@ SR = 44100
 
 
 @pytest.fixture(scope="module")
-def tiny4(official_tiny):
-    model = load_official(official_tiny / "tiny4_model.pth", official_tiny / "tiny4_merged_config.yaml")
-    io = torch.load(official_tiny / "tiny4_io.pt", map_location="cpu", weights_only=True)
-    return model, io
-
-
-def test_equals_official_chunked_inference(tiny4):
-    model, io = tiny4
-    mixture, expected = io["long_mixture"][0], io["long_out"][0]  # (2, 838677), (4, 2, 838677): 19 s
-    out = separate_array(model, mixture)  # 12 s chunks, 6 s hop, equal weights
-    assert out.shape == expected.shape
-    assert rel_err(out, expected) < 1e-4
+def tiny4(official):
+    """The authors' tiny model and its 19 s input; the chunked inference itself is compared with
+    theirs in tests/model/test_official.py."""
+    model = load_official(official.weights("tiny4"), official.config("tiny4"))
+    return model, {"long_mixture": rule.long_mixture()}
 
 
 def css_reference(model, x: torch.Tensor, chunk: int, hop: int) -> torch.Tensor:
-    """The authors' css stitching, written out from its description (SPEC.md §7): (c, L) -> (n, c, L)."""
+    """The authors' css stitching, written out from its description (docs/method.md §7): (c, L) -> (n, c, L)."""
     c, length = x.shape
     if length <= chunk:
         return model(x[None])[0]

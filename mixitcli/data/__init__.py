@@ -1,4 +1,4 @@
-"""Data: preparing FMA and MUSDB18-HQ, and the datasets that feed training (SPEC.md §2).
+"""Data: preparing FMA and MUSDB18-HQ, and the datasets that feed training (docs/method.md §2).
 
 - :mod:`~mixitcli.data.fma`: `mixit prepare-fma` (scan, parallel resumable clip cutting, shard merge).
 - :mod:`~mixitcli.data.clips`: the per-file rules (sample rate, channels, clips, silence, store).

@@ -1,4 +1,4 @@
-"""One audio file -> its kept 10 s clips in the audio store (SPEC.md §2.1, issue #3).
+"""One audio file -> its kept 10 s clips in the audio store (docs/method.md §2.1, issue #3).
 
 This is the per-file work of `mixit prepare-fma`; it runs inside worker processes and never
 raises for bad input: every outcome is a record (kept, or rejected with a reason).

@@ -1,6 +1,6 @@
 """`mixit prepare-fma`: FMA (or any folder of music) -> 10 s clips for MixIT pre-training.
 
-Pipeline (SPEC.md §2.1, issue #3):
+Pipeline (docs/method.md §2.1, issue #3):
 
 1. :func:`locate_fma` / :func:`locate_audio_dir` find the audio and, for FMA, the metadata;
    :func:`scan` lists the files (sorted, so every machine sees the same list).
@@ -44,7 +44,7 @@ SUBSETS = ("small", "medium", "large", "full")
 
 DEFAULT_VALID_FRACTION = 0.01
 """Share of tracks held out for pre-training validation: about 400 clips of FMA small,
-a few thousand of FMA large (SPEC.md §2.1 "a few hundred clips, disjoint tracks")."""
+a few thousand of FMA large (docs/method.md §2.1 "a few hundred clips, disjoint tracks")."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """MUSDB18-HQ: the reader, the layout check, source activity detection and `mixit prepare-musdb`.
 
-Layout (SPEC.md §2.2): ``ROOT/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``,
+Layout (docs/method.md §2.2): ``ROOT/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``,
 stereo 44.1 kHz; 100 train tracks (86 after taking out the standard 14 validation tracks) and
 50 test tracks.
 
@@ -33,7 +33,7 @@ from mixitcli.data.parallel import Task, run_parallel
 
 SOURCES = ("mixture", "vocals", "drums", "bass", "other")
 STEMS = ("bass", "drums", "vocals", "other")
-"""The stem order of the official fine-tuned models (SPEC.md §8); the default everywhere."""
+"""The stem order of the official fine-tuned models (docs/method.md §8); the default everywhere."""
 
 SUBSETS = ("train", "valid", "test")
 
@@ -53,7 +53,7 @@ VALIDATION_TRACKS = (
     "Meaxic - Take A Step",
     "Traffic Experiment - Sirens",
 )
-"""The standard 14-track validation split, taken out of train (SPEC.md §2.2)."""
+"""The standard 14-track validation split, taken out of train (docs/method.md §2.2)."""
 
 HQ_HINT = (
     "mixit needs MUSDB18-HQ (WAV stems, https://zenodo.org/records/3338373): the compressed "
@@ -63,7 +63,7 @@ HQ_HINT = (
 
 @dataclass(frozen=True)
 class SadConfig:
-    """Source activity detection of BSRNN as run by the official recipe (SPEC.md §2.2).
+    """Source activity detection of BSRNN as run by the official recipe (docs/method.md §2.2).
 
     Attributes:
         segment_seconds: segment length; segments hop by half of it (full segments only).

@@ -12,11 +12,11 @@ Every dataset here is map-style and deterministic: ``ds[i]`` is a pure function 
 
 Datasets:
 
-- :class:`MixtureOfMixtures` (pre-training, SPEC.md §4): two 6 s crops of FMA clips from two
+- :class:`MixtureOfMixtures` (pre-training, docs/method.md §4): two 6 s crops of FMA clips from two
   different tracks; the first is rescaled so that the level difference is uniform in
   [-5, 5] dB. ``refs`` (m=2, c=2, t); the model input is ``refs.sum(0)``.
   ``MixtureOfMixtures.validation`` gives the held-out version.
-- :class:`DynamicMixing` (fine-tuning, SPEC.md §2.2): stems (n=4, c=2, t) drawn independently
+- :class:`DynamicMixing` (fine-tuning, docs/method.md §2.2): stems (n=4, c=2, t) drawn independently
   from the salient segments of MUSDB18-HQ; the mixture is ``stems.sum(0)``.
 - :class:`MusdbValidation`: whole MUSDB tracks, (name, mixture (c, t), stems (n, c, t)).
 """
@@ -37,7 +37,7 @@ from mixitcli.data.manifest import SegmentIndex
 from mixitcli.data.musdb import STEMS, load_prepared_tracks
 
 DEFAULT_DM_EPOCH = 110 * 32
-"""Dynamic-mixing epoch: 110 steps of batch 32 (SPEC.md §5)."""
+"""Dynamic-mixing epoch: 110 steps of batch 32 (docs/method.md §5)."""
 
 CROP_TRIES = 8
 """All-silent crops: positions tried in one clip before drawing another clip."""
@@ -51,7 +51,7 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
 
 
 class MixtureOfMixtures(Dataset):
-    """Mixtures of mixtures from a `mixit prepare-fma` folder (SPEC.md §4).
+    """Mixtures of mixtures from a `mixit prepare-fma` folder (docs/method.md §4).
 
     ``ds[i]``: draw a clip of the split uniformly, a random crop in it (redrawn while all
     zero), then the same for a clip of a *different* track; draw ``snr`` uniform in
@@ -164,7 +164,7 @@ class MixPlan:
 
 
 class DynamicMixing(Dataset):
-    """Dynamic mixing of MUSDB18-HQ stems from a `mixit prepare-musdb` folder (SPEC.md §2.2).
+    """Dynamic mixing of MUSDB18-HQ stems from a `mixit prepare-musdb` folder (docs/method.md §2.2).
 
     ``ds[i]``: for each stem an independent salient segment (so stems usually come from
     different songs); each stem dropped (zeros) with probability ``p_dropout``, redrawn until

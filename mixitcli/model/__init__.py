@@ -39,7 +39,7 @@ def build_model(preset: str = "medium", n_outputs: int = 4, **overrides) -> BSLo
     """A freshly initialised BS-Locoformer.
 
     Args:
-        preset: "tiny", "small", "medium" or "large" (SPEC.md §3).
+        preset: "tiny", "small", "medium" or "large" (docs/method.md §3).
         n_outputs: number of outputs (12 for MixIT, 4 for fine-tuning).
         overrides: any :class:`ModelConfig` field, e.g. ``dropout=0.0``.
 
@@ -116,7 +116,7 @@ def slice_outputs(model: BSLocoformer, keep: list[int] | tuple[int, ...], *, ste
     The last decoder layer of every band holds one block of rows per output (in the
     official layout, rows ordered (GLU half, re/im, output, channel, bin)); keeping the
     blocks of the chosen outputs gives a model whose outputs equal ``model(x)[:, keep]``
-    bit for bit (SPEC.md §6).
+    bit for bit (docs/method.md §6).
 
     Args:
         model: the source model, e.g. 12 MixIT outputs.

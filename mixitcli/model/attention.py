@@ -1,6 +1,6 @@
 """Scaled dot-product attention, with a memory-lean dropout path for CPU training.
 
-Attention dropout (SPEC.md §3.5: 0.1) makes PyTorch fall back to its "math" kernel on CPU,
+Attention dropout (docs/method.md §3.5: 0.1) makes PyTorch fall back to its "math" kernel on CPU,
 which stores the whole (N, h, s, s) probability matrix, its dropout mask and the dropped
 copy for the backward pass: about 1.5 GB per time path of the medium model on 6 s of audio.
 :class:`_DropoutAttention` computes the same function (each attention probability dropped

@@ -1,9 +1,9 @@
 """BS-Locoformer: band-split encoder, TF-Locoformer separator, per-band mask decoder.
 
-SPEC.md §3 describes the data flow; this module computes the same function as the authors'
+docs/method.md §3 describes the data flow; this module computes the same function as the authors'
 model (b-sigpro/mixit-mss), which tests/model/test_official.py checks against their outputs.
 
-Shape letters (SPEC.md): b batch, n outputs, c audio channels, t samples, f frequency bins,
+Shape letters (docs/method.md §3): b batch, n outputs, c audio channels, t samples, f frequency bins,
 k bands, l frames, d embedding, h heads, s sequence length, N batch of sequences.
 Inside the separator the tensor is kept channel-last as (b, l, k, d).
 """
@@ -43,7 +43,7 @@ class FrameGroupNorm(nn.Module):
 class RMSGroupNorm(nn.Module):
     """Per-token RMS normalisation in G groups of the channel axis: y = x / (rms + eps) * gamma.
 
-    eps is added outside the square root (SPEC.md §3.5); no bias. Computed in float32.
+    eps is added outside the square root (docs/method.md §3.5); no bias. Computed in float32.
     """
 
     def __init__(self, groups: int, channels: int, *, eps: float = 1e-5):

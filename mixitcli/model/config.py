@@ -1,6 +1,6 @@
 """Model hyper-parameters: one dataclass, the paper's presets, and the band layout.
 
-SPEC.md §3 gives the presets; the band widths are those of BS-RoFormer at 44.1 kHz with a
+docs/method.md §3 gives the presets; the band widths are those of BS-RoFormer at 44.1 kHz with a
 2048-point FFT (62 bands, 1025 bins).
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# 62 bands: 24 of 2 bins, 12 of 4, 8 of 12, 8 of 24, 8 of 48, then 128 and 129 (SPEC.md §3.3).
+# 62 bands: 24 of 2 bins, 12 of 4, 8 of 12, 8 of 24, 8 of 48, then 128 and 129 (docs/method.md §3.3).
 BANDS: tuple[int, ...] = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
 
 STEMS: tuple[str, ...] = ("bass", "drums", "vocals", "other")
-"""Output order of every 4-output model, official and ours (SPEC.md §8)."""
+"""Output order of every 4-output model, official and ours (docs/method.md §8)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Ours, for CPU tests and demos: the configuration of shared/fixtures/official-tiny.
+    # Ours, for CPU tests and demos: the configuration of the official-code fixtures in tests/fixtures/official/.
     "tiny": ModelConfig(n_blocks=2, d_model=16, attention_dim=16, n_heads=2, n_groups=2, ffn_hidden=(24, 24)),
     "small": ModelConfig(n_blocks=4, d_model=96, attention_dim=96, n_heads=4, n_groups=4, ffn_hidden=(128, 128)),
     "medium": ModelConfig(n_blocks=6, d_model=128, attention_dim=128, n_heads=8, n_groups=8, ffn_hidden=(192, 192)),

@@ -2,7 +2,7 @@
 
 A published model folder holds ``checkpoints/model.pth`` (a flat state dict of the training
 task: network keys prefixed ``model.model.`` plus three Hann-window buffers) and
-``merged_config.yaml`` (hydra-style, with unresolved ``${...}`` references). SPEC.md §8.
+``merged_config.yaml`` (hydra-style, with unresolved ``${...}`` references). docs/method.md §8.
 
 The parameter-name mapping lives in ``_RULES`` and nowhere else; it runs both ways.
 """
@@ -199,7 +199,7 @@ def config_from_yaml(path: str | Path) -> tuple[ModelConfig, dict]:
 
 
 def _check_shapes(config: ModelConfig, sd: dict[str, torch.Tensor], source: Path) -> None:
-    """Sizes implied by the tensors must match the YAML (SPEC.md §8)."""
+    """Sizes implied by the tensors must match the YAML (docs/method.md §8)."""
     blocks = {int(k.split(".")[1]) for k in sd if k.startswith("separator.")}
     implied = {
         "n_blocks": len(blocks),

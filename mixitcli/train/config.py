@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass per stage (SPEC.md §5).
+"""Training configuration: one dataclass per stage (docs/method.md §5).
 
 Precedence: the stage's defaults < a YAML recipe (``--config``) < command-line options.
 The resolved configuration is written to ``RUN/config.yaml`` and into every checkpoint, and
@@ -31,7 +31,7 @@ class TrainConfig:
         init: checkpoint, run folder or official folder whose weights start the run.
         selection: ``mixit select-channels`` JSON, to slice 12 MixIT outputs to 4 stems.
         trainable: "all", or "encdec" (separator frozen).
-        dropout: dropout of the model (SPEC.md §3: 0.1).
+        dropout: dropout of the model (docs/method.md §3: 0.1).
     Objective
         loss: "mixit" (pre-training) or "supervised" (fine-tuning with inactive sources).
         mixit_solver: "efficient" (the paper) or "exact".
@@ -151,7 +151,7 @@ class TrainConfig:
 @dataclass
 class PretrainConfig(TrainConfig):
     """MixIT pre-training on FMA: 12 outputs, batch 128 MoMs, 150 epochs x ~1000 steps,
-    warm-up 5000 steps then x0.965 per epoch (SPEC.md §5; the official recipe stops decaying
+    warm-up 5000 steps then x0.965 per epoch (docs/method.md §5; the official recipe stops decaying
     after epoch 75)."""
 
     stage: str = "pretrain"

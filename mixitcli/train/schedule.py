@@ -1,4 +1,4 @@
-"""Learning-rate schedule (SPEC.md §5): linear warm-up, then a factor every few epochs.
+"""Learning-rate schedule (docs/method.md §5): linear warm-up, then a factor every few epochs.
 
     lr(step) = peak * min((step + 1) / warmup, 1)                  before the decay starts
     lr(step) = peak * factor ** ((min(step, stop) - start) // every)  after

@@ -1,7 +1,7 @@
 """Small data trees in the real layouts, generated once per session.
 
 FMA: ``fma_small/<3-digit>/<6-digit>.mp3`` plus ``fma_metadata/tracks.csv`` (two header rows,
-the "track_id" index row, a quoted multi-line field), with one file per rule of SPEC.md §2.1.
+the "track_id" index row, a quoted multi-line field), with one file per rule of docs/method.md §2.1.
 MUSDB18-HQ: ``train/`` and ``test/`` track folders of five WAVs, with a silent vocal stem and
 one of the standard validation tracks.
 """

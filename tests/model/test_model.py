@@ -9,7 +9,7 @@ from mixitcli.model.bslocoformer import BSLocoformer
 from mixitcli.model.config import BANDS, preset
 from tests.conftest import rel_err
 
-# SPEC.md §3: separator and whole-model parameter counts (4 and 12 outputs).
+# docs/method.md §3: separator and whole-model parameter counts (4 and 12 outputs).
 EXPECTED = {
     "small": (5_021_440, 29_544_552, 54_800_552),
     "medium": (14_959_104, 52_721_960, 86_374_760),

@@ -124,13 +124,11 @@ def test_finetuning_loss_goes_down(musdb_prep, tmp_path):
     assert len(valid) == 1 and valid[0]["usdr/valid"] > 0  # better than silence on the validation songs
 
 
-def test_finetune_from_an_official_mixit_folder(official_tiny, musdb_prep, tmp_path):
+def test_finetune_from_an_official_mixit_folder(official, musdb_prep, tmp_path):
     import shutil
 
     folder = tmp_path / "mixit.fma-large.bslocoformer-tiny.12outputs"
-    (folder / "checkpoints").mkdir(parents=True)
-    shutil.copy(official_tiny / "tiny12_model.pth", folder / "checkpoints" / "model.pth")
-    shutil.copy(official_tiny / "tiny12_merged_config.yaml", folder / "merged_config.yaml")
+    shutil.copytree(official.folder("tiny12"), folder)
     selection = tmp_path / "inst_head.json"  # the official selection format
     selection.write_text(json.dumps({"bass": 5, "drums": 1, "vocals": 9, "other": 2}))
     run = tmp_path / "run"
