@@ -1,10 +1,19 @@
 # mixit: set-up, tests, benchmarks. Recipes for the paper's tables live in recipes/.
-PYTHON ?= python3
+
+# Commands run inside the project's .venv (made by `make install`) unless a virtual or conda
+# environment is active, in which case that one is used, as `make install` did.
+ifeq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+ifneq ($(wildcard .venv/bin/python),)
+export VIRTUAL_ENV := $(CURDIR)/.venv
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+endif
+endif
+PYTHON ?= $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),python,python3)
 
 .PHONY: install test bench help
 
 help:
-	@echo "make install   install ffmpeg, torch and mixit (editable) with test tools"
+	@echo "make install   ffmpeg and Chromium (apt), then torch and mixit (editable) with test tools, in .venv unless an environment is active"
 	@echo "make test      run the test suite"
 	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
 	@echo "make demo      the whole pipeline on synthesised music with the tiny model (about 20 min on 2 CPU cores)"

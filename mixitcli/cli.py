@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# soft_wrap: long lines are left to the terminal, so URLs and paths are never broken by newlines
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -369,7 +370,8 @@ class Device(str, Enum):
 MODEL_HELP = (
     "A mixit checkpoint file, a training run folder (its best checkpoints averaged), an official "
     "model folder (checkpoints/model.pth + merged_config.yaml), or the name of a published model "
-    "(downloaded once into $MIXIT_CACHE, default ~/.cache/mixit, and verified). Default: "
+    "(`mixit models` lists them; downloaded once through huggingface_hub into its cache, "
+    "$HF_HOME/hub, and verified; HF_HUB_OFFLINE=1 and HF_ENDPOINT are honoured). Default: "
     "sup.musdb18hq.bslocoformer-medium.mixit-fma-large-pretrained."
 )
 
@@ -465,6 +467,26 @@ def report_command(
     except _user_errors() as e:
         fail(str(e))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the authors' published models: name, size, parameters, where the paper uses them, and whether they are in the cache.
+
+    Any name can be passed to --model of `mixit separate` and `mixit eval`; it is downloaded once through huggingface_hub (cache: $HF_HOME/hub, default ~/.cache/huggingface/hub) at the pinned revision.
+    """
+    from rich.table import Table
+
+    from mixitcli import registry
+
+    table = Table(title=f"published models ({registry.HUB_REPO} at {registry.HUB_REVISION[:7]})", title_justify="left")
+    for column in ("name", "size", "outputs", "parameters", "paper", "cached"):
+        table.add_column(column, no_wrap=column == "name")
+    for row in registry.listing():
+        name = row["name"] + (" (default)" if row["default"] else "")
+        table.add_row(name, row["size"], str(row["outputs"]), f"{row['parameters'] / 1e6:.1f} M", row["row"], "yes" if row["cached"] else "no")
+    Console(width=max(console.width, 160)).print(table)
+    console.print(f"cache: {registry.cache_dir()}", highlight=False)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

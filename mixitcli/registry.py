@@ -1,22 +1,19 @@
-"""The authors' published models: where they live, download, verification, cache.
+"""The authors' published models: names, where they live on the Hugging Face Hub, download, verify.
 
 docs/method.md §8: Hugging Face repository ``kohei0209/mixit_mss`` at a pinned revision; each model
 is ``models/{sup,mixit}/<name>/checkpoints/model.pth`` plus ``.../<name>/merged_config.yaml``.
 
-Download (:func:`fetch_model`):
+Files come through ``huggingface_hub`` (:func:`huggingface_hub.hf_hub_download`, only the two files
+a model needs, at the pinned revision), so the hub's own conventions hold: one shared cache under
+``HF_HOME`` (or ``HF_HUB_CACHE``), ``HF_HUB_OFFLINE=1``, mirrors through ``HF_ENDPOINT``,
+``HF_TOKEN``, and files fetched elsewhere with ``hf download`` can be copied in. Both are read when
+a model is fetched, not when this module is imported.
 
-1. A file already in the cache with a verification record (``<file>.sha256``) of the same
-   size is used as it is: no request at all.
-2. Otherwise a HEAD request to the hub's ``resolve`` URL (redirects not followed, as
-   huggingface_hub does) reads the hash the hub reports: ``X-Linked-Etag`` for LFS files (the
-   SHA-256 of the content), else ``ETag`` (for small non-LFS files, the git blob SHA-1).
-3. The file is downloaded (redirects followed) to a temporary name beside the destination,
-   hashed on the fly, compared with the hub's hash and with :attr:`RegistryModel.sha256`
-   when the registry records one, and only then renamed into place; a mismatch deletes it.
-
-Environment: ``MIXIT_CACHE`` (cache folder, default ``~/.cache/mixit``), ``MIXIT_HUB_URL``
-(hub base URL, default ``https://huggingface.co``; the tests point it at a local server),
-``MIXIT_OFFLINE=1`` (never touch the network).
+On top of the hub's client: a freshly downloaded file is hashed and compared with the hash the
+hub reported for it (the SHA-256 of an LFS file, the git blob SHA-1 of a small one; the hub's
+cache names each blob by that hash), and removed on a mismatch; when the hub cannot be reached
+and nothing is cached, the error names the model, its files, the ``hf download`` command that
+fetches them on another machine, and where to put them by hand.
 """
 
 from __future__ import annotations
@@ -24,19 +21,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-
-from mixitcli import __version__
 
 HUB_REPO = "kohei0209/mixit_mss"
 HUB_REVISION = "20a286f28b4a4c9058b935544cb7934ecc132443"
-DEFAULT_HUB_URL = "https://huggingface.co"
+DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_MODEL = "sup.musdb18hq.bslocoformer-medium.mixit-fma-large-pretrained"
 FILES = ("checkpoints/model.pth", "merged_config.yaml")
-TIMEOUT_S = 30
 
 
 class RegistryError(Exception):
@@ -44,11 +37,11 @@ class RegistryError(Exception):
 
 
 class DownloadError(RegistryError):
-    """The hub could not be reached or refused; the message gives the URLs and where to put the files."""
+    """The hub could not be reached or refused; the message says how to get the files another way."""
 
 
 class VerificationError(RegistryError):
-    """A downloaded file does not match the hash the hub or the registry gives for it."""
+    """A downloaded file does not match the hash the hub gives for it (the file was removed)."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +50,17 @@ class RegistryModel:
 
     Attributes:
         name: the folder name on the hub, e.g. ``sup.musdb18hq.bslocoformer-medium``.
+        size: the model preset, ``small``, ``medium`` or ``large``.
+        outputs: how many signals the model outputs (4 stems, or 12 MixIT outputs).
         description: one line for listings.
-        sha256: known SHA-256 per file (keys from :data:`FILES`); checked in addition to the
-            hub's. Empty until someone records them (docs/method.md §8: not known here).
+        row: where the paper uses it, e.g. ``Table 1 M2; Table 3 FMA large``.
     """
 
     name: str
+    size: str
+    outputs: int
     description: str
-    sha256: dict[str, str] = field(default_factory=dict)
+    row: str
 
     @property
     def kind(self) -> str:
@@ -75,15 +71,34 @@ class RegistryModel:
         return f"models/{self.kind}/{self.name}/{file}"
 
 
+# Paper rows (docs/method.md §9): Table 1 S/M/L with 1 = from scratch, 2 = MixIT pre-trained on FMA
+# large; Table 3: the medium model pre-trained on each FMA subset (and not at all).
+_TABLE_ROWS = {
+    ("small", None): "Table 1 S1",
+    ("small", "large"): "Table 1 S2",
+    ("medium", None): "Table 1 M1; Table 3 no pre-training",
+    ("medium", "large"): "Table 1 M2; Table 3 FMA large",
+    ("medium", "small"): "Table 3 FMA small",
+    ("medium", "medium"): "Table 3 FMA medium",
+    ("medium", "full"): "Table 3 FMA full",
+    ("large", None): "Table 1 L1",
+    ("large", "large"): "Table 1 L2",
+}
+
+
 def _sup(size: str, fma: str | None) -> RegistryModel:
     name = f"sup.musdb18hq.bslocoformer-{size}" + (f".mixit-fma-{fma}-pretrained" if fma else "")
     start = f"fine-tuned from MixIT pre-training on FMA {fma}" if fma else "trained from scratch"
-    return RegistryModel(name, f"{size} BS-Locoformer on MUSDB18-HQ, {start}")
+    return RegistryModel(name, size, 4, f"{size} BS-Locoformer on MUSDB18-HQ, {start}", _TABLE_ROWS[size, fma])
 
 
 def _mixit(size: str, fma: str, outputs: int) -> RegistryModel:
     what = "12 MixIT outputs" if outputs == 12 else "4 outputs selected for bass, drums, vocals, other"
-    return RegistryModel(f"mixit.fma-{fma}.bslocoformer-{size}.{outputs}outputs", f"{size} BS-Locoformer pre-trained with MixIT on FMA {fma}, {what}")
+    row = f"pre-training of {_TABLE_ROWS[size, fma].split(';')[0]}" + ("; Table 2" if (size, fma) == ("medium", "large") else "")
+    return RegistryModel(
+        f"mixit.fma-{fma}.bslocoformer-{size}.{outputs}outputs", size, outputs,
+        f"{size} BS-Locoformer pre-trained with MixIT on FMA {fma}, {what}", row,
+    )
 
 
 MODELS: dict[str, RegistryModel] = {
@@ -105,20 +120,6 @@ MODELS: dict[str, RegistryModel] = {
 }
 
 
-def cache_dir() -> Path:
-    """``$MIXIT_CACHE``, else ``~/.cache/mixit``."""
-    return Path(os.environ.get("MIXIT_CACHE") or Path.home() / ".cache" / "mixit").expanduser()
-
-
-def hub_url() -> str:
-    """``$MIXIT_HUB_URL``, else the Hugging Face Hub."""
-    return (os.environ.get("MIXIT_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
-
-
-def offline() -> bool:
-    return os.environ.get("MIXIT_OFFLINE", "").strip().lower() in ("1", "true", "yes")
-
-
 def get(name: str) -> RegistryModel:
     """The registry entry called ``name``.
 
@@ -127,19 +128,54 @@ def get(name: str) -> RegistryModel:
     """
     if name not in MODELS:
         known = "\n".join(f"  {n}" for n in MODELS)
-        raise RegistryError(f"{name!r} is neither a file or folder nor a published model. Published models:\n{known}")
+        raise RegistryError(f"{name!r} is neither a file or folder nor a published model (`mixit models` lists them). Published models:\n{known}")
     return MODELS[name]
 
 
-def model_folder(name: str) -> Path:
-    """Where ``name`` lives in the cache (an official model folder once fetched)."""
-    model = get(name)
-    return cache_dir() / "hub" / HUB_REPO.replace("/", "--") / HUB_REVISION / "models" / model.kind / model.name
+# -- the hub's environment, read at call time ------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The hub's cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def endpoint() -> str:
+    """``$HF_ENDPOINT`` (a mirror), else the Hugging Face Hub."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set to a true value: use the cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def file_url(name: str, file: str) -> str:
     """The hub's download URL of one file of a published model."""
-    return f"{hub_url()}/{HUB_REPO}/resolve/{HUB_REVISION}/{get(name).hub_path(file)}"
+    return f"{endpoint()}/{HUB_REPO}/resolve/{HUB_REVISION}/{get(name).hub_path(file)}"
+
+
+def snapshot_folder(name: str) -> Path:
+    """Where the hub's cache keeps ``name`` at the pinned revision (an official model folder)."""
+    return cache_dir() / f"models--{HUB_REPO.replace('/', '--')}" / "snapshots" / HUB_REVISION / "models" / get(name).kind / name
+
+
+def is_cached(name: str) -> bool:
+    folder = snapshot_folder(name)
+    return all((folder / file).is_file() for file in FILES)
+
+
+def download_command(name: str) -> str:
+    """The ``hf download`` command (huggingface_hub's CLI) that fetches ``name`` into the hub's cache."""
+    model = get(name)
+    files = " ".join(model.hub_path(f) for f in FILES)
+    return f"hf download {HUB_REPO} {files} --revision {HUB_REVISION}"
+
+
+# -- resolving and fetching ----------------------------------------------------------------------
 
 
 def resolve_model(spec: str | None, *, progress: bool = True) -> Path:
@@ -159,100 +195,86 @@ def resolve_model(spec: str | None, *, progress: bool = True) -> Path:
 
 
 def fetch_model(name: str, *, progress: bool = True) -> Path:
-    """Download (once) and verify both files of a published model; return its folder.
+    """Download (once, into the hub's cache) and verify both files of a published model.
+
+    Returns:
+        The model's folder in the hub's cache (``checkpoints/model.pth`` + ``merged_config.yaml``).
 
     Raises:
-        DownloadError: the hub cannot be reached (or ``MIXIT_OFFLINE`` is set) and a file is
-            missing; the message gives each URL and the exact path to save it as.
-        VerificationError: a downloaded file's hash differs from the hub's or the registry's.
+        DownloadError: the hub cannot be reached, refuses, or is offline with nothing cached;
+            the message says how to get the files another way.
+        VerificationError: a downloaded file's hash differs from the hub's (it was removed).
     """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     model = get(name)
-    folder = model_folder(name)
+    for file in FILES:
+        was_cached = (snapshot_folder(name) / file).is_file()
+        try:
+            with _progress_bars(progress):
+                path = hf_hub_download(
+                    HUB_REPO, model.hub_path(file), revision=HUB_REVISION, cache_dir=cache_dir(),
+                    endpoint=endpoint(), local_files_only=offline(),
+                )
+        except RevisionNotFoundError as e:
+            raise DownloadError(f"the hub at {endpoint()} has no revision {HUB_REVISION} of {HUB_REPO}, which this mixit is pinned to ({_first_line(e)})") from e
+        except (GatedRepoError, RepositoryNotFoundError) as e:
+            raise DownloadError(
+                f"the hub at {endpoint()} refused {HUB_REPO} ({_first_line(e)}); if it needs a login, set HF_TOKEN or run `hf auth login`"
+            ) from e
+        except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
+            raise DownloadError(_unreachable_message(name, file, e)) from e
+        except RemoteEntryNotFoundError as e:
+            raise DownloadError(f"the hub has no file {model.hub_path(file)} at revision {HUB_REVISION} ({_first_line(e)})") from e
+        except (HfHubHTTPError, OSError) as e:
+            raise DownloadError(_unreachable_message(name, file, e)) from e
+        if not was_cached:
+            _verify_download(Path(path), model.hub_path(file))
+    return snapshot_folder(name)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _unreachable_message(name: str, file: str, e: Exception) -> str:
+    why = "HF_HUB_OFFLINE is set" if offline() else f"the hub at {endpoint()} cannot be reached ({_first_line(e)})"
+    urls = "\n".join(f"  {file_url(name, f)}" for f in FILES)
+    return (
+        f"cannot fetch the published model {name}: {why}, and {file} is not in the cache {cache_dir()}.\n"
+        f"On a machine with internet access, fetch its two files into the hub's cache with\n"
+        f"  {download_command(name)}\n"
+        f"and copy that machine's ~/.cache/huggingface/hub/models--{HUB_REPO.replace('/', '--')} into {cache_dir()}.\n"
+        f"Or download\n{urls}\n"
+        f"into any folder as checkpoints/model.pth and merged_config.yaml, and pass that folder to --model."
+    )
+
+
+@contextmanager
+def _progress_bars(show: bool):
+    """huggingface_hub's download bars (stderr) on or off for one call."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not show:
+        disable_progress_bars()
     try:
-        for file in FILES:
-            download(file_url(name, file), folder / file, expected_sha256=model.sha256.get(file), progress=progress)
-    except DownloadError as e:
-        manual = "\n".join(f"  {file_url(name, f)}\n    -> {folder / f}" for f in FILES)
-        raise DownloadError(
-            f"cannot fetch the published model {name}: {e}\n"
-            f"Download these files yourself and save them exactly here:\n{manual}\n"
-            f"(or pass a folder holding checkpoints/model.pth and merged_config.yaml to --model)"
-        ) from e
-    return folder
+        yield
+    finally:
+        if not show and not was_disabled:
+            enable_progress_bars()
 
 
-# -- one file ------------------------------------------------------------------------------
-
-
-def _record_path(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".sha256")
-
-
-def _read_record(dest: Path) -> tuple[str, int] | None:
-    try:
-        digest, size = _record_path(dest).read_text().split()
-        return digest, int(size)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_record(dest: Path, digest: str, size: int) -> None:
-    tmp = _record_path(dest).with_name(f".{dest.name}.sha256.{os.getpid()}")
-    tmp.write_text(f"{digest} {size}\n")
-    tmp.replace(_record_path(dest))
-
-
-def _normalise_etag(value: str | None) -> str | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"').lower() or None
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # let the 3xx surface: its headers carry the hub's metadata
-
-
-def _request(url: str, method: str = "GET"):
-    return urllib.request.Request(url, method=method, headers={"User-Agent": f"mixit/{__version__}", "Accept-Encoding": "identity"})
-
-
-def hub_metadata(url: str) -> tuple[str | None, int | None]:
-    """(hash, size) the hub reports for ``url``: the LFS SHA-256 (``X-Linked-Etag``) or the
-    ``ETag`` (a git blob SHA-1 for a non-LFS file), and ``X-Linked-Size``/``Content-Length``.
-
-    Raises:
-        DownloadError: unreachable hub or an HTTP error (404, 401...).
-    """
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        response = opener.open(_request(url, "HEAD"), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code not in (301, 302, 303, 307, 308):
-            raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}") from e
-        response = e
-    except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f"{url} is unreachable ({getattr(e, 'reason', e)})") from e
-    headers = response.headers
-    digest = _normalise_etag(headers.get("X-Linked-Etag")) or _normalise_etag(headers.get("ETag"))
-    size = headers.get("X-Linked-Size") or headers.get("Content-Length")
-    response.close()
-    return digest, int(size) if size and size.isdigit() else None
-
-
-def _kind_of(digest: str | None) -> str | None:
-    if digest and re.fullmatch(r"[0-9a-f]{64}", digest):
-        return "sha256"
-    if digest and re.fullmatch(r"[0-9a-f]{40}", digest):
-        return "git-sha1"
-    return None
-
-
-def _hash_file(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file."""
+def _hashes(path: Path) -> tuple[str, str]:
+    """(SHA-256, git blob SHA-1) of a file's content."""
     size = path.stat().st_size
     sha256, sha1 = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
     with open(path, "rb") as f:
@@ -262,97 +284,64 @@ def _hash_file(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), sha1.hexdigest()
 
 
-def _check(url: str, sha256: str, sha1: str, hub_digest: str | None, expected_sha256: str | None) -> None:
-    kind = _kind_of(hub_digest)
-    if expected_sha256 and sha256 != expected_sha256.lower():
-        raise VerificationError(f"{url}: SHA-256 {sha256} differs from the registry's {expected_sha256}")
-    if kind == "sha256" and sha256 != hub_digest:
-        raise VerificationError(f"{url}: SHA-256 {sha256} differs from the hub's {hub_digest}")
-    if kind == "git-sha1" and sha1 != hub_digest:
-        raise VerificationError(f"{url}: git blob SHA-1 {sha1} differs from the hub's {hub_digest}")
-    if kind is None and not expected_sha256:
-        raise VerificationError(f"{url}: the hub reported no usable hash (ETag {hub_digest!r}), so the file cannot be verified")
+def _hub_hash(path: Path, hub_path: str) -> str:
+    """The hash the hub reported for a cached file: the cache names each blob by it (the ETag)."""
+    blob = Path(os.path.realpath(path)).name
+    if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob):
+        return blob
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    # a cache without symlinks (some Windows set-ups) keeps plain copies: ask the hub again
+    url = hf_hub_url(HUB_REPO, hub_path, revision=HUB_REVISION, endpoint=endpoint())
+    return (get_hf_file_metadata(url).etag or "").strip('"').lower()
 
 
-def download(url: str, dest: Path, *, expected_sha256: str | None = None, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` unless a verified copy is there; verify before keeping it.
-
-    A file at ``dest`` without a verification record (placed by hand) is hashed and checked
-    against the hub's metadata instead of downloaded again; offline it is used as it is
-    (after checking ``expected_sha256`` when known).
+def _verify_download(path: Path, hub_path: str) -> None:
+    """Compare a freshly downloaded file with the hub's hash; remove it (blob and link) on a mismatch.
 
     Raises:
-        DownloadError: unreachable hub, HTTP error, or offline with no file at ``dest``.
-        VerificationError: hash mismatch (the downloaded file is deleted).
+        VerificationError: the content's hash differs from the hub's, or the hub gave none.
     """
-    dest = Path(dest)
-    record = _read_record(dest)
-    if dest.is_file() and record is not None and record[1] == dest.stat().st_size:
-        if not expected_sha256 or record[0] == expected_sha256.lower():
-            return dest
-    if offline():
-        if dest.is_file():
-            return _accept_unverified(url, dest, expected_sha256)
-        raise DownloadError(f"MIXIT_OFFLINE is set and {dest} is not there")
-    try:
-        hub_digest, size = hub_metadata(url)
-    except DownloadError:
-        if dest.is_file():  # placed by hand, and we are offline: trust it
-            return _accept_unverified(url, dest, expected_sha256)
-        raise
-    if dest.is_file():
-        sha256, sha1 = _hash_file(dest)
-        _check(url, sha256, sha1, hub_digest, expected_sha256)
-        _write_record(dest, sha256, dest.stat().st_size)
-        return dest
-    _fetch(url, dest, size, hub_digest, expected_sha256, progress)
-    return dest
+    expected = _hub_hash(path, hub_path)
+    sha256, sha1 = _hashes(path)
+    got, kind = (sha256, "SHA-256") if len(expected) == 64 else (sha1, "git blob SHA-1")
+    if len(expected) in (40, 64) and got == expected:
+        return
+    blob = Path(os.path.realpath(path))
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+    if len(expected) not in (40, 64):
+        raise VerificationError(f"{hub_path}: the hub reported no usable hash ({expected!r}), so the download cannot be verified; it was removed")
+    raise VerificationError(
+        f"{hub_path}: the downloaded file's {kind} {got} differs from the hub's {expected}; "
+        "the file was removed from the cache. Run the command again; if it happens again, the mirror or proxy in between alters files."
+    )
 
 
-def _accept_unverified(url: str, dest: Path, expected_sha256: str | None) -> Path:
-    import warnings
-
-    if expected_sha256:
-        sha256, _ = _hash_file(dest)
-        if sha256 != expected_sha256.lower():
-            raise VerificationError(f"{dest}: SHA-256 {sha256} differs from the registry's {expected_sha256}; fetch {url} again")
-        _write_record(dest, sha256, dest.stat().st_size)
-    else:
-        warnings.warn(f"{dest}: using it unverified (the hub is unreachable to confirm its hash)", stacklevel=3)
-    return dest
+# -- listing -------------------------------------------------------------------------------------
 
 
-def _fetch(url: str, dest: Path, size: int | None, hub_digest: str | None, expected_sha256: str | None, progress: bool) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+def parameter_count(model: RegistryModel) -> int:
+    """Parameters of a published model, counted without allocating its weights."""
+    import torch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial.{os.getpid()}")
-    try:
-        response = urllib.request.urlopen(_request(url), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f"{url} is unreachable ({getattr(e, 'reason', e)})") from e
-    total = size or int(response.headers.get("Content-Length") or 0) or None
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    sha256, n = hashlib.sha256(), 0
-    try:
-        bar = Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True)  # stdout stays clean
-        with response, open(tmp, "wb") as f, bar:
-            task = bar.add_task(f"download {dest.name}", total=total)
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                sha256.update(chunk)
-                n += len(chunk)
-                bar.update(task, advance=len(chunk))
-        if total is not None and n != total:
-            raise DownloadError(f"{url}: the transfer stopped after {n} of {total} bytes")
-        sha1 = _hash_file(tmp)[1] if _kind_of(hub_digest) == "git-sha1" else ""  # small non-LFS files only
-        _check(url, sha256.hexdigest(), sha1, hub_digest, expected_sha256)
-        tmp.replace(dest)
-        _write_record(dest, sha256.hexdigest(), n)
-    except (OSError, urllib.error.URLError) as e:
-        raise DownloadError(f"{url}: the transfer failed ({e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    from mixitcli.model import build_model
+
+    with torch.device("meta"):
+        net = build_model(model.size, n_outputs=model.outputs)
+    return sum(p.numel() for p in net.parameters())
+
+
+def listing() -> list[dict]:
+    """One row per published model: name, size, outputs, parameters, paper row, cached or not."""
+    counts: dict[tuple[str, int], int] = {}
+    rows = []
+    for model in MODELS.values():
+        key = (model.size, model.outputs)
+        if key not in counts:
+            counts[key] = parameter_count(model)
+        rows.append({
+            "name": model.name, "size": model.size, "outputs": model.outputs, "parameters": counts[key],
+            "row": model.row, "cached": is_cached(model.name), "default": model.name == DEFAULT_MODEL,
+        })
+    return rows

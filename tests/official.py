@@ -6,6 +6,7 @@ the exact official state dict from the key layout (`layout.json`), so a test can
 `model.pth` in the official folder layout and compare our model with their outputs.
 """
 
+import functools
 import json
 import zlib
 from pathlib import Path
@@ -39,8 +40,9 @@ def rule_tensor(key: str, shape: list[int]) -> torch.Tensor:
     return 1.0 + 0.2 * u  # norm weights and gammas
 
 
+@functools.lru_cache(maxsize=None)
 def official_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The official `model.pth` state dict of "tiny4" or "tiny12", windows included."""
+    """The official `model.pth` state dict of "tiny4" or "tiny12", windows included (shared: do not modify)."""
     layout = json.loads((FIXTURES / "layout.json").read_text())[name]
     state = {key: rule_tensor(key, shape) for key, shape in layout.items()}
     for key in WINDOWS:

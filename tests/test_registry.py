@@ -1,10 +1,8 @@
-"""Published models: download from a local server laid out like the Hugging Face Hub, verify, cache."""
+"""Published models through huggingface_hub, against a local server that speaks the hub's protocol."""
 
-import hashlib
-import shutil
+import os
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,90 +15,25 @@ from mixitcli.cli import app
 from mixitcli.model import load_model
 from mixitcli.model.official import load_official
 from mixitcli.registry import DownloadError, RegistryError, VerificationError
+from tests.hubserver import HubServer
 
 GOOD = registry.DEFAULT_MODEL
-CORRUPT = "sup.musdb18hq.bslocoformer-small"
-
-
-class FakeHub:
-    """Serves files under /<repo>/resolve/<revision>/<path> as the hub does: an LFS file answers
-    with a 302 to a CDN URL and its SHA-256 in X-Linked-Etag; a small file answers directly
-    with its git blob SHA-1 as ETag. ``corrupt`` files advertise the right hash but send other bytes."""
-
-    def __init__(self, files: dict[str, bytes], lfs: set[str], corrupt: set[str]):
-        self.files, self.lfs, self.corrupt = files, lfs, corrupt
-        self.requests: list[tuple[str, str]] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _serve(self, body: bool):
-                hub.requests.append((self.command, self.path))
-                prefix = f"/{registry.HUB_REPO}/resolve/{registry.HUB_REVISION}/"
-                if self.path.startswith("/cdn/"):
-                    data = hub.files.get(self.path[len("/cdn/") :])
-                    if data is None:
-                        return self.send_error(404)
-                    if self.path[len("/cdn/") :] in hub.corrupt:
-                        data = data[:-10] + b"corrupted!"
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    if body:
-                        self.wfile.write(data)
-                    return
-                path = self.path[len(prefix) :] if self.path.startswith(prefix) else None
-                if path not in hub.files:
-                    return self.send_error(404)
-                data = hub.files[path]
-                if path in hub.lfs:
-                    self.send_response(302)
-                    self.send_header("Location", f"/cdn/{path}")
-                    self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
-                    self.send_header("X-Linked-Size", str(len(data)))
-                    self.send_header("ETag", '"not-the-content-hash"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
-                self.send_response(200)
-                self.send_header("ETag", f'"{blob}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-            def do_HEAD(self):
-                self._serve(body=False)
-
-            def do_GET(self):
-                self._serve(body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+OTHER = "sup.musdb18hq.bslocoformer-small"
 
 
 @pytest.fixture
 def hub(official, tmp_path, monkeypatch):
-    weights = (official.weights("tiny4")).read_bytes()
-    config = (official.config("tiny4")).read_bytes()
     files, lfs = {}, set()
-    for name in (GOOD, CORRUPT):
+    for name in (GOOD, OTHER):
         model = registry.get(name)
-        files[model.hub_path("checkpoints/model.pth")] = weights
-        files[model.hub_path("merged_config.yaml")] = config
+        files[model.hub_path("checkpoints/model.pth")] = official.weights("tiny4").read_bytes()
+        files[model.hub_path("merged_config.yaml")] = official.config("tiny4").read_bytes()
         lfs.add(model.hub_path("checkpoints/model.pth"))
-    server = FakeHub(files, lfs, corrupt={registry.get(CORRUPT).hub_path("checkpoints/model.pth")})
-    monkeypatch.setenv("MIXIT_HUB_URL", server.url)
-    monkeypatch.setenv("MIXIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MIXIT_OFFLINE", raising=False)
+    server = HubServer(registry.HUB_REPO, registry.HUB_REVISION, files, lfs=lfs)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     yield server
     server.close()
 
@@ -112,81 +45,128 @@ def unreachable_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_registry_holds_the_published_models():
+def weights_in_cache(name: str) -> Path:
+    return registry.snapshot_folder(name) / "checkpoints" / "model.pth"
+
+
+def test_registry_holds_the_published_models(monkeypatch):
     names = list(registry.MODELS)
     assert sum(n.startswith("sup.") for n in names) == 9
     assert sum(n.startswith("mixit.") for n in names) == 12
-    assert registry.DEFAULT_MODEL in registry.MODELS
-    assert "mixit.fma-large.bslocoformer-medium.12outputs" in names
+    assert registry.get(GOOD).row == "Table 1 M2; Table 3 FMA large"
+    assert registry.get("mixit.fma-large.bslocoformer-medium.12outputs").outputs == 12
     assert "sup.musdb18hq.bslocoformer-medium.mixit-fma-full-pretrained" in names
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
     url = registry.file_url(GOOD, "checkpoints/model.pth")
-    assert url.endswith(f"/kohei0209/mixit_mss/resolve/20a286f28b4a4c9058b935544cb7934ecc132443/models/sup/{GOOD}/checkpoints/model.pth")
+    assert url == f"https://mirror.example/kohei0209/mixit_mss/resolve/20a286f28b4a4c9058b935544cb7934ecc132443/models/sup/{GOOD}/checkpoints/model.pth"
+    monkeypatch.setenv("HF_HOME", "/somewhere/hf")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    assert registry.cache_dir() == Path("/somewhere/hf/hub")
     with pytest.raises(RegistryError, match="Published models"):
         registry.get("sup.musdb18hq.bslocoformer-huge")
 
 
-def test_download_verifies_and_caches(hub, official):
+def test_first_download_goes_into_the_hub_cache_and_loads(hub, official):
     folder = registry.fetch_model(GOOD, progress=False)
-    assert folder == registry.model_folder(GOOD) and folder.is_relative_to(registry.cache_dir())
-    assert (folder / "checkpoints/model.pth").read_bytes() == (official.weights("tiny4")).read_bytes()
-    assert (folder / "checkpoints/model.pth.sha256").is_file() and (folder / "merged_config.yaml.sha256").is_file()
-    assert {m for m, _ in hub.requests} == {"HEAD", "GET"}
-    # The cached folder is an official model folder: it loads to the same model.
+    expected = Path(os.environ["HF_HOME"]) / "hub" / "models--kohei0209--mixit_mss" / "snapshots" / registry.HUB_REVISION / "models" / "sup" / GOOD
+    assert folder == expected
+    assert (folder / "checkpoints" / "model.pth").read_bytes() == official.weights("tiny4").read_bytes()
+    # the cache names each blob by the hub's hash: SHA-256 for the LFS file, git SHA-1 for the small one
+    assert Path(os.path.realpath(folder / "checkpoints" / "model.pth")).name == hub.sha256(registry.get(GOOD).hub_path("checkpoints/model.pth"))
+    heads = [r for r in hub.requests if r.method == "HEAD"]
+    gets = [r for r in hub.requests if r.method == "GET"]
+    assert {r.path.rsplit("/", 1)[-1] for r in heads} == {"model.pth", "merged_config.yaml"}
+    assert [r.path.startswith("/storage/") for r in gets].count(True) == 1  # the weights came from the storage host
+    assert any(r.host.startswith("localhost") for r in gets)
     x = torch.randn(1, 2, 4096)
     reference = load_official(official.weights("tiny4"), official.config("tiny4"))
     with torch.no_grad():
         torch.testing.assert_close(load_model(folder)(x), reference(x))
-    # Verified files are never fetched again: no request at all.
+
+
+def test_cached_model_is_used_with_no_request_and_offline(hub, monkeypatch):
+    folder = registry.fetch_model(GOOD, progress=False)
     n = len(hub.requests)
     assert registry.resolve_model(GOOD, progress=False) == folder
-    assert len(hub.requests) == n
+    assert len(hub.requests) == n  # pinned revision and cached: not a single request
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", unreachable_url())
+    assert registry.fetch_model(GOOD, progress=False) == folder
+    assert registry.is_cached(GOOD) and not registry.is_cached(OTHER)
 
 
-def test_corrupted_download_is_rejected_and_not_kept(hub):
-    with pytest.raises(VerificationError, match="differs from the hub's"):
-        registry.fetch_model(CORRUPT, progress=False)
-    weights = registry.model_folder(CORRUPT) / "checkpoints"
-    assert not weights.exists() or not any(weights.iterdir())  # neither the file nor a partial one
-
-
-def test_registry_hash_is_checked_too(hub, monkeypatch):
-    entry = registry.RegistryModel(GOOD, "test", sha256={"checkpoints/model.pth": "0" * 64})
-    monkeypatch.setitem(registry.MODELS, GOOD, entry)
-    with pytest.raises(VerificationError, match="registry"):
-        registry.fetch_model(GOOD, progress=False)
-
-
-def test_offline_message_names_urls_and_destinations(monkeypatch, tmp_path):
-    monkeypatch.setenv("MIXIT_HUB_URL", unreachable_url())
-    monkeypatch.setenv("MIXIT_CACHE", str(tmp_path / "cache"))
+def test_offline_with_nothing_cached_says_how_to_get_the_files(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError) as info:
         registry.fetch_model(GOOD, progress=False)
     message = str(info.value)
+    assert GOOD in message and "HF_HUB_OFFLINE is set" in message
+    assert registry.download_command(GOOD) in message
+    assert f"hf download kohei0209/mixit_mss models/sup/{GOOD}/checkpoints/model.pth models/sup/{GOOD}/merged_config.yaml --revision {registry.HUB_REVISION}" in message
     for file in registry.FILES:
         assert registry.file_url(GOOD, file) in message
-        assert str(registry.model_folder(GOOD) / file) in message
-    assert not (registry.model_folder(GOOD) / "checkpoints" / "model.pth").exists()
+    assert "--model" in message and str(registry.cache_dir()) in message
+    assert hub.requests == []
 
 
-def test_files_placed_by_hand_are_used_offline(monkeypatch, tmp_path, official):
-    monkeypatch.setenv("MIXIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MIXIT_HUB_URL", unreachable_url())
-    folder = registry.model_folder(GOOD)
-    (folder / "checkpoints").mkdir(parents=True)
-    shutil.copy(official.weights("tiny4"), folder / "checkpoints" / "model.pth")
-    shutil.copy(official.config("tiny4"), folder / "merged_config.yaml")
-    with pytest.warns(UserWarning, match="unverified"):
-        assert registry.fetch_model(GOOD, progress=False) == folder
+def test_unreachable_hub_names_the_model_and_files(hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", unreachable_url())
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda s: None)  # its 5 retries take 23 s
+    with pytest.raises(DownloadError, match="cannot be reached") as info:
+        registry.fetch_model(GOOD, progress=False)
+    assert registry.download_command(GOOD) in str(info.value)
+    assert not weights_in_cache(GOOD).exists()
 
 
-def test_hand_placed_files_are_verified_not_downloaded_online(hub, official):
-    folder = registry.model_folder(GOOD)
-    (folder / "checkpoints").mkdir(parents=True)
-    shutil.copy(official.weights("tiny4"), folder / "checkpoints" / "model.pth")
-    shutil.copy(official.config("tiny4"), folder / "merged_config.yaml")
+def test_corrupted_body_is_rejected_and_removed(hub):
+    hub.corrupt.add(registry.get(OTHER).hub_path("checkpoints/model.pth"))
+    with pytest.raises(VerificationError, match="differs from the hub's") as info:
+        registry.fetch_model(OTHER, progress=False)
+    assert "removed" in str(info.value)
+    assert not weights_in_cache(OTHER).exists()
+    blobs = registry.cache_dir() / "models--kohei0209--mixit_mss" / "blobs"
+    assert not (blobs / hub.sha256(registry.get(OTHER).hub_path("checkpoints/model.pth"))).exists()
+    hub.corrupt.clear()  # the next try (the storage fixed) succeeds
+    assert (registry.fetch_model(OTHER, progress=False) / "checkpoints" / "model.pth").is_file()
+
+
+def test_unknown_revision_is_a_clear_error(hub, monkeypatch):
+    monkeypatch.setattr(registry, "HUB_REVISION", "0" * 40)
+    with pytest.raises(DownloadError, match=f"no revision {'0' * 40} of kohei0209/mixit_mss"):
+        registry.fetch_model(GOOD, progress=False)
+
+
+def test_interrupted_download_resumes_with_a_range_request(hub, official):
+    hub.cut_once.add(registry.get(GOOD).hub_path("checkpoints/model.pth"))
+    folder = registry.fetch_model(GOOD, progress=False)
+    assert (folder / "checkpoints" / "model.pth").read_bytes() == official.weights("tiny4").read_bytes()
+    ranges = [r.headers.get("range") for r in hub.requests if r.path.startswith("/storage/") and "range" in r.headers]
+    size = official.weights("tiny4").stat().st_size
+    assert ranges and 0 < int(ranges[0][len("bytes=") : -1]) < size  # it asked for the rest only
+
+
+def test_token_goes_to_the_hub_and_not_to_the_storage_host(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
     registry.fetch_model(GOOD, progress=False)
-    assert {m for m, _ in hub.requests} == {"HEAD"}
-    assert (folder / "checkpoints" / "model.pth.sha256").is_file()
+    heads = [r for r in hub.requests if r.method == "HEAD"]
+    assert heads and all(r.headers.get("authorization") == "Bearer hf_secret_token" for r in heads)
+    assert all("authorization" not in r.headers for r in hub.requests if r.path.startswith("/storage/"))
+
+
+def test_models_command_lists_rows_sizes_and_the_cache(hub):
+    runner = CliRunner()
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert all(name in result.output for name in registry.MODELS)
+    assert "Table 1 M2" in result.output and "52.7 M" in result.output and "86.4 M" in result.output
+
+    def cached_cell(output: str) -> str:
+        line = next(line for line in output.splitlines() if f"{GOOD} (default)" in line)
+        return [cell.strip() for cell in line.split("│") if cell.strip()][-1]
+
+    assert cached_cell(result.output) == "no"
+    registry.fetch_model(GOOD, progress=False)
+    assert cached_cell(runner.invoke(app, ["models"]).output) == "yes"
 
 
 def test_separate_with_the_default_model_for_a_new_user(hub, tmp_path):
@@ -195,4 +175,18 @@ def test_separate_with_the_default_model_for_a_new_user(hub, tmp_path):
     result = CliRunner().invoke(app, ["separate", str(song), "--out", str(tmp_path / "stems"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "stems" / "song").iterdir()) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
-    assert registry.model_folder(registry.DEFAULT_MODEL).is_dir()
+    assert registry.is_cached(registry.DEFAULT_MODEL)
+
+
+def test_errors_print_urls_and_paths_unbroken(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((4410, 2), np.float32), 44100)
+    result = CliRunner().invoke(app, ["separate", str(song), "--out", str(tmp_path / "stems")])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    for file in registry.FILES:
+        assert any(registry.file_url(GOOD, file) in line for line in lines)
+    assert any(registry.download_command(GOOD) in line for line in lines)
+    assert any(str(registry.cache_dir()) in line for line in lines)
