@@ -1,12 +1,13 @@
 # mixit: set-up, tests, benchmarks. Recipes for the paper's tables live in recipes/.
 PYTHON ?= python3
 
-.PHONY: install test bench help
+.PHONY: install test bench gpu-check help
 
 help:
 	@echo "make install   install ffmpeg, torch and mixit (editable) with test tools"
 	@echo "make test      run the test suite"
 	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
+	@echo "make gpu-check the whole CUDA path in one run, one JSON report (bench/gpu_check.py; about 8 min on a GPU)"
 	@echo "make demo      the whole pipeline on synthesised music with the tiny model (about 20 min on 2 CPU cores)"
 	@echo "make table1 FMA=... MUSDB=... GPUS=N   (also table2, table3): reproduce the paper's tables"
 
@@ -21,6 +22,9 @@ bench:
 	$(PYTHON) bench/mixit.py
 	$(PYTHON) bench/prepare.py
 	$(PYTHON) bench/dataloader.py
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 include recipes/tables.mk
 include recipes/demo.mk

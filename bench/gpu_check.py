@@ -22,6 +22,8 @@ needs in one run and writes one JSON report ($OUT/gpu_check.json when $OUT is se
 5. throughput  FLOPs of a training step (torch.utils.flop_counter, as the README's compute
                table) over the measured s/step = achieved TFLOP/s, and from it the GPU-hours
                of Tables 1-3 on this GPU.
+extras         (CUDA only by default) `mixit eval --device cuda` on the generated test song, and
+               bench/model.py, train.py and separate.py with --device cuda (their JSON figures).
 
 The CLI commands run in this process through the real Typer app (`mixitcli.cli.app`), so
 their peak memory can be read and reset (torch.cuda.max_memory_allocated on CUDA, VmHWM on
@@ -74,7 +76,7 @@ TABLE_RUNS = {
 }
 
 
-ISSUE_ORDER = ("model", "training", "ddp", "separation", "throughput")
+ISSUE_ORDER = ("model", "training", "ddp", "separation", "throughput", "extras")  # extras: eval and bench/*.py with --device
 
 
 @dataclass
@@ -140,9 +142,10 @@ class Report:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def check(self, item: str, name: str, fn, *, min_s: float = 5.0) -> dict | None:
+    def check(self, item: str, name: str, fn, *, cap: float = 0.1, min_s: float = 5.0) -> dict | None:
         """Run ``fn() -> dict`` as check ``item.name``; record ok / failed / skipped. A dict with
-        a non-empty "problems" list counts as failed (its figures are kept)."""
+        a non-empty "problems" list counts as failed (its figures are kept). The check may run
+        for ``cap`` x the budget at most, so that one slow check cannot starve the others."""
         entry: dict = {}
         self.item(item)["checks"][name] = entry
         left = self.budget_s - self.elapsed()
@@ -153,7 +156,7 @@ class Report:
         t0, c0 = time.perf_counter(), time.process_time()
         result = None
         try:
-            with deadline(left):
+            with deadline(min(left, cap * self.budget_s)):
                 result = fn()
             entry.update(_clean(result))
             problems = result.get("problems") or []
@@ -161,7 +164,8 @@ class Report:
             if problems:
                 entry["error"] = "; ".join(problems)
         except BudgetExceeded:
-            entry.update(status="failed", error=f"stopped: the time budget (--budget-s {self.budget_s:.0f}) ran out during this check")
+            entry.update(status="failed", error=f"stopped after {time.perf_counter() - t0:.0f} s: its share ({cap:.0%}) of the "
+                                                f"time budget (--budget-s {self.budget_s:.0f}) or the budget itself ran out")
         except Exception as e:  # noqa: BLE001 - every failure is recorded and the next check runs
             entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:4000],
                          traceback=traceback.format_exc(limit=-4)[-3000:])
@@ -526,6 +530,9 @@ def check_cli_training(ctx: Context, stage: str, batch: int) -> dict:
         try:
             result = cli(ctx, *train_args(ctx, stage, run, batch, steps))
             break
+        except BudgetExceeded:  # out of time: the steps logged so far still give the figures
+            result = {"wall_s": None, "peak_gb": ctx.peak_gb(), "stopped": "time cap"}
+            break
         except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
             if not (ctx.cuda and is_oom(e) and batch > 1):
                 raise
@@ -535,6 +542,8 @@ def check_cli_training(ctx: Context, stage: str, batch: int) -> dict:
     out = {"batch_per_device": batch, "batches_tried": tried, "steps": steps, "crop_s": ctx.scale.crop_s, "bf16": ctx.bf16,
            "checkpointing": ctx.checkpointing, "wall_s": result["wall_s"], "peak_gb": result["peak_gb"],
            "peak_kind": "torch.cuda.max_memory_allocated" if ctx.cuda else "process VmHWM", **figures, "run": run, "problems": []}
+    if result.get("stopped"):
+        out["stopped"] = f"by the time cap after {figures['steps_logged']} of {steps} steps (figures from those)"
     if not figures["losses_finite"] or figures["steps_logged"] != steps:
         out["problems"].append(f"{figures['steps_logged']} of {steps} steps logged; losses finite: {figures['losses_finite']}")
     if "s_per_step" not in figures:
@@ -607,13 +616,15 @@ def check_resume(ctx: Context) -> dict:
 
 
 def item_training(ctx: Context, report: Report) -> None:
-    if report.check("training", "data", lambda: check_data(ctx)) is None:
+    if report.check("training", "data", lambda: check_data(ctx), cap=0.15) is None:
         report.skip("training", ["pretrain", "finetune", "overfit", "resume"], "no prepared data (training.data failed)")
         return
-    report.check("training", "pretrain", lambda: check_cli_training(ctx, "pretrain", ctx.args.pretrain_batch or ctx.scale.pretrain_batch))
-    report.check("training", "finetune", lambda: check_cli_training(ctx, "finetune", ctx.args.finetune_batch or ctx.scale.finetune_batch))
+    report.check("training", "pretrain", lambda: check_cli_training(ctx, "pretrain", ctx.args.pretrain_batch or ctx.scale.pretrain_batch),
+                 cap=0.3)
+    report.check("training", "finetune", lambda: check_cli_training(ctx, "finetune", ctx.args.finetune_batch or ctx.scale.finetune_batch),
+                 cap=0.15)
     report.check("training", "overfit", lambda: check_overfit(ctx))
-    report.check("training", "resume", lambda: check_resume(ctx))
+    report.check("training", "resume", lambda: check_resume(ctx), cap=0.15)
 
 
 # ----------------------------------------------------------------------------- 3. DDP
@@ -705,7 +716,7 @@ def item_ddp(ctx: Context, report: Report) -> None:
     if "fma" not in ctx.shared:
         report.skip("ddp", ["torchrun"], "no prepared data (training.data did not run or failed)")
         return
-    report.check("ddp", "torchrun", lambda: check_ddp(ctx, report), min_s=20)
+    report.check("ddp", "torchrun", lambda: check_ddp(ctx, report), cap=0.15, min_s=20)
 
 
 # ----------------------------------------------------------------------------- 4. separation
@@ -764,15 +775,17 @@ def check_separation(ctx: Context) -> dict:
 
 
 def item_separation(ctx: Context, report: Report) -> None:
-    report.check("separation", "song", lambda: check_separation(ctx), min_s=15)
+    report.check("separation", "song", lambda: check_separation(ctx), cap=0.2, min_s=15)
 
 
 # ----------------------------------------------------------------------------- 5. throughput
 
 
-def count_flops(ctx: Context, preset: str, n_outputs: int, seconds: float, *, step: bool = False) -> float:
+def count_flops(ctx: Context, preset: str, n_outputs: int, seconds: float, *, step: bool = False, sdpa: list | None = None) -> float:
     """FLOPs (torch.utils.flop_counter, as the README) of one example's forward, or with
-    ``step`` of a whole training step (forward, MixIT/SNR loss, backward, checkpoint recompute)."""
+    ``step`` of a whole training step (forward, MixIT/SNR loss, backward, checkpoint recompute).
+    The counter has formulas for the CUDA attention kernels but not for SDPA's CPU kernel, so
+    the README's CPU count leaves attention out; ``sdpa`` (a list) receives the attention part."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -787,6 +800,8 @@ def count_flops(ctx: Context, preset: str, n_outputs: int, seconds: float, *, st
         else:
             with torch.no_grad():
                 model.eval()(x)
+    if sdpa is not None:
+        sdpa.append(float(sum(n for op, n in counter.get_flop_counts().get("Global", {}).items() if "attention" in str(op))))
     return float(counter.get_total_flops())
 
 
@@ -798,15 +813,19 @@ def check_throughput(ctx: Context) -> dict:
         raise CheckFailed("needs the timed pre-training steps of training.pretrain, which did not run")
     crop, batch = measured["crop_s"], measured["batch_per_device"]
     passes = 3 + (1 if measured["checkpointing"] else 0)  # forward + backward (2x), + the recompute
-    fwd = count_flops(ctx, ctx.args.preset, 12, crop)
+    attention: list = []
+    fwd = count_flops(ctx, ctx.args.preset, 12, crop, sdpa=attention)
     counted_step = count_flops(ctx, ctx.args.preset, 12, crop, step=True)
     achieved = passes * fwd * batch / measured["s_per_step"] / 1e12
     out = {"preset": ctx.args.preset, "crop_s": crop, "batch_per_device": batch, "s_per_step": measured["s_per_step"],
-           "forward_tflop_per_example": sig(fwd / 1e12), "passes_per_step": passes,
+           "forward_tflop_per_example": sig(fwd / 1e12),
+           "forward_tflop_attention_part": sig(attention[0] / 1e12), "passes_per_step": passes,
            "step_tflop_counted_per_example": sig(counted_step / 1e12), "counted_over_forward": round(counted_step / fwd, 2),
            "achieved_tflops": sig(achieved), "problems": []}
     if (ctx.args.preset, 12) in README_FORWARD_TFLOP and crop == 6.0:
+        # the README counted on the CPU, where attention is not counted: compare without it
         out["readme_forward_tflop"] = README_FORWARD_TFLOP[(ctx.args.preset, 12)]
+        out["forward_tflop_without_attention"] = sig((fwd - attention[0]) / 1e12)
     fine = ctx.shared.get("finetune")
     if fine and "s_per_step" in fine:
         fwd4 = count_flops(ctx, ctx.args.preset, 4, fine["crop_s"])
@@ -844,6 +863,54 @@ def item_throughput(ctx: Context, report: Report) -> None:
     report.check("throughput", "flops", lambda: check_throughput(ctx))
 
 
+# ----------------------------------------------------------------------------- extras
+
+
+def check_eval(ctx: Context) -> dict:
+    """`mixit eval --model M --device D` on the generated test song (separation + museval)."""
+    if "fma" not in ctx.shared or not (ctx.work / f"{ctx.args.preset}-4.pt").is_file():
+        raise CheckFailed("needs the generated data (training.data) and the model file of separation.song")
+    result = cli(ctx, "eval", "--musdb", ctx.work / "data" / "musdb", "--model", ctx.work / f"{ctx.args.preset}-4.pt",
+                 "--out", ctx.work / "eval", "--subset", "test", "--workers", 0, "--device", ctx.args.device)
+    summary = json.loads((ctx.work / "eval" / "summary.json").read_text())
+    out = {"wall_s": result["wall_s"], "peak_gb": result["peak_gb"], "tracks": summary["tracks"],
+           "csdr_average": summary["csdr"]["average"], "usdr_average": summary["usdr"]["average"], "problems": []}
+    if summary["tracks"] != 1 or not all(math.isfinite(out[k]) for k in ("csdr_average", "usdr_average")):
+        out["problems"].append(f"{summary['tracks']} track(s) scored; cSDR {out['csdr_average']}, uSDR {out['usdr_average']}")
+    return out
+
+
+def check_bench_scripts(ctx: Context, report: Report) -> dict:
+    """bench/model.py, train.py and separate.py with --device: their own figures, as JSON."""
+    p, d = ctx.args.preset, ctx.args.device
+    scripts = {
+        "model": ["bench/model.py", "--presets", p, "--device", d, "--modes", "forward,forward-bf16,train-dropout"],
+        "train": ["bench/train.py", "--presets", p, "--device", d, "--batches", str(ctx.scale.finetune_batch),
+                  "--precisions", "fp32,bf16", "--steps", "2"],
+        "separate": ["bench/separate.py", "--presets", p, "--device", d, "--seconds", str(int(ctx.scale.song_s)), "--bf16"],
+    }
+    out = {"problems": []}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    for name, cmd in scripts.items():
+        target = ctx.work / f"bench-{name}.json"
+        try:
+            proc = run_process([sys.executable, *cmd, "--json", str(target)], timeout=max(report.budget_s - report.elapsed() - 2, 1), env=env)
+        except subprocess.TimeoutExpired as e:
+            out["problems"].append(f"{name}: no result within the time budget ({e.timeout:.0f} s)")
+            continue
+        if proc.returncode != 0 or not target.is_file():
+            out["problems"].append(f"{name}: exit {proc.returncode}: {proc.stderr[-800:].strip()}")
+            continue
+        out[name] = json.loads(target.read_text())
+        out["problems"] += [f"{name}: {r['error']}" for r in out[name] if "error" in r]
+    return out
+
+
+def item_extras(ctx: Context, report: Report) -> None:
+    report.check("extras", "eval", lambda: check_eval(ctx), cap=0.15, min_s=20)
+    report.check("extras", "bench_scripts", lambda: check_bench_scripts(ctx, report), cap=0.2, min_s=30)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -866,12 +933,14 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, help="DataLoader and preparation workers (default: min(8, CPUs/2); 0 for tiny)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--count-presets", default=None, help="presets whose FLOPs are counted for Tables 1-3 (default on CUDA small,medium,large; else none: the README's)")
-    parser.add_argument("--items", default="model,training,throughput,ddp,separation", help="items to run, in this order")
+    parser.add_argument("--items", default=None,
+                        help="items to run, in this order (default model,training,throughput,ddp,separation, then extras on CUDA)")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed at the end)")
     parser.add_argument("--min-snr-fp32", type=float, default=30.0, help="bar for CUDA vs CPU float32 SNR in dB")
     parser.add_argument("--min-snr-bf16", type=float, default=15.0, help="bar for bf16 vs float32 SNR in dB")
     parser.add_argument("--min-overfit-drop", type=float, default=1.0, help="dB the loss must fall on one fixed batch")
     args = parser.parse_args(argv)
+    args.items = args.items or "model,training,throughput,ddp,separation" + (",extras" if args.device == "cuda" else "")
     unknown = [i for i in args.items.split(",") if i not in ISSUE_ORDER]
     if unknown:
         parser.error(f"--items: unknown {', '.join(unknown)}; choose from {', '.join(ISSUE_ORDER)}")
@@ -903,11 +972,15 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, scale, work)
-    report.data["environment"] = environment(ctx)
+    try:
+        report.data["environment"] = environment(ctx)
+    except Exception as e:  # noqa: BLE001 - a missing detail must not stop the checks
+        report.data["environment"] = {"device": str(ctx.device), "error": f"{type(e).__name__}: {e}"}
     report.data["work"] = str(work)
     for name in ISSUE_ORDER:  # the report lists the items in the issue's order
         report.data["items"][name] = {"status": "skipped", "reason": "not in --items", "checks": {}}
-    items = {"model": item_model, "training": item_training, "throughput": item_throughput, "ddp": item_ddp, "separation": item_separation}
+    items = {"model": item_model, "training": item_training, "throughput": item_throughput, "ddp": item_ddp,
+             "separation": item_separation, "extras": item_extras}
     try:
         for name in args.items.split(","):
             items[name](ctx, report)
