@@ -13,8 +13,9 @@ needs in one run and writes one JSON report ($OUT/gpu_check.json when $OUT is se
 2. training    `mixit make-demo-data`, `prepare-fma`, `prepare-musdb`, then 30 steps of
                `mixit pretrain` (12 outputs, MixIT, 6 s crops, bf16, the recipe's per-GPU batch,
                halved until it fits) and of `mixit finetune`: s/step, examples/s, peak memory,
-               finite losses; an overfit check on one fixed batch; `--resume` for 5 more steps
-               against an uninterrupted run.
+               finite losses; an overfit check on one fixed batch (the loop's train_step);
+               5 steps, then `--resume` for 5 more, against 10 uninterrupted steps (a batch of 2
+               per device, so that the comparison costs little GPU time).
 3. ddp         `torchrun --nproc_per_node=N` (N = the GPUs present; 2 CPU ranks on gloo without
                CUDA) for 10 steps: ranks in sync, one checkpoint written by rank 0.
 4. separation  `mixit separate` of a 60 s song with the medium model on the device: real-time
@@ -28,9 +29,10 @@ extras         (CUDA only by default) `mixit eval --device cuda` on the generate
 The CLI commands run in this process through the real Typer app (`mixitcli.cli.app`), so
 their peak memory can be read and reset (torch.cuda.max_memory_allocated on CUDA, VmHWM on
 the CPU); DDP runs under torchrun as its own processes. Every check is guarded: a failure is
-recorded with its error and the rest still runs. --budget-s bounds the whole run: a check
-still running when it is spent is stopped, and the ones left are skipped, each with its
-reason. The report is rewritten after every check, so a killed run leaves what it measured.
+recorded with its error and the rest still runs. --budget-s bounds the whole run, and each
+check may use only its share of it (30 % for the pre-training run, 10-20 % for the others):
+a check still running then is stopped, and the ones left when the budget is spent are
+skipped, each with its reason. The report is rewritten after every check, so a killed run leaves what it measured.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ SCALES = {
                    model_input_s=6.0, song_s=60.0, data_s=20.0, data_songs=8),
     # Tiny: enough steps to time and to see the loss fall; 4 songs give 2 training and 2
     # validation tracks with --valid-fraction 0.5 (the split is a hash of the track id).
-    "tiny": Scale(crop_s=0.5, pretrain_batch=2, finetune_batch=2, small_batch=1, steps=8, resume_steps=2, ddp_steps=3,
+    "tiny": Scale(crop_s=0.5, pretrain_batch=2, finetune_batch=2, small_batch=1, steps=6, resume_steps=2, ddp_steps=3,
                   model_input_s=2.0, song_s=12.0, data_s=11.0, data_songs=4),
 }
 
@@ -917,11 +919,11 @@ def item_extras(ctx: Context, report: Report) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where the checks run (default cuda)")
-    parser.add_argument("--preset", default="medium", help="model preset (medium: the issue's; tiny: a CPU smoke run)")
+    parser.add_argument("--preset", default="medium", choices=("tiny", "small", "medium", "large"), help="model preset (medium: the issue's; tiny: a CPU smoke run)")
     parser.add_argument("--budget-s", type=float, default=480, help="total seconds; checks left when it is spent are skipped")
     parser.add_argument("--report", type=Path, default=REPO / "bench" / "out" / "gpu_check.json",
                         help="where the JSON goes when $OUT is not set (with $OUT: $OUT/gpu_check.json)")
-    parser.add_argument("--steps", type=int, help="CLI training and overfit steps (default 30; tiny 8)")
+    parser.add_argument("--steps", type=int, help="CLI training and overfit steps (default 30; tiny 6)")
     parser.add_argument("--resume-steps", type=int, help="steps before and after the interruption (default 5; tiny 2)")
     parser.add_argument("--ddp-steps", type=int, help="steps under torchrun (default 10; tiny 3)")
     parser.add_argument("--crop-s", type=float, help="training crop in seconds (default 6; tiny 0.5)")
