@@ -32,8 +32,6 @@ from mixitcli.train.options import (
     range_problem,
 )
 
-STAGES = ("pretrain", "finetune", "freeze-finetune")
-
 Stage = Literal["pretrain", "finetune", "freeze-finetune"]
 Size = Literal["tiny", "small", "medium", "large"]  # the presets of mixitcli.model.config.PRESETS (a test keeps them equal)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import re
 import types
 import typing
@@ -273,7 +274,7 @@ def range_problem(info: OptionInfo, value: Any) -> str | None:
     """Why ``value`` (already of the option's type) is out of the option's bounds, or None."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
-    bounds = [(info.at_least, ">=", value >= (info.at_least or 0)), (info.above, ">", value > (info.above or 0)),
-              (info.at_most, "<=", value <= (info.at_most or 0)), (info.below, "<", value < (info.below or 0))]
-    broken = [f"{sign} {bound}" for bound, sign, ok in bounds if bound is not None and not ok]
+    bounds = ((info.at_least, ">=", operator.ge), (info.above, ">", operator.gt),
+              (info.at_most, "<=", operator.le), (info.below, "<", operator.lt))
+    broken = [f"{sign} {bound}" for bound, sign, holds in bounds if bound is not None and not holds(value, bound)]
     return f"{info.name} must be {' and '.join(broken)}, got {value}" if broken else None
