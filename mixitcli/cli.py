@@ -14,11 +14,30 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from mixitcli import __version__
 
+COMMAND_ORDER = (
+    # the pipeline
+    "prepare-fma", "prepare-musdb", "pretrain", "select-channels", "finetune", "freeze-finetune",
+    "average", "separate", "eval", "report",
+    # helpers
+    "make-demo-data", "plot", "models",
+)
+"""The order of `mixit --help` (commands register anywhere below). A new command: put its name
+here, where it belongs in the pipeline; a command not listed comes last."""
+
+
+class _PipelineOrder(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
     name="mixit",
+    cls=_PipelineOrder,
     help=(
         "Music source separation with MixIT pre-training (Saijo & Bando, WASPAA 2025).\n\n"
         "Pipeline: prepare-fma / prepare-musdb -> pretrain -> select-channels -> "
@@ -166,108 +185,81 @@ def make_demo_data(
 
 
 # ----------------------------------------------------------------------------- training
-# Options shared by the three training commands. None means "not given": the recipe or the
-# stage's default applies (see mixitcli/train/config.py for every default).
+# `mixit pretrain`, `finetune` and `freeze-finetune` offer one option per field of the stage's
+# dataclass (mixitcli/train/config.py): flag (the field name with dashes), help, panel and
+# default come from the field, and the library checks the values. None means "not given": the
+# recipe or the stage's default applies. A new training option is a new field, nothing here.
 
-_DATA = typer.Option(None, "--data", help="Prepared data folder (prepare-fma output for pretrain, prepare-musdb output for fine-tuning).")
-_OUT = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).")
-_SIZE = typer.Option(None, "--size", help="Model preset: tiny, small, medium or large (default medium, or that of --init).")
-_CONFIG = typer.Option(None, "--config", help="YAML recipe (see recipes/); command-line options override it.")
-_RESUME = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped.")
-_AUTO_RESUME = typer.Option(False, "--auto-resume", help="Resume when --out already holds a run, else start it (for scripts and preemptible jobs).")
-_MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: epochs x steps per epoch).")
-_BATCH = typer.Option(None, "--batch-size", help="Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).")
-_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation: micro-batches per step on each device.")
-_SEGMENT = typer.Option(None, "--segment-seconds", help="Length of the training crops in seconds (paper: 6).")
-_DEVICE = typer.Option(None, "--device", help="auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its LOCAL_RANK GPU.")
-_SEED = typer.Option(None, "--seed", help="Seed of the initial weights, the data order and dropout.")
-_EPOCHS = typer.Option(None, "--epochs", help="Number of epochs.")
-_SPE = typer.Option(None, "--steps-per-epoch", help="Optimizer steps per epoch (the schedule and validation count in epochs).")
-_LR = typer.Option(None, "--lr", help="Peak learning rate (paper: 1e-3 small/medium, 5e-4 large).")
-_WARMUP = typer.Option(None, "--warmup-steps", help="Linear warm-up steps.")
-_WORKERS = typer.Option(None, "--workers", help="DataLoader worker processes per device.")
-_BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off on CPU).")
-_CKPT = typer.Option(None, "--checkpointing/--no-checkpointing", help="Activation checkpointing: recompute block activations in the backward pass to save memory (default on).")
-_VALID_EVERY = typer.Option(None, "--valid-every", help="Validate (and rank checkpoints) every N epochs; the last step is always validated.")
-_KEEP_BEST = typer.Option(None, "--keep-best", help="How many best checkpoints (by validation loss) to keep.")
-_LOG_EVERY = typer.Option(None, "--log-every", help="Log metrics every N steps.")
-_SAVE_EVERY = typer.Option(None, "--save-every", help="Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).")
-_INIT = typer.Option(None, "--init", help="Start from these weights: a mixit checkpoint or run folder (averaged best), or an official model folder (pretrain: continue pre-training from them).")
-_SELECTION = typer.Option(None, "--selection", help="select-channels JSON that picks the 4 stems among the 12 outputs of --init.")
+_RUN_OPTIONS = {
+    "config": (Optional[Path], typer.Option(None, "--config", help="YAML recipe (see recipes/); command-line options override it.")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped.")),
+    "auto_resume": (bool, typer.Option(False, "--auto-resume", help="Resume when --out already holds a run, else start it (for scripts and preemptible jobs).")),
+}
 
 
 def _train(stage: str, options: dict) -> None:
-    """Build the stage's configuration (defaults < --config < options) and run it."""
-    from mixitcli.train import ConfigError, TrainingError, build_config, resume_config, train
+    """Start or continue a run of ``stage`` (defaults < --config < options) and train it."""
+    from mixitcli.train import ConfigError, TrainingError, plan_run, train
     from mixitcli.train.checkpoint import CheckpointError
 
     recipe, resume, auto = options.pop("config"), options.pop("resume"), options.pop("auto_resume")
-    resume = resume or (auto and (Path(options["out"]) / "checkpoints" / "last.pt").is_file())
-    renames = {"valid_every": "valid_every_epochs", "checkpointing": "activation_checkpointing", "save_every": "save_every_steps"}
-    overrides = {renames.get(k, k): (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     try:
-        if resume:
-            import yaml
-
-            saved = Path(overrides["out"]) / "config.yaml"
-            if not saved.is_file():
-                fail(f"--resume: {saved} does not exist; is {overrides['out']} a run folder?")
-            config = resume_config(yaml.safe_load(saved.read_text()), overrides)
-        else:
-            config = build_config(stage, recipe=recipe, overrides=overrides)
-        train(config, resume=resume, console=console)
+        plan = plan_run(stage, command_line=options, recipe=recipe, resume=resume, auto_resume=auto)
+        train(plan.config, resume=plan.resume, console=console)
     except (ConfigError, TrainingError, CheckpointError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130)
 
 
-_COMMON = {
-    "data": (Optional[Path], _DATA), "out": (Path, _OUT), "size": (Optional[str], _SIZE),
-    "config": (Optional[Path], _CONFIG), "resume": (bool, _RESUME), "auto_resume": (bool, _AUTO_RESUME), "max_steps": (Optional[int], _MAX_STEPS),
-    "batch_size": (Optional[int], _BATCH), "grad_accum": (Optional[int], _ACCUM),
-    "segment_seconds": (Optional[float], _SEGMENT), "device": (Optional[str], _DEVICE), "seed": (Optional[int], _SEED),
-    "epochs": (Optional[int], _EPOCHS), "steps_per_epoch": (Optional[int], _SPE), "lr": (Optional[float], _LR),
-    "warmup_steps": (Optional[int], _WARMUP), "workers": (Optional[int], _WORKERS), "bf16": (Optional[bool], _BF16),
-    "checkpointing": (Optional[bool], _CKPT), "valid_every": (Optional[int], _VALID_EVERY),
-    "keep_best": (Optional[int], _KEEP_BEST), "log_every": (Optional[int], _LOG_EVERY), "save_every": (Optional[int], _SAVE_EVERY),
-}
-_FROM_WEIGHTS = {"init": (Optional[Path], _INIT), "selection": (Optional[Path], _SELECTION)}
-_MIXIT = {
-    "mixit_solver": (Optional[str], typer.Option(None, "--mixit-solver", help="efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).")),
-    "valid_size": (Optional[int], typer.Option(None, "--valid-size", help="Held-out mixtures of mixtures per validation.")),
-}
-
-
-def _training_command(stage: str, summary: str, extra: dict) -> None:
-    """Register `mixit STAGE` with the shared training options plus ``extra``: one function,
-    three commands, each with its own --help."""
+def training_command(stage: str, summary: str):
+    """The function behind `mixit STAGE`, with one Typer option per field of the stage's
+    configuration that the stage offers, after --config, --resume and --auto-resume."""
     import inspect
+    from typing import Tuple
+
+    from mixitcli.train.config import STAGE_CONFIGS
+    from mixitcli.train.options import options_of
+
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for name, (kind, opt) in _RUN_OPTIONS.items()]
+    for info in options_of(STAGE_CONFIGS[stage]).values():
+        if not info.cli or (info.stages is not None and stage not in info.stages):
+            continue
+        # booleans: --name/--no-name; the rest is text that the library checks, so that every
+        # problem is listed at once. An alias is a hidden twin, folded into the option below.
+        for i, flag in enumerate(info.flags):
+            if info.is_flag:
+                kind, decls = Optional[bool], [f"{flag}/--no-{flag[2:]}"]
+            else:
+                kind, decls = (Optional[Tuple[(str,) * info.nargs]] if info.nargs > 1 else Optional[str]), [flag]
+            opt = typer.Option(None, *decls, help=info.help_line(), metavar=None if info.is_flag else info.placeholder(),
+                               rich_help_panel=info.group, hidden=i > 0)
+            name = f"{info.name}__alias{i}" if i else info.name
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind))
 
     def command(**options) -> None:
+        for key in [k for k in options if "__alias" in k]:
+            value = options.pop(key)
+            if value is not None:
+                options[key.split("__alias")[0]] = value
         _train(stage, options)
 
-    options = {**_COMMON, **extra}
-    command.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for name, (kind, opt) in options.items()]
-    )
+    command.__signature__ = inspect.Signature(params)
     command.__doc__ = summary
-    app.command(stage)(command)
+    return command
 
 
-_training_command("pretrain", "Pre-train BS-Locoformer with MixIT (12 outputs) on a prepare-fma folder.", {**_MIXIT, **_FROM_WEIGHTS})
-_training_command(
+app.command("pretrain")(training_command("pretrain", "Pre-train BS-Locoformer with MixIT (12 outputs) on a prepare-fma folder."))
+app.command("finetune")(training_command(
     "finetune",
     "Supervised fine-tuning on a prepare-musdb folder: 4 outputs (bass, drums, vocals, other), from scratch, "
     "or from pre-training (--init with --selection).",
-    _FROM_WEIGHTS,
-)
-_training_command(
+))
+app.command("freeze-finetune")(training_command(
     "freeze-finetune",
     "Fine-tuning with the separator frozen: only the band-split encoder and the mask decoder train "
     "(200 epochs by default). Paper Table 2.",
-    _FROM_WEIGHTS,
-)
+))
 
 
 @app.command("select-channels")

@@ -1,4 +1,6 @@
-"""The `mixit` app: version, help listing every product subcommand."""
+"""The `mixit` app: version, help listing every product subcommand in pipeline order."""
+
+import re
 
 from typer.testing import CliRunner
 
@@ -31,3 +33,10 @@ def test_help_lists_every_subcommand():
     assert result.exit_code == 0
     for name in PRODUCT_COMMANDS:
         assert name in result.output, name
+
+
+def test_help_lists_commands_in_pipeline_order():
+    result = runner.invoke(app, ["--help"])
+    listed = [m.group(1) for line in result.output.splitlines() if (m := re.match(r"[│|] ([a-z][a-z-]+) ", line))]
+    pipeline = [*PRODUCT_COMMANDS[:6], "average", *PRODUCT_COMMANDS[6:], "make-demo-data", "plot"]
+    assert [name for name in listed if name in pipeline] == pipeline

@@ -1,4 +1,5 @@
-"""The paper's recipes: every YAML is a valid configuration, and `make -n tableN` prints a
+"""The paper's recipes: every YAML is a valid configuration that states only what differs from
+its stage's defaults, and `make -n tableN` prints a
 plan with every run of the table, chained prepare -> pretrain -> select -> finetune -> eval -> report."""
 
 from __future__ import annotations
@@ -8,20 +9,38 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mixitcli.train.config import build_config
+from mixitcli.train.config import STAGE_CONFIGS, build_config
+from mixitcli.train.options import convert, options_of
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+RECIPES = sorted((REPO / "recipes").glob("*/*.yaml"))
+
+
+def stage_of(recipe: Path) -> str:
+    return recipe.parent.name if recipe.parent.name != "demo" else recipe.stem
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_is_a_valid_configuration(recipe):
-    stage = recipe.parent.name if recipe.parent.name != "demo" else recipe.stem
+    stage = stage_of(recipe)
     config = build_config(stage, recipe=recipe, overrides={"data": "d", "out": "o"})
     if recipe.parent.name != "demo":
         assert config.size == recipe.stem
         assert config.lr == (5e-4 if recipe.stem == "large" else 1e-3)
         assert config.batch_size == (128 if stage == "pretrain" else 32)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_states_only_what_differs_from_the_stage_defaults(recipe):
+    infos = options_of(STAGE_CONFIGS[stage_of(recipe)])
+    values = yaml.safe_load(recipe.read_text())
+    assert values.get("stage") == stage_of(recipe)
+    restated = [k for k, v in values.items() if k != "stage" and convert(infos[k], v) == infos[k].default]
+    assert not restated, f"{recipe.name} restates the stage's defaults of {restated}; leave them out"
 
 
 def plan(target: str) -> str:

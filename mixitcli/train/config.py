@@ -1,6 +1,12 @@
 """Training configuration: one dataclass per stage (docs/method.md §5).
 
-Precedence: the stage's defaults < a YAML recipe (``--config``) < command-line options.
+Every field is a training option, declared with :func:`~mixitcli.train.options.option`: its
+help text, ``--help`` panel, bounds and whether a resumed run may change it sit beside its
+default, and `mixit pretrain / finetune / freeze-finetune` build their flags from the fields
+(flag = field name with dashes). Adding an option is adding one field.
+
+Precedence: the stage's defaults < a YAML recipe (``--config``) < command-line options. Every
+value is checked against its field's type and bounds, and every problem is reported at once.
 The resolved configuration is written to ``RUN/config.yaml`` and into every checkpoint, and
 a resumed run takes its configuration from there.
 """
@@ -10,9 +16,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-STAGES = ("pretrain", "finetune", "freeze-finetune")
+from mixitcli.train.options import (
+    BATCHES,
+    DATA,
+    OBJECTIVE,
+    OPTIMIZER,
+    RUNTIME,
+    VALIDATION,
+    Refused,
+    convert,
+    option,
+    options_of,
+    range_problem,
+)
+
+Stage = Literal["pretrain", "finetune", "freeze-finetune"]
+Size = Literal["tiny", "small", "medium", "large"]  # the presets of mixitcli.model.config.PRESETS (a test keeps them equal)
 
 
 class ConfigError(Exception):
@@ -21,79 +42,73 @@ class ConfigError(Exception):
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs. Stage subclasses change the defaults only.
+    """Everything a training run needs. Stage subclasses change the defaults only."""
 
-    Data and model
-        data: prepared data folder (``mixit prepare-fma`` or ``prepare-musdb`` output).
-        out: the run folder.
-        size: model preset (tiny, small, medium, large); default medium, or the
-            architecture of ``init`` when it is given.
-        init: checkpoint, run folder or official folder whose weights start the run.
-        selection: ``mixit select-channels`` JSON, to slice 12 MixIT outputs to 4 stems.
-        trainable: "all", or "encdec" (separator frozen).
-        dropout: dropout of the model (docs/method.md §3: 0.1).
-    Objective
-        loss: "mixit" (pre-training) or "supervised" (fine-tuning with inactive sources).
-        mixit_solver: "efficient" (the paper) or "exact".
-        level_range_db: level difference of the two mixtures of a MoM, in dB.
-    Batches and length
-        batch_size: examples per optimizer step over all devices (MoMs for pre-training).
-        grad_accum: micro-batches per step on each device.
-        segment_seconds: training crop length.
-        epochs, steps_per_epoch: schedule length; max_steps (if set) stops earlier.
-    Optimizer and schedule (AdamW; linear warm-up, then decay steps)
-        lr, weight_decay, betas, clip_norm, warmup_steps,
-        decay_start_epoch: first epoch of the decay (0: right after warm-up);
-        decay_every_epochs, decay_factor: lr *= factor every so many epochs;
-        decay_stop_epoch: the lr stays constant after this epoch (None: never).
-    Validation and checkpoints
-        valid_every_epochs, valid_size (pre-training MoMs), keep_best.
-    Runtime
-        device ("auto", "cpu", "cuda", "cuda:1", "mps"), bf16 (None: on for CUDA),
-        activation_checkpointing, workers (DataLoader processes per rank), seed,
-        max_bad_steps (non-finite steps in a row before stopping), save_every_steps
-        (``last.pt`` within an epoch; 0 = only at epoch ends), check_sync_every
-        (steps between cross-rank parameter checks under DDP; 0 = off), log_every.
-    """
-
-    stage: str = "pretrain"
-    data: str = ""
-    out: str = ""
-    size: str | None = None
-    init: str | None = None
-    selection: str | None = None
-    trainable: str = "all"
-    dropout: float = 0.1
-    loss: str = "mixit"
-    mixit_solver: str = "efficient"
-    level_range_db: tuple[float, float] = (-5.0, 5.0)
-    batch_size: int = 128
-    grad_accum: int = 1
-    segment_seconds: float = 6.0
-    epochs: int = 150
-    steps_per_epoch: int = 1000
-    max_steps: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    clip_norm: float = 5.0
-    warmup_steps: int = 5000
-    decay_start_epoch: int = 0
-    decay_every_epochs: int = 1
-    decay_factor: float = 0.965
-    decay_stop_epoch: int | None = None
-    valid_every_epochs: int = 2
-    valid_size: int = 256
-    keep_best: int = 5
-    device: str = "auto"
-    bf16: bool | None = None
-    activation_checkpointing: bool = True
-    workers: int = 2
-    seed: int = 0
-    max_bad_steps: int = 20
-    save_every_steps: int = 500
-    check_sync_every: int = 100
-    log_every: int = 10
+    stage: Stage = option("pretrain", "The training stage (set by the command).", group=DATA, cli=False)
+    # -- data and model
+    data: str = option("", "Prepared data folder: prepare-fma output for pretrain, prepare-musdb output for fine-tuning.",
+                       group=DATA, required=True, resume=True, metavar="DIR")
+    out: str = option("", "Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).",
+                      group=DATA, required=True, resume=True, metavar="RUN")
+    size: Size | None = option(None, "Model preset (default medium, or that of --init).", group=DATA)
+    init: str | None = option(None, "Start from these weights: a mixit checkpoint or run folder (averaged best), or an "
+                              "official model folder (pretrain: continue pre-training from them).", group=DATA, metavar="PATH")
+    selection: str | None = option(None, "select-channels JSON that picks the 4 stems among the 12 outputs of --init.",
+                                   group=DATA, metavar="JSON")
+    trainable: Literal["all", "encdec"] = option("all", "What trains: all, or encdec (the separator stays frozen).", group=DATA)
+    dropout: float = option(0.1, "Dropout of the model (docs/method.md §3).", group=DATA, at_least=0, below=1)
+    # -- objective
+    loss: Literal["mixit", "supervised"] = option("mixit", "MixIT (pre-training) or supervised with inactive sources "
+                                                  "(fine-tuning); set by the stage.", group=OBJECTIVE, cli=False)
+    mixit_solver: Literal["efficient", "exact"] = option(
+        "efficient", "MixIT assignment: efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).",
+        group=OBJECTIVE, stages=("pretrain",))
+    level_range_db: tuple[float, float] = option(
+        (-5.0, 5.0), "Level difference of the two mixtures of a mixture of mixtures, in dB (low high).",
+        group=OBJECTIVE, stages=("pretrain",), metavar="LOW HIGH")
+    # -- batches and length
+    batch_size: int = option(128, "Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).",
+                             group=BATCHES, at_least=1)
+    grad_accum: int = option(1, "Gradient accumulation: micro-batches per step on each device.", group=BATCHES, at_least=1)
+    segment_seconds: float = option(6.0, "Length of the training crops in seconds (paper: 6).", group=BATCHES, above=0.1)
+    epochs: int = option(150, "Number of epochs.", group=BATCHES, at_least=1, resume=True)
+    steps_per_epoch: int = option(1000, "Optimizer steps per epoch (the schedule and validation count in epochs).",
+                                  group=BATCHES, at_least=1)
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (default: epochs x steps per epoch).",
+                                   group=BATCHES, at_least=1, resume=True)
+    # -- optimizer and schedule (AdamW; linear warm-up, then a factor every few epochs)
+    lr: float = option(1e-3, "Peak learning rate (paper: 1e-3 small/medium, 5e-4 large).", group=OPTIMIZER, above=0)
+    weight_decay: float = option(1e-2, "AdamW weight decay.", group=OPTIMIZER, at_least=0)
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas.", group=OPTIMIZER, metavar="B1 B2")
+    clip_norm: float = option(5.0, "Gradients are clipped to this global norm.", group=OPTIMIZER, above=0)
+    warmup_steps: int = option(5000, "Linear warm-up steps.", group=OPTIMIZER, at_least=0)
+    decay_start_epoch: int = option(0, "First epoch of the decay (0: right after warm-up).", group=OPTIMIZER, at_least=0)
+    decay_every_epochs: int = option(1, "The learning rate is multiplied by --decay-factor every so many epochs.",
+                                     group=OPTIMIZER, at_least=1)
+    decay_factor: float = option(0.965, "Factor of each decay.", group=OPTIMIZER, above=0, at_most=1)
+    decay_stop_epoch: int | None = option(None, "The learning rate stays constant after this epoch (none: never).",
+                                          group=OPTIMIZER, at_least=0)
+    # -- validation and checkpoints
+    valid_every_epochs: int = option(2, "Validate (and rank checkpoints) every N epochs; the last step is always validated.",
+                                     group=VALIDATION, at_least=1, resume=True, aliases=("--valid-every",))
+    valid_size: int = option(256, "Held-out mixtures of mixtures per validation.", group=VALIDATION, at_least=1,
+                             stages=("pretrain",))
+    keep_best: int = option(5, "How many best checkpoints (by validation loss) to keep.", group=VALIDATION, at_least=1)
+    save_every_steps: int = option(500, "Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).",
+                                   group=VALIDATION, at_least=0, resume=True, aliases=("--save-every",))
+    # -- runtime
+    device: str = option("auto", "auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its "
+                         "LOCAL_RANK GPU.", group=RUNTIME, resume=True)
+    bf16: bool | None = option(None, "bf16 autocast (default: on for CUDA, off on CPU).", group=RUNTIME, resume=True)
+    activation_checkpointing: bool = option(
+        True, "Recompute block activations in the backward pass to save memory.", group=RUNTIME, resume=True,
+        aliases=("--checkpointing",))
+    workers: int = option(2, "DataLoader worker processes per device.", group=RUNTIME, at_least=0, resume=True)
+    seed: int = option(0, "Seed of the initial weights, the data order and dropout.", group=RUNTIME, at_least=0)
+    max_bad_steps: int = option(20, "Non-finite steps in a row before the run stops.", group=RUNTIME, at_least=1, resume=True)
+    check_sync_every: int = option(100, "Steps between cross-rank weight checks under DDP (0: off).", group=RUNTIME,
+                                   at_least=0, resume=True)
+    log_every: int = option(10, "Log metrics every N steps.", group=RUNTIME, at_least=1, resume=True)
 
     @property
     def n_outputs(self) -> int:
@@ -104,38 +119,30 @@ class TrainConfig:
         planned = self.epochs * self.steps_per_epoch
         return min(planned, self.max_steps) if self.max_steps is not None else planned
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem at once."""
+    def problems(self) -> list[str]:
+        """Every problem of this configuration: types, bounds, required options, combinations."""
         p = []
-        if self.stage not in STAGES:
-            p.append(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.loss not in ("mixit", "supervised"):
-            p.append(f"loss must be 'mixit' or 'supervised', got {self.loss!r}")
-        if self.mixit_solver not in ("efficient", "exact"):
-            p.append(f"mixit_solver must be 'efficient' or 'exact', got {self.mixit_solver!r}")
-        if self.trainable not in ("all", "encdec"):
-            p.append(f"trainable must be 'all' or 'encdec', got {self.trainable!r}")
-        if not self.data:
-            p.append("data (the prepared data folder) is required")
-        if not self.out:
-            p.append("out (the run folder) is required")
-        for name in ("batch_size", "grad_accum", "epochs", "steps_per_epoch", "valid_every_epochs", "keep_best", "max_bad_steps", "log_every"):
-            if getattr(self, name) < 1:
-                p.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            p.append(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.segment_seconds <= 0.1:
-            p.append(f"segment_seconds must be > 0.1, got {self.segment_seconds}")
-        if self.lr <= 0 or not 0 < self.decay_factor <= 1:
-            p.append(f"lr must be > 0 and decay_factor in (0, 1], got {self.lr} and {self.decay_factor}")
-        if min(self.warmup_steps, self.workers, self.save_every_steps, self.check_sync_every) < 0 or self.clip_norm <= 0:
-            p.append("warmup_steps, workers, save_every_steps and check_sync_every must be >= 0 and clip_norm > 0")
+        for info in options_of(type(self)).values():
+            value = getattr(self, info.name)
+            try:
+                convert(info, value)
+            except Refused as e:
+                p.append(f"{info.name} {e}")
+                continue
+            if info.required and not value:
+                p.append(f"{info.name} is required ({info.flag} {info.placeholder()})")
+            if value is not None:
+                p.extend(filter(None, [range_problem(info, value)]))
         if self.selection and not self.init:
             p.append("selection needs init (the pre-trained checkpoint whose outputs it selects)")
-        if self.level_range_db[0] > self.level_range_db[1]:
+        low, high = self.level_range_db
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
             p.append(f"level_range_db must be (low, high), got {self.level_range_db}")
-        if p:
-            raise ConfigError("invalid training configuration:\n  - " + "\n  - ".join(p))
+        return p
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` listing every problem at once."""
+        raise_problems(self.problems())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,7 +161,7 @@ class PretrainConfig(TrainConfig):
     warm-up 5000 steps then x0.965 per epoch (docs/method.md §5; the official recipe stops decaying
     after epoch 75)."""
 
-    stage: str = "pretrain"
+    stage: Stage = "pretrain"
     loss: str = "mixit"
     batch_size: int = 128
     epochs: int = 150
@@ -171,7 +178,7 @@ class FinetuneConfig(TrainConfig):
     """Supervised fine-tuning on MUSDB18-HQ: 4 outputs (bass, drums, vocals, other), batch 32,
     900 epochs x 110 steps, warm-up 5000 then constant to epoch 550, then x0.98 every 2 epochs."""
 
-    stage: str = "finetune"
+    stage: Stage = "finetune"
     loss: str = "supervised"
     batch_size: int = 32
     epochs: int = 900
@@ -188,7 +195,7 @@ class FreezeFinetuneConfig(FinetuneConfig):
     """Fine-tuning with the separator frozen: only encoder and decoder train, 200 epochs, with
     the fine-tuning schedule (its decay, from epoch 550, is not reached)."""
 
-    stage: str = "freeze-finetune"
+    stage: Stage = "freeze-finetune"
     trainable: str = "encdec"
     epochs: int = 200
 
@@ -199,87 +206,153 @@ STAGE_CONFIGS: dict[str, type[TrainConfig]] = {
     "freeze-finetune": FreezeFinetuneConfig,
 }
 
-_TUPLE_FIELDS = {"level_range_db", "betas"}
+
+def stage_class(stage: str) -> type[TrainConfig]:
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CONFIGS)}")
+    return STAGE_CONFIGS[stage]
 
 
-def _coerce(cls: type[TrainConfig], values: dict[str, Any], source: str) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return {k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in values.items()}
+def raise_problems(problems: list[str]) -> None:
+    """Raise one :class:`ConfigError` that lists ``problems``, if there are any."""
+    if problems:
+        raise ConfigError("invalid training configuration:\n  - " + "\n  - ".join(problems))
 
 
-def build_config(stage: str, *, recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The stage's defaults, updated by a YAML recipe, then by non-None ``overrides``.
+def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
+    """The option: value mapping of a YAML recipe for ``stage`` (values not checked yet).
 
     Raises:
-        ConfigError: unknown stage or keys, unreadable recipe, or invalid values.
+        ConfigError: unreadable, not a mapping, or a recipe of another stage.
     """
     import yaml
 
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CONFIGS)}")
-    cls = STAGE_CONFIGS[stage]
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of option: value")
+    if loaded.get("stage", stage) != stage:
+        raise ConfigError(f"{path} is a {loaded['stage']!r} recipe, not {stage!r}")
+    return loaded
+
+
+def check_values(cls: type[TrainConfig], values: dict[str, Any] | None, source: str, problems: list[str], *,
+                 text: bool = False, unset: bool = False) -> dict[str, Any]:
+    """``values`` converted to the types of ``cls``'s fields. Each refused or unknown value adds
+    a line to ``problems`` and is left out.
+
+    Args:
+        source: where the values come from, for the messages ("command line", a recipe path, ...).
+        text: the values are command-line text (numbers are parsed; ``none`` clears an option).
+        unset: None means "not given" (options and overrides), not the value None (recipes).
+    """
+    infos = options_of(cls)
+    given = {k: v for k, v in (values or {}).items() if not (unset and v is None)}
+    unknown = sorted(str(k) for k in given if k not in infos)
+    if unknown:
+        problems.append(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
+    checked = {}
+    for name, value in given.items():
+        if name not in infos:
+            continue
+        info = infos[name]
+        try:
+            checked[name] = convert(info, value, text=text)
+        except Refused as e:
+            problems.append(f"{name} ({info.flag if text else source}) {e}")
+    return checked
+
+
+def build_config(
+    stage: str,
+    *,
+    recipe: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    command_line: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The stage's defaults, updated by a YAML recipe, then by non-None ``overrides`` (Python
+    values), then by non-None ``command_line`` values (text as typed, booleans from flags).
+
+    Raises:
+        ConfigError: unknown stage, unreadable recipe, or every unknown, mistyped and invalid value.
+    """
+    cls = stage_class(stage)
+    problems: list[str] = []
     values: dict[str, Any] = {}
     if recipe is not None:
-        path = Path(recipe)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read the recipe ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of option: value")
-        if loaded.get("stage", stage) != stage:
-            raise ConfigError(f"{path} is a {loaded['stage']!r} recipe, not {stage!r}")
-        values.update(_coerce(cls, loaded, str(path)))
-    values.update(_coerce(cls, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+        values.update(check_values(cls, read_recipe(recipe, stage), f"recipe {recipe}", problems))
+    values.update(check_values(cls, overrides, "overrides", problems, unset=True))
+    values.update(check_values(cls, command_line, "command line", problems, text=True, unset=True))
     values["stage"] = stage
-    config = cls(**values)
-    config.validate()
+    config = cls(**values)  # a refused value was left out: its default stands in, so the rest is still checked
+    raise_problems(problems + config.problems())
     return config
 
 
-RUNTIME_KEYS = frozenset({
-    "out", "data",  # a run folder or the data may move to another machine or disk
-    "max_steps", "epochs", "device", "workers", "bf16", "activation_checkpointing", "log_every",
-    "check_sync_every", "max_bad_steps", "valid_every_epochs", "save_every_steps",
-})
-"""Options a resumed run may change; the others define the run and must stay as they were."""
+def resumable(cls: type[TrainConfig]) -> list[str]:
+    """The options a resumed run may change; the others define the run."""
+    return [name for name, info in options_of(cls).items() if info.resume]
 
 
-def resume_config(saved: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The saved configuration of a run, with the runtime options given on the command line.
+def resume_config(
+    saved: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    *,
+    recipe: str | Path | None = None,
+    command_line: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The saved configuration of a run, with the runtime options given again (by a recipe,
+    ``overrides`` or ``command_line``, in that order of precedence).
 
     Raises:
-        ConfigError: an override would change what the run is (data, model, schedule, ...).
+        ConfigError: a value would change what the run is (data kind, model, schedule, ...),
+            or values are unknown, mistyped or invalid.
     """
     config = config_from_dict(saved)
-    changes = {}
-    refused = []
     cls = type(config)
-    for key, value in _coerce(cls, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line").items():
-        if value == getattr(config, key):
+    problems: list[str] = []
+    given: dict[str, tuple[Any, str]] = {}
+    if recipe is not None:
+        for k, v in check_values(cls, read_recipe(recipe, config.stage), f"recipe {recipe}", problems).items():
+            given[k] = (v, f"recipe {recipe}")
+    for k, v in check_values(cls, overrides, "overrides", problems, unset=True).items():
+        given[k] = (v, "given")
+    for k, v in check_values(cls, command_line, "command line", problems, text=True, unset=True).items():
+        given[k] = (v, options_of(cls)[k].flag)
+    changes, refused = {}, []
+    for name, (value, where) in given.items():
+        current = getattr(config, name)
+        if value == current:
             continue
-        if key in RUNTIME_KEYS:
-            changes[key] = value
+        if options_of(cls)[name].resume:
+            changes[name] = value
         else:
-            refused.append(f"{key} (run: {getattr(config, key)!r}, given: {value!r})")
+            refused.append(f"{name} (run: {current!r}, {where}: {value!r})")
     if refused:
-        raise ConfigError(
+        problems.append(
             "a resumed run keeps its configuration; these options differ: " + "; ".join(refused)
-            + f". Only {', '.join(sorted(RUNTIME_KEYS))} may change when resuming."
+            + f". Only {', '.join(resumable(cls))} may change when resuming; to change the others start a new run "
+            "in another --out (--init RUN starts from this run's weights)"
+            + ("; a resumed run needs no --config: its configuration is in RUN/config.yaml" if recipe is not None else "")
         )
     config = config.replace(**changes)
-    config.validate()
+    raise_problems(problems + config.problems())
     return config
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild the configuration saved in a run folder or checkpoint."""
-    stage = d.get("stage")
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"saved configuration has an unknown stage {stage!r}")
-    cls = STAGE_CONFIGS[stage]
-    return cls(**_coerce(cls, d, "saved configuration"))
+    """Rebuild the configuration saved in a run folder or checkpoint.
 
+    Raises:
+        ConfigError: unknown stage, or unknown or mistyped values.
+    """
+    if not isinstance(d, dict) or d.get("stage") not in STAGE_CONFIGS:
+        raise ConfigError(f"saved configuration has an unknown stage {d.get('stage') if isinstance(d, dict) else d!r}")
+    cls = STAGE_CONFIGS[d["stage"]]
+    problems: list[str] = []
+    values = check_values(cls, d, "saved configuration", problems)
+    raise_problems(problems)
+    return cls(**values)

@@ -98,15 +98,26 @@ def _preset_of(model: BSLocoformer) -> str:
     return "custom"
 
 
-def prepare_model(config: TrainConfig) -> tuple[BSLocoformer, str]:
+def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source: str = "") -> tuple[BSLocoformer, str]:
     """The model the run starts from, and a line saying where its weights come from.
 
+    A resumed run: the model saved in ``checkpoint`` (read from ``source``), as it was.
     From scratch: the preset with ``n_outputs`` outputs. From ``init``: a mixit checkpoint,
     run folder (average of its best checkpoints) or official folder; a 12-output model is
     sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other).
     """
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    if config.init is None:
+    if checkpoint is not None:
+        from mixitcli.model import ModelLoadError, model_from_dict
+
+        try:
+            model = model_from_dict(checkpoint["model"])
+        except (ModelLoadError, KeyError, RuntimeError) as e:
+            raise TrainingError(f"--resume: {source} does not hold a usable model ({e})") from e
+        started = f"{config.init}" if config.init is not None else "random initialisation"
+        origin = f"{source} (step {checkpoint['step']}; the run started from {started})"
+        model.train().requires_grad_(True)
+    elif config.init is None:
         model = build_model(config.size or "medium", n_outputs=config.n_outputs, dropout=config.dropout)
         origin = f"random initialisation ({config.size or 'medium'}, {config.n_outputs} outputs)"
     else:
@@ -147,6 +158,7 @@ def make_datasets(config: TrainConfig):
     """(train, valid) datasets of the stage. Raises TrainingError for an unusable data folder."""
     from mixitcli.data.errors import DataError
 
+    check_data_kind(config)
     try:
         return _make_datasets(config)
     except DataError as e:
@@ -155,6 +167,34 @@ def make_datasets(config: TrainConfig):
             hint = (f" Hold out more tracks without decoding again: "
                     f"`mixit prepare-fma --merge --out {config.data} --valid-fraction 0.05` (or larger for small collections).")
         raise TrainingError(f"--data: {e}{hint}") from e
+
+
+def prepared_kind(folder: Path) -> str | None:
+    """Which command prepared ``folder``: "prepare-fma", "prepare-musdb", or None (neither)."""
+    if (folder / "salient").is_dir() or (folder / "valid.txt").is_file():
+        return "prepare-musdb"
+    if (folder / "manifest.jsonl").is_file() or (folder / "index.npz").is_file() or (folder / "shards").is_dir():
+        return "prepare-fma"
+    return None
+
+
+def check_data_kind(config: TrainConfig) -> None:
+    """Refuse the other stage's data with the command that makes the right one.
+
+    Raises:
+        TrainingError: ``config.data`` was prepared for the other kind of training.
+    """
+    needed = "prepare-fma" if config.loss == "mixit" else "prepare-musdb"
+    found = prepared_kind(Path(config.data))
+    if found is None or found == needed:
+        return
+    what = {"prepare-fma": "unlabeled music cut into clips", "prepare-musdb": "MUSDB18-HQ stems"}
+    make = {"prepare-fma": "`mixit prepare-fma --audio-dir MUSIC --out DIR` (or ROOT --subset ...)",
+            "prepare-musdb": "`mixit prepare-musdb MUSDB18HQ --out DIR`"}
+    raise TrainingError(
+        f"--data {config.data} is a {found} folder ({what[found]}); {config.stage} trains on a {needed} folder "
+        f"({what[needed]}): make one with {make[needed]} and pass it as --data"
+    )
 
 
 def _make_datasets(config: TrainConfig):
@@ -348,11 +388,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     micro = micro_batch(config, rt.world)
 
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
-    model, origin = prepare_model(config)
-    core = model.to(rt.device)
     ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
-    if ckpt is not None:
-        core.load_state_dict(ckpt["model"]["state_dict"])
+    model, origin = prepare_model(config, ckpt, source=str(manager_dir / "last.pt"))
+    core = model.to(rt.device)
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)

@@ -43,8 +43,10 @@ def test_resume_continues_and_extends(pretrained, fma_prep, tmp_path):
 
     run = tmp_path / "copy"
     shutil.copytree(pretrained, run)
-    invoke("pretrain", "--out", run, "--resume", "--epochs", "3", "--data", fma_prep)
+    result = invoke("pretrain", "--out", run, "--resume", "--epochs", "3", "--data", fma_prep)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    said = "".join(result.output.split())  # the line names where the weights come from: the checkpoint
+    assert f"weights:{run}/checkpoints/last.pt(step4;therunstartedfromrandominitialisation)" in said
     result = runner.invoke(app, ["pretrain", "--out", str(run), "--resume", "--lr", "0.5"])
     assert result.exit_code != 0 and "lr" in result.output
 
