@@ -354,7 +354,7 @@ def draw_spectrogram(db: np.ndarray, path: Path, *, vmax: float) -> None:
     from ``vmax - DB_RANGE`` to ``vmax``; the page draws the axes."""
     from matplotlib.image import imsave
 
-    imsave(path, db, cmap="magma", vmin=vmax - DB_RANGE, vmax=vmax, origin="lower", format="png")
+    imsave(path, db, cmap="magma", vmin=vmax - DB_RANGE, vmax=vmax, origin="lower", format="png", pil_kwargs={"compress_level": 3})
 
 
 def frequency_ticks(rate: int, f_min: float = F_MIN) -> list[tuple[str, float]]:
