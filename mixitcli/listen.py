@@ -133,8 +133,11 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
     from mixitcli.data.musdb import MusdbTrack
 
     problems: list[str] = []
-    config = json.loads((folder / CONFIG).read_text())
-    summary = json.loads((folder / SUMMARY_JSON).read_text()) if (folder / SUMMARY_JSON).is_file() else None
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        summary = json.loads((folder / SUMMARY_JSON).read_text()) if (folder / SUMMARY_JSON).is_file() else None
+    except (OSError, ValueError) as e:
+        return Source(label or folder.name, folder, "eval"), [f"{folder}: cannot read {CONFIG} or {SUMMARY_JSON} ({e}); run `mixit eval` into it again"]
     if not label:
         model = (summary or {}).get("model") or config.get("model") or folder.name
         label = Path(str(model)).name or str(model)
@@ -337,7 +340,7 @@ def spectrogram_db(x: np.ndarray, rate: int, *, size: tuple[int, int] = PICTURE,
     bins, columns = size
     mono = np.asarray(x, np.float32).mean(axis=0)
     mono = np.pad(mono, (0, max(0, 2048 - mono.shape[-1])))
-    magnitude = np.abs(librosa.stft(mono, n_fft=2048, hop_length=512))  # (1025, frames)
+    magnitude = np.abs(librosa.stft(mono, n_fft=2048, hop_length=512, pad_mode="reflect"))  # (1025, frames); no click at the cut edges
     db = librosa.amplitude_to_db(magnitude, ref=1.0, amin=1e-10, top_db=None)
     linear = librosa.fft_frequencies(sr=rate, n_fft=2048)
     wanted = np.geomspace(f_min, rate / 2, bins)
@@ -437,6 +440,8 @@ def read_selection_counts(path: Path) -> dict:
         d = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ListenError(f"{path}: cannot read the selection ({e})") from e
+    if not isinstance(d, dict):
+        d = {}
     if "selected" in d and "stems" in d:
         by_stem = dict(zip(d["stems"], d["selected"]))
     else:
@@ -467,23 +472,26 @@ class _Progress:
 
 def render_track(track: TrackPlan, index: int, folder: Path, *, seconds: float | None, codec: str, pool: ThreadPoolExecutor) -> TrackPage:
     """Decode one track, cut the excerpt, write its audio and pictures under ``folder``."""
-    def load(path: Path) -> np.ndarray:
-        return audio.read(path)[0]
-
     anchor = f"t{index + 1}-{_slug(track.name)}"
-    first = next(iter(track.outputs.values()))
-    signals: dict[str, dict[str, np.ndarray]] = {}
+    first_label, first = next(iter(track.outputs.items()))
     if track.mixture is not None:
-        mixture, note = load(track.mixture), ""
+        mixture, note = audio.read(track.mixture)[0], ""
     else:
-        mixture, note = sum(load(p) for p in first.values()), "the sum of the stems of " + next(iter(track.outputs))
+        mixture, note = np.zeros((1, 1), np.float32), f"the sum of the stems of {first_label}"
+        for path in first.values():  # one stem in memory at a time
+            mixture = mixture + audio.read(path)[0]
     rate = track.sample_rate
     start, stop = loudest_window(mixture, rate, seconds) if seconds else (0, mixture.shape[-1])
-    signals[MIXTURE] = {MIXTURE: mixture[:, start:stop]}
+
+    def excerpt(path: Path) -> np.ndarray:  # only the excerpt is decoded (WAV/FLAC seek)
+        return audio.read(path, start=start, frames=stop - start)[0]
+
+    signals: dict[str, dict[str, np.ndarray]] = {MIXTURE: {MIXTURE: mixture[:, start:stop]}}
+    del mixture
     if track.references:
-        signals[REFERENCE] = {s: load(p)[:, start:stop] for s, p in track.references.items()}
+        signals[REFERENCE] = {s: excerpt(p) for s, p in track.references.items()}
     for label, stems in track.outputs.items():
-        signals[label] = {s: load(stems[s])[:, start:stop] for s in stem_order(stems)}
+        signals[label] = {s: excerpt(stems[s]) for s in stem_order(stems)}
     dbs = {col: {s: spectrogram_db(x, rate) for s, x in stems.items()} for col, stems in signals.items()}
     vmax = max(float(d.max()) for stems in dbs.values() for d in stems.values())
     out = folder / anchor

@@ -31,6 +31,7 @@ table.sortable thead tr:last-child th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 .scroll{overflow-x:auto}
+#scores-table td:first-child,#scores-table tr:last-child th:first-child{position:sticky;left:0;background:#fafafa;z-index:1}
 section.track{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.2em 1em 1em;margin:1.2em 0}
 table.grid td,table.grid th{vertical-align:top;text-align:left;border:none;white-space:normal}
 table.grid thead th{background:none;position:static}
@@ -224,7 +225,7 @@ def render(sources, pages, *, title: str, seconds: float | None, codec: str, sel
     how = (
         f"{len(pages)} track(s). "
         + (f"Excerpts of {seconds:g} s where the mixture is loudest" if seconds else "Whole tracks")
-        + f"; audio in {codec.upper()} at {bitrate}b/s. Loudness: integrated LUFS (ITU-R BS.1770) of the audio played here. "
+        + f"; audio: {'Opus' if codec == 'opus' else 'MP3'} at {bitrate[:-1]} kb/s. Loudness: integrated LUFS (ITU-R BS.1770) of the audio played here. "
         f"Spectrograms: log frequency, colours from the loudest point of each track down to −{DB_RANGE:.0f} dB (the same scale for every picture of a track)."
     )
     inputs = "; ".join(f"<b>{escape(s.label)}</b>: {escape(str(s.path))} ({'mixit eval' if s.kind == 'eval' else 'mixit separate'})" for s in sources)

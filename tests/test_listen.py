@@ -139,7 +139,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1500,1100",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,2200",
 )
 
 
@@ -217,6 +217,7 @@ def test_two_evaluations_side_by_side_in_chromium(inputs, browser, tmp_path):
     text = browser.find_element(By.ID, "t2-b-two").text
     assert "silent" in text and "LUFS" in text and "cSDR 7.00 dB" in text  # B's scratch vocals are all zeros
     assert re.search(r"\d\.\d–\d\.\d s of 2\.0 s", text)  # a 1.5 s excerpt
+    browser.execute_script("document.querySelector('.scroll').scrollLeft = 0; window.scrollTo(0, 0)")
     shot = tmp_path / "listen.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
