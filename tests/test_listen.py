@@ -305,3 +305,17 @@ def test_missing_ffmpeg_is_named_with_the_fix(inputs, tmp_path, monkeypatch):
     out = " ".join(result.output.split())
     assert result.exit_code == 1 and "needs ffmpeg" in out and "apt-get install -y ffmpeg" in out
     assert not (tmp_path / "page").exists()
+
+
+def test_selection_files_of_both_formats_and_a_bad_one(inputs, tmp_path):
+    from mixitcli.listen import ListenError, read_selection_counts
+
+    ours = read_selection_counts(inputs["selection"])
+    assert ours["selected"] == {1: "bass", 2: "drums", 0: "vocals", 3: "other"} and ours["counts"][0]["vocals"] == 7
+    official = tmp_path / "inst_head.json"
+    official.write_text(json.dumps({"vocals": 5, "bass": 7, "drums": 1, "other": 0}))
+    assert read_selection_counts(official) == {"selected": {5: "vocals", 7: "bass", 1: "drums", 0: "other"}, "counts": {}, "chunks": None}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ListenError, match="not a selection JSON"):
+        read_selection_counts(bad)
