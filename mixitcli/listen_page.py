@@ -45,6 +45,8 @@ figcaption{font-size:12px;color:#444}
 .chosen{color:#0a6b2d;font-weight:600}
 .missing{color:#999}
 nav a{margin-right:1em}
+.tiles{display:flex;flex-wrap:wrap;gap:.4em 1.2em}
+.tile h3{font-size:1em;margin:.3em 0}
 """
 
 SCRIPT = """
@@ -176,9 +178,25 @@ def _selection_note(stem: str, selection: dict | None) -> str:
     return " · ".join(parts)
 
 
+def _cell(page, clip, column: str, stem: str, by_label: dict, *, mime: str, selection: dict | None) -> str:
+    """A player with its picture and notes: loudness, this track's scores, channel selection."""
+    from mixitcli.listen import REFERENCE
+
+    notes = [_lufs(clip.lufs, clip.silent)]
+    record = by_label[column].records.get(page.name) if column in by_label else None
+    if record is not None:
+        notes += [f"{SHORT[m]} {_num(record[m].get(stem))} dB" for m in ("csdr", "usdr")]
+        if record.get("flags", {}).get(stem):
+            notes.append(escape(record["flags"][stem]))
+    chosen = _selection_note(stem, selection) if column != REFERENCE else ""
+    caption = " · ".join(notes) + (f"<br>{chosen}" if chosen else "")
+    return _clip(clip, mime=mime, caption=caption, alt=f"{page.name}: {column} {stem} spectrogram", ticks=page.ticks)
+
+
 def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
-    """One track: the mixture, then a row per stem with the reference and every input."""
-    from mixitcli.listen import MIXTURE, REFERENCE, stem_order
+    """One track: the mixture, then a row per stem with the reference and every input; a
+    single input without references (e.g. 12 MixIT outputs) is laid out as wrapping tiles."""
+    from mixitcli.listen import MIXTURE, stem_order
 
     columns = [c for c in page.clips if c != MIXTURE]
     stems = stem_order({s for c in columns for s in page.clips[c]})
@@ -186,30 +204,22 @@ def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
     excerpt = f"{page.start_s:.1f}–{page.stop_s:.1f} s of {page.seconds:.1f} s" if page.stop_s - page.start_s < page.seconds - 1e-3 else f"whole track, {page.seconds:.1f} s"
     mix = page.clips[MIXTURE][MIXTURE]
     mix_note = f" ({escape(page.mixture_note)})" if page.mixture_note else ""
-    out = [
-        f'<section class="track" id="{page.anchor}"><h2>{escape(page.name)}</h2>',
-        f'<p class="note">{excerpt} · <a href="#top">top</a></p>',
-        '<table class="grid"><thead><tr><th></th>' + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr></thead><tbody>",
-        f"<tr><th>mixture</th><td colspan=\"{max(1, len(columns))}\">"
-        + _clip(mix, mime=mime, caption=_lufs(mix.lufs, mix.silent) + mix_note, alt=f"{page.name}: mixture spectrogram", ticks=page.ticks) + "</td></tr>",
-    ]
+    mixture = _clip(mix, mime=mime, caption=_lufs(mix.lufs, mix.silent) + mix_note, alt=f"{page.name}: mixture spectrogram", ticks=page.ticks)
+    out = [f'<section class="track" id="{page.anchor}"><h2>{escape(page.name)}</h2>', f'<p class="note">{excerpt} · <a href="#top">top</a></p>']
+    if len(columns) == 1:
+        (column,) = columns
+        tiles = [f'<div class="tile"><h3 class="stem">mixture</h3>{mixture}</div>']
+        tiles += [f'<div class="tile"><h3 class="stem">{escape(s)}</h3>{_cell(page, page.clips[column][s], column, s, by_label, mime=mime, selection=selection)}</div>' for s in stems]
+        out.append(f'<p class="note">{escape(column)}</p><div class="tiles">' + "".join(tiles) + "</div></section>")
+        return "\n".join(out)
+    out.append('<table class="grid"><thead><tr><th></th>' + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+    out.append(f'<tr><th class="stem">mixture</th><td colspan="{len(columns)}">{mixture}</td></tr>')
     for stem in stems:
-        cells = []
-        for c in columns:
-            clip = page.clips[c].get(stem)
-            if clip is None:
-                cells.append('<td class="missing">–</td>')
-                continue
-            notes = [_lufs(clip.lufs, clip.silent)]
-            record = by_label[c].records.get(page.name) if c in by_label else None
-            if record is not None:
-                notes += [f"{SHORT[m]} {_num(record[m].get(stem))} dB" for m in ("csdr", "usdr")]
-                if record.get("flags", {}).get(stem):
-                    notes.append(escape(record["flags"][stem]))
-            chosen = _selection_note(stem, selection) if c != REFERENCE else ""
-            caption = " · ".join(notes) + (f"<br>{chosen}" if chosen else "")
-            cells.append("<td>" + _clip(clip, mime=mime, caption=caption, alt=f"{page.name}: {c} {stem} spectrogram", ticks=page.ticks) + "</td>")
-        out.append(f"<tr><th>{escape(stem)}</th>" + "".join(cells) + "</tr>")
+        cells = [
+            f"<td>{_cell(page, page.clips[c][stem], c, stem, by_label, mime=mime, selection=selection)}</td>" if stem in page.clips[c] else '<td class="missing">–</td>'
+            for c in columns
+        ]
+        out.append(f'<tr><th class="stem">{escape(stem)}</th>' + "".join(cells) + "</tr>")
     out.append("</tbody></table></section>")
     return "\n".join(out)
 

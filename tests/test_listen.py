@@ -235,7 +235,7 @@ def test_separate_folder_with_12_outputs_and_selection_counts(inputs, browser, t
     assert "sum of the stems of separated" in text  # no mixture file: the outputs' sum is played
     assert "selected for vocals" in text and "best match in chunks: bass 0, drums 1, vocals 7, other 0" in text
     assert "whole track, 2.0 s" in text  # shorter than --seconds 30
-    rows = browser.execute_script("return [...document.querySelectorAll('#t1-a-one table.grid tbody th')].map(t => t.textContent)")
+    rows = browser.execute_script("return [...document.querySelectorAll('#t1-a-one .stem')].map(t => t.textContent)")
     assert rows == ["mixture"] + [f"out{i}" for i in range(12)]  # natural order: out2 before out10
     assert text.count("silent") == 1  # out11 is all zeros
 
