@@ -340,7 +340,7 @@ def spectrogram_db(x: np.ndarray, rate: int, *, size: tuple[int, int] = PICTURE,
     bins, columns = size
     mono = np.asarray(x, np.float32).mean(axis=0)
     mono = np.pad(mono, (0, max(0, 2048 - mono.shape[-1])))
-    magnitude = np.abs(librosa.stft(mono, n_fft=2048, hop_length=512, pad_mode="reflect"))  # (1025, frames); no click at the cut edges
+    magnitude = np.abs(librosa.stft(mono, n_fft=2048, hop_length=512, center=False))  # (1025, frames); no padding: no false click at the cut edges
     db = librosa.amplitude_to_db(magnitude, ref=1.0, amin=1e-10, top_db=None)
     linear = librosa.fft_frequencies(sr=rate, n_fft=2048)
     wanted = np.geomspace(f_min, rate / 2, bins)
