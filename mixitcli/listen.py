@@ -46,6 +46,8 @@ REFERENCE = "reference"
 DB_RANGE = 80.0
 """Spectrogram colour range in dB below the loudest bin of the track (same scale for all its pictures)."""
 GENERATOR = "mixit listen"
+ENCODERS = min(4, os.cpu_count() or 1)
+"""ffmpeg processes encoding at once (each holds one excerpt in memory)."""
 ASSETS = "assets"
 
 
@@ -486,29 +488,35 @@ def render_track(track: TrackPlan, index: int, folder: Path, *, seconds: float |
     def excerpt(path: Path) -> np.ndarray:  # only the excerpt is decoded (WAV/FLAC seek)
         return audio.read(path, start=start, frames=stop - start)[0]
 
-    signals: dict[str, dict[str, np.ndarray]] = {MIXTURE: {MIXTURE: mixture[:, start:stop]}}
-    del mixture
+    columns: dict[str, dict[str, Path | None]] = {MIXTURE: {MIXTURE: None}}
     if track.references:
-        signals[REFERENCE] = {s: excerpt(p) for s, p in track.references.items()}
-    for label, stems in track.outputs.items():
-        signals[label] = {s: excerpt(stems[s]) for s in stem_order(stems)}
-    dbs = {col: {s: spectrogram_db(x, rate) for s, x in stems.items()} for col, stems in signals.items()}
-    vmax = max(float(d.max()) for stems in dbs.values() for d in stems.values())
+        columns[REFERENCE] = dict(track.references)
+    columns.update({label: {s: stems[s] for s in stem_order(stems)} for label, stems in track.outputs.items()})
     out = folder / anchor
     out.mkdir(parents=True, exist_ok=True)
     suffix = CODECS[codec][0]
     clips: dict[str, dict[str, Clip]] = {}
+    pictures: dict[Path, np.ndarray] = {}  # drawn at the end, on the track's common colour scale
     jobs = []
-    for c, (col, stems) in enumerate(signals.items()):
-        clips[col] = {}
-        for stem, x in stems.items():
-            name = f"{c}-{_slug(col)}-{_slug(stem)}"
+    for c, (column, stems) in enumerate(columns.items()):
+        clips[column] = {}
+        for stem, path in stems.items():  # one excerpt in memory at a time (plus those being encoded)
+            x = mixture[:, start:stop].copy() if path is None else excerpt(path)
+            name = f"{c}-{_slug(column)}-{_slug(stem)}"
+            jobs = [j for j in jobs if not j.done()]
+            while len(jobs) >= ENCODERS:
+                jobs.pop(0).result()
             jobs.append(pool.submit(encode, x, rate, out / f"{name}{suffix}", codec=codec))
-            draw_spectrogram(dbs[col][stem], out / f"{name}.png", vmax=vmax)
+            pictures[out / f"{name}.png"] = spectrogram_db(x, rate)
             rel = f"{ASSETS}/{anchor}/{name}"
-            clips[col][stem] = Clip(audio=rel + suffix, image=rel + ".png", lufs=loudness(x, rate), silent=not np.any(x))
+            clips[column][stem] = Clip(audio=rel + suffix, image=rel + ".png", lufs=loudness(x, rate), silent=not np.any(x))
+        if column == MIXTURE:
+            del mixture
     for job in jobs:
         job.result()
+    vmax = max(float(db.max()) for db in pictures.values())
+    for path, db in pictures.items():
+        draw_spectrogram(db, path, vmax=vmax)
     return TrackPage(track.name, anchor, start / rate, stop / rate, track.frames / rate, note, clips, frequency_ticks(rate))
 
 
@@ -573,7 +581,7 @@ def write_page(
     progress = _Progress(console, len(tracks)) if console is not None else None
     pages = []
     try:
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
             for i, track in enumerate(tracks):
                 if progress:
                     progress.track(track.name)
