@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import Sequence
 from urllib.parse import quote
 
-from mixitcli.evaluate import METRICS, STEMS
+from mixitcli.evaluate import STEMS
 
 COLUMNS = list(STEMS) + ["average"]
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mixitcli import audio, evaluate
+from mixitcli import evaluate
 from mixitcli.cli import app
 from mixitcli.listen import PICTURE, encode, frequency_ticks, loudest_window, loudness, spectrogram_db
 
