@@ -21,7 +21,7 @@ from mixitcli import __version__
 COMMAND_ORDER = (
     # the pipeline
     "prepare-fma", "prepare-musdb", "pretrain", "select-channels", "finetune", "freeze-finetune",
-    "average", "separate", "eval", "report",
+    "average", "separate", "eval", "report", "listen",
     # helpers
     "make-demo-data", "plot", "models",
 )
@@ -479,6 +479,32 @@ def models_command() -> None:
         table.add_row(name, row["size"], str(row["outputs"]), f"{row['parameters'] / 1e6:.1f} M", row["row"], "yes" if row["cached"] else "no")
     Console(width=max(console.width, 160)).print(table)
     console.print(f"cache: {registry.cache_dir()}", highlight=False)
+
+
+class Codec(str, Enum):
+    opus = "opus"
+    mp3 = "mp3"
+
+
+@app.command("listen")
+def listen_command(
+    inputs: List[str] = typer.Argument(..., help="`mixit separate` output folders or `mixit eval` results folders, each optionally named LABEL=PATH (as in `mixit report`); several are shown side by side."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and assets/ (new, empty, or a page written before)."),
+    seconds: float = typer.Option(30.0, "--seconds", help="Excerpt length in seconds, where the mixture is loudest."),
+    full: bool = typer.Option(False, "--full", help="Whole tracks instead of excerpts."),
+    codec: Codec = typer.Option(Codec.opus, "--codec", help="opus (WebM, 96 kb/s, small) or mp3 (160 kb/s, plays in old Safari too)."),
+    selection: Optional[Path] = typer.Option(None, "--selection", help="A selection JSON (`mixit select-channels`): its counts are shown beside the MixIT outputs out0..out11."),
+    musdb: Optional[Path] = typer.Option(None, "--musdb", help="Where MUSDB18-HQ is now, if it moved since `mixit eval` (the references come from there)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the inputs' labels)."),
+) -> None:
+    """Write a static listening page: players, spectrograms and loudness of every stem, side by side, with the per-track scores of evaluations (sortable). Opens from file:// or any static web host."""
+    from mixitcli.listen import ListenError, write_page
+
+    try:
+        index = write_page(inputs, out, seconds=None if full else seconds, codec=codec.value, selection=selection, musdb=musdb, title=title, console=console)
+    except (ListenError, *_user_errors()) as e:
+        fail(str(e))
+    console.print(f"wrote {index} (open it in a browser)", highlight=False)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -1,6 +1,7 @@
 # `make demo`: every stage of the pipeline on small data with the tiny preset, on a CPU:
 #   make-demo-data -> prepare-fma, prepare-musdb -> pretrain -> select-channels ->
-#   finetune (from pre-training, and from scratch) -> eval -> report, and one song separated.
+#   finetune (from pre-training, and from scratch) -> eval -> report -> listen (a listening page
+#   of the test songs, both models side by side), and one song separated.
 # File targets: an interrupted demo resumes where it stopped.
 #
 # Real music instead of the synthesised songs (docs/real-music.md says where to find some):
@@ -28,9 +29,10 @@ DEMO_TRAIN_ARGS = --workers 2 --device cpu --auto-resume $(DEMO_ARGS)
 
 .PHONY: demo demo-clean
 
-demo: $(DEMO)/report/report.md $(DEMO)/stems/DONE
+demo: $(DEMO)/report/report.md $(DEMO)/stems/DONE $(DEMO)/listen/index.html
 	@cat $(DEMO)/report/report.md
 	@echo; echo "Separated stems of one song: $$(cat $(DEMO)/stems/DONE)"
+	@echo "Listening page (both models side by side): $(DEMO)/listen/index.html"
 
 demo-clean:
 	rm -rf $(DEMO)
@@ -68,6 +70,10 @@ $(DEMO)/results/%/summary.json: $(DEMO)/runs/%/DONE
 
 $(DEMO)/report/report.md: $(DEMO)/results/finetune-scratch/summary.json $(DEMO)/results/finetune-mixit/summary.json
 	$(DEMO_MIXIT) report tiny-from-scratch=$(DEMO)/results/finetune-scratch tiny-mixit-pretrained=$(DEMO)/results/finetune-mixit --out $(@D)
+
+# the test songs, both models side by side, in a page that opens from file://
+$(DEMO)/listen/index.html: $(DEMO)/results/finetune-scratch/summary.json $(DEMO)/results/finetune-mixit/summary.json
+	$(DEMO_MIXIT) listen tiny-from-scratch=$(DEMO)/results/finetune-scratch tiny-mixit-pretrained=$(DEMO)/results/finetune-mixit --out $(@D)
 
 # one test song through `mixit separate`, with the fine-tuned (pre-trained) model
 $(DEMO)/stems/DONE: $(DEMO)/runs/finetune-mixit/DONE

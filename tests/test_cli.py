@@ -19,6 +19,7 @@ PRODUCT_COMMANDS = [
     "separate",
     "eval",
     "report",
+    "listen",
 ]
 
 
@@ -38,5 +39,5 @@ def test_help_lists_every_subcommand():
 def test_help_lists_commands_in_pipeline_order():
     result = runner.invoke(app, ["--help"])
     listed = [m.group(1) for line in result.output.splitlines() if (m := re.match(r"[│|] ([a-z][a-z-]+) ", line))]
-    pipeline = [*PRODUCT_COMMANDS[:6], "average", *PRODUCT_COMMANDS[6:], "make-demo-data", "plot"]
+    pipeline = [*PRODUCT_COMMANDS[:6], "average", *PRODUCT_COMMANDS[6:], "make-demo-data", "plot", "models"]
     assert [name for name in listed if name in pipeline] == pipeline

@@ -33,6 +33,8 @@ def test_make_demo_runs_every_stage(tmp_path):
     assert len(set(selection["selected"])) == 4
     for run in ("pretrain", "finetune-mixit", "finetune-scratch"):
         assert (demo / "runs" / run / "curves.png").is_file()
+    page = (demo / "listen" / "index.html").read_text()
+    assert "tiny-from-scratch" in page and "tiny-mixit-pretrained" in page and page.count("<audio") == 1 + 3 * 4  # mixture, references, two models
     summary = json.loads((demo / "results" / "finetune-mixit" / "summary.json").read_text())
     assert summary["tracks"] == 1 and set(summary["csdr"]) >= {"vocals", "bass", "drums", "other"}
 
