@@ -73,7 +73,7 @@ def prepare_fma(
     metadata: Optional[Path] = typer.Option(None, help="Folder holding tracks.csv (default: fma_metadata/ beside the audio). Without one, every audio file is used."),
     workers: int = typer.Option(os.cpu_count() or 1, help="Worker processes (0: run in this process)."),
     shard: str = typer.Option("0/1", help="I/N: process only shard I (0-based) of N; see above."),
-    valid_fraction: float = typer.Option(0.01, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track id."),
+    valid_fraction: Optional[float] = typer.Option(None, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track key. Default: FMA's own split when tracks.csv is there (training -> train, validation -> valid, test left out), else 0.01. With --merge: re-split by hash."),
     silence_rule: str = typer.Option("clip", help="clip: drop clips with more than 5 of ten 1 s intervals silent (paper). track: the official script's rule (0.5 s chunks; one bad clip drops the whole track)."),
     silence_db: Optional[float] = typer.Option(None, help="Count an interval as silent below this mean power in dB re full scale (default: only exact zeros)."),
     keep_mono: bool = typer.Option(False, "--keep-mono", help="Duplicate mono files to stereo instead of rejecting them (the official recipe keeps stereo only)."),
@@ -232,6 +232,9 @@ _COMMON = {
     "keep_best": (Optional[int], _KEEP_BEST), "log_every": (Optional[int], _LOG_EVERY), "save_every": (Optional[int], _SAVE_EVERY),
 }
 _FROM_WEIGHTS = {"init": (Optional[Path], _INIT), "selection": (Optional[Path], _SELECTION)}
+_DYNAMIC_MIXING = {
+    "stem_norm": (Optional[str], typer.Option(None, "--stem-norm", help="How dynamic mixing levels each stem before its random gain: rms (the paper) or mean_abs (the authors' code, used for the published models; the recipes' choice). docs/method.md §2.2.")),
+}
 _MIXIT = {
     "mixit_solver": (Optional[str], typer.Option(None, "--mixit-solver", help="efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).")),
     "valid_size": (Optional[int], typer.Option(None, "--valid-size", help="Held-out mixtures of mixtures per validation.")),
@@ -259,13 +262,13 @@ _training_command(
     "finetune",
     "Supervised fine-tuning on a prepare-musdb folder: 4 outputs (bass, drums, vocals, other), from scratch, "
     "or from pre-training (--init with --selection).",
-    _FROM_WEIGHTS,
+    {**_FROM_WEIGHTS, **_DYNAMIC_MIXING},
 )
 _training_command(
     "freeze-finetune",
     "Fine-tuning with the separator frozen: only the band-split encoder and the mask decoder train "
     "(200 epochs by default). Paper Table 2.",
-    _FROM_WEIGHTS,
+    {**_FROM_WEIGHTS, **_DYNAMIC_MIXING},
 )
 
 

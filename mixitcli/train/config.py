@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("pretrain", "finetune", "freeze-finetune")
+STEM_NORMS = ("rms", "mean_abs")
+"""Stem normalisations of dynamic mixing: the paper's RMS, the authors' code's mean |x|."""
 
 
 class ConfigError(Exception):
@@ -36,6 +38,10 @@ class TrainConfig:
         loss: "mixit" (pre-training) or "supervised" (fine-tuning with inactive sources).
         mixit_solver: "efficient" (the paper) or "exact".
         level_range_db: level difference of the two mixtures of a MoM, in dB.
+        stem_norm: how dynamic mixing (fine-tuning) levels each stem before its random gain:
+            "rms" (divide by the RMS, as the paper says) or "mean_abs" (divide by the mean
+            absolute value, as the authors' code did for the published models; sparse stems
+            come out 2-4 dB louder). docs/method.md §2.2.
     Batches and length
         batch_size: examples per optimizer step over all devices (MoMs for pre-training).
         grad_accum: micro-batches per step on each device.
@@ -43,7 +49,8 @@ class TrainConfig:
         epochs, steps_per_epoch: schedule length; max_steps (if set) stops earlier.
     Optimizer and schedule (AdamW; linear warm-up, then decay steps)
         lr, weight_decay, betas, clip_norm, warmup_steps,
-        decay_start_epoch: first epoch of the decay (0: right after warm-up);
+        decay_start_epoch: first epoch of the decay (0: from step warmup_steps + 1, as the
+            authors' pre-training); see mixitcli/train/schedule.py;
         decay_every_epochs, decay_factor: lr *= factor every so many epochs;
         decay_stop_epoch: the lr stays constant after this epoch (None: never).
     Validation and checkpoints
@@ -67,6 +74,7 @@ class TrainConfig:
     loss: str = "mixit"
     mixit_solver: str = "efficient"
     level_range_db: tuple[float, float] = (-5.0, 5.0)
+    stem_norm: str = "rms"
     batch_size: int = 128
     grad_accum: int = 1
     segment_seconds: float = 6.0
@@ -113,6 +121,8 @@ class TrainConfig:
             p.append(f"loss must be 'mixit' or 'supervised', got {self.loss!r}")
         if self.mixit_solver not in ("efficient", "exact"):
             p.append(f"mixit_solver must be 'efficient' or 'exact', got {self.mixit_solver!r}")
+        if self.stem_norm not in STEM_NORMS:
+            p.append(f"stem_norm must be one of {STEM_NORMS}, got {self.stem_norm!r}")
         if self.trainable not in ("all", "encdec"):
             p.append(f"trainable must be 'all' or 'encdec', got {self.trainable!r}")
         if not self.data:
@@ -150,15 +160,17 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """MixIT pre-training on FMA: 12 outputs, batch 128 MoMs, 150 epochs x ~1000 steps,
-    warm-up 5000 steps then x0.965 per epoch (docs/method.md §5; the official recipe stops decaying
-    after epoch 75)."""
+    """MixIT pre-training on FMA with the authors' FMA-large schedule (docs/method.md §5): 12
+    outputs, 64 mixtures of mixtures per step (their 32 clips per GPU on 4 GPUs, paired into
+    MoMs), 150 epochs of 2,038 steps, warm-up 4,000 steps, then x0.965 every epoch from step
+    4,001 until epoch 75 (step 152,850)."""
 
     stage: str = "pretrain"
     loss: str = "mixit"
-    batch_size: int = 128
+    batch_size: int = 64
     epochs: int = 150
-    steps_per_epoch: int = 1000
+    steps_per_epoch: int = 2038
+    warmup_steps: int = 4000
     decay_start_epoch: int = 0
     decay_every_epochs: int = 1
     decay_factor: float = 0.965
