@@ -58,6 +58,8 @@ PREPARE_FMA_HELP = """Cut FMA (or any folder of music) into 10 s clips for MixIT
 
 Per file (docs/method.md §2.1): files below 44.1 kHz are dropped, higher rates are resampled to 44.1 kHz, mono files are dropped (unless --keep-mono); 10 s clips every 5 s, plus one ending at the track's end; silent clips are dropped. Broken files (corrupt, truncated, empty, not audio) are listed in rejected.jsonl and never stop the run.
 
+Split: with fma_metadata/tracks.csv, FMA's own (training -> train, validation -> valid; test tracks are left out and counted), as the authors did; otherwise --valid-fraction of the tracks by a hash of the track key.
+
 Writes DIR/manifest.jsonl (one line per clip), DIR/rejected.jsonl, DIR/summary.json, DIR/index.npz (for the samplers) and the audio store under DIR/shards/I-of-N/audio/ (the kept audio once, 16-bit). Re-running the same command resumes a stopped or killed run: finished files are not decoded again.
 
 Several machines: run --shard 0/N ... --shard N-1/N with the same --out. On one shared disk the last shard to finish writes the manifest; otherwise copy every DIR/shards/* folder into one DIR and run `mixit prepare-fma --merge --out DIR`.

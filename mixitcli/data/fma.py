@@ -15,9 +15,10 @@ Pipeline (docs/method.md §2.1, issue #3):
    one shared DIR, the last shard to finish merges; on separate disks, copy every
    ``DIR/shards/*`` folder into one DIR and run ``mixit prepare-fma --merge --out DIR``.
 
-Shard membership is a hash of the file's path relative to the audio root, and the
-train/valid split is a hash of the track key, so both are deterministic and independent of
-the number of shards or workers.
+Shard membership is a hash of the file's path relative to the audio root. The train/valid
+split is FMA's own when tracks.csv is there (its set/split column, as the authors'
+``fma_split.py``; test tracks are left out at the scan), otherwise a hash of the track key.
+Both are deterministic and independent of the number of shards or workers.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("pretrain", "finetune", "freeze-finetune")
-STEM_NORMS = ("rms", "mean_abs")
-"""Stem normalisations of dynamic mixing: the paper's RMS, the authors' code's mean |x|."""
 
 
 class ConfigError(Exception):
@@ -114,6 +112,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` listing every problem at once."""
+        from mixitcli.data.samplers import STEM_NORMS
+
         p = []
         if self.stage not in STAGES:
             p.append(f"stage must be one of {STAGES}, got {self.stage!r}")
