@@ -3,7 +3,7 @@
 #   finetune (from pre-training, and from scratch) -> eval -> report, and one song separated.
 # File targets: an interrupted demo resumes where it stopped.
 #
-# Real music instead of the synthesised songs (see ../shared/tools/README.md):
+# Real music instead of the synthesised songs (see docs/real-music.md):
 #   make demo DEMO_UNLABELED=/path/to/game-soundtracks DEMO_MUSDB=/path/to/midistems
 # Scale (the defaults fit 20 minutes on 2 cores):
 #   DEMO_SONGS, DEMO_TRAIN, DEMO_TEST, DEMO_SECONDS (synthesised data), DEMO_PRE_STEPS,
