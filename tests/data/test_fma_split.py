@@ -42,7 +42,7 @@ def tracks_csv(path: Path, tracks: dict[str, tuple[str, str]]) -> Path:
 def split_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fma_split")
     for k, tid in enumerate(TRACKS):
-        write(root / "fma_medium" / tid[:3] / f"{tid}.mp3", noise(11, seed=40 + k))
+        write(root / "fma_medium" / tid[:3] / f"{tid}.wav", noise(11, seed=40 + k))  # WAV: fast; the split is the point
     tracks_csv(root / "fma_metadata" / "tracks.csv", TRACKS)
     return root
 
