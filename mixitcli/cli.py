@@ -78,6 +78,8 @@ PREPARE_FMA_HELP = """Cut FMA (or any folder of music) into 10 s clips for MixIT
 
 Per file (docs/method.md §2.1): files below 44.1 kHz are dropped, higher rates are resampled to 44.1 kHz, mono files are dropped (unless --keep-mono); 10 s clips every 5 s, plus one ending at the track's end; silent clips are dropped. Broken files (corrupt, truncated, empty, not audio) are listed in rejected.jsonl and never stop the run.
 
+Split: with fma_metadata/tracks.csv, FMA's own (training -> train, validation -> valid; test tracks are left out and counted), as the authors did; otherwise --valid-fraction of the tracks by a hash of the track key.
+
 Writes DIR/manifest.jsonl (one line per clip), DIR/rejected.jsonl, DIR/summary.json, DIR/index.npz (for the samplers) and the audio store under DIR/shards/I-of-N/audio/ (the kept audio once, 16-bit). Re-running the same command resumes a stopped or killed run: finished files are not decoded again.
 
 Several machines: run --shard 0/N ... --shard N-1/N with the same --out. On one shared disk the last shard to finish writes the manifest; otherwise copy every DIR/shards/* folder into one DIR and run `mixit prepare-fma --merge --out DIR`.
@@ -93,7 +95,7 @@ def prepare_fma(
     metadata: Optional[Path] = typer.Option(None, help="Folder holding tracks.csv (default: fma_metadata/ beside the audio). Without one, every audio file is used."),
     workers: int = typer.Option(os.cpu_count() or 1, help="Worker processes (0: run in this process)."),
     shard: str = typer.Option("0/1", help="I/N: process only shard I (0-based) of N; see above."),
-    valid_fraction: float = typer.Option(0.01, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track id."),
+    valid_fraction: Optional[float] = typer.Option(None, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track key. Default: FMA's own split when tracks.csv is there (training -> train, validation -> valid, test left out), else 0.01. With --merge: re-split by hash."),
     silence_rule: str = typer.Option("clip", help="clip: drop clips with more than 5 of ten 1 s intervals silent (paper). track: the official script's rule (0.5 s chunks; one bad clip drops the whole track)."),
     silence_db: Optional[float] = typer.Option(None, help="Count an interval as silent below this mean power in dB re full scale (default: only exact zeros)."),
     keep_mono: bool = typer.Option(False, "--keep-mono", help="Duplicate mono files to stereo instead of rejecting them (the official recipe keeps stereo only)."),

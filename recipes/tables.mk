@@ -7,7 +7,8 @@
 #   make table1 FMA=/data/fma MUSDB=/data/musdb18hq GPUS=8
 #   make -n table2 ...         # print the plan
 #
-# FMA:   the folder holding fma_<subset>/ and fma_metadata/ (subsets small, medium, large, full)
+# FMA:   the folder holding fma_<subset>/ and fma_metadata/ (subsets small, medium, large, full);
+#        prepare-fma takes FMA's own training/validation split from fma_metadata/tracks.csv
 # MUSDB: the MUSDB18-HQ folder holding train/ and test/
 # GPUS:  processes per training run (torchrun); 1 runs `mixit` directly
 
@@ -17,7 +18,6 @@ GPUS ?= 1
 WORK ?= work
 PREP_WORKERS ?= 8
 EVAL_WORKERS ?= 4
-FMA_VALID ?= 0.01
 MIXIT ?= mixit
 TRAIN ?= $(if $(filter 1,$(GPUS)),$(MIXIT),torchrun --standalone --nproc_per_node=$(GPUS) -m mixitcli)
 
@@ -37,16 +37,20 @@ check-data:
 
 # ---------------------------------------------------------------- data
 $(DATA)/fma-%/summary.json: | check-data
-	$(MIXIT) prepare-fma $(FMA) --subset $* --out $(@D) --workers $(PREP_WORKERS) --valid-fraction $(FMA_VALID)
+	$(MIXIT) prepare-fma $(FMA) --subset $* --out $(@D) --workers $(PREP_WORKERS)
 
 $(DATA)/musdb/summary.json: | check-data
 	$(MIXIT) prepare-musdb $(MUSDB) --out $(@D)
 
 # ---------------------------------------------------------------- runs
-# pre-SIZE-SUBSET: MixIT pre-training of SIZE on FMA SUBSET, and its channel selection
+# pre-SIZE-SUBSET: MixIT pre-training of SIZE on FMA SUBSET, and its channel selection.
+# Recipe: recipes/pretrain/SIZE.yaml on FMA large, recipes/pretrain/SIZE-fma-SUBSET.yaml on the
+# other subsets (the authors' schedule differs per subset: docs/method.md §5).
+pretrain_recipe = recipes/pretrain/$(1)$(if $(filter large,$(2)),,-fma-$(2)).yaml
+
 define pretrain_run
 $(RUNS)/pre-$(1)-$(2)/DONE: $(DATA)/fma-$(2)/summary.json
-	$(TRAIN) pretrain --config recipes/pretrain/$(1).yaml --data $(DATA)/fma-$(2) --out $$(@D) --auto-resume
+	$(TRAIN) pretrain --config $(call pretrain_recipe,$(1),$(2)) --data $(DATA)/fma-$(2) --out $$(@D) --auto-resume
 	touch $$@
 
 $(RUNS)/pre-$(1)-$(2)/selection.json: $(RUNS)/pre-$(1)-$(2)/DONE $(DATA)/musdb/summary.json

@@ -13,6 +13,7 @@ import yaml
 
 from mixitcli.train.config import STAGE_CONFIGS, build_config
 from mixitcli.train.options import convert, options_of
+from mixitcli.train.schedule import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,11 @@ def test_recipe_is_a_valid_configuration(recipe):
     stage = stage_of(recipe)
     config = build_config(stage, recipe=recipe, overrides={"data": "d", "out": "o"})
     if recipe.parent.name != "demo":
-        assert config.size == recipe.stem
-        assert config.lr == (5e-4 if recipe.stem == "large" else 1e-3)
-        assert config.batch_size == (128 if stage == "pretrain" else 32)
+        size = recipe.stem.split("-")[0]  # medium-fma-small.yaml: the medium model on FMA small
+        assert config.size == size
+        assert config.lr == (5e-4 if size == "large" else 1e-3)
+        assert config.batch_size == (64 if stage == "pretrain" else 32)  # pre-training: 64 MoMs = 128 clips
+        assert config.stem_norm == ("mean_abs" if stage != "pretrain" else "rms")  # as the published models
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -76,3 +79,39 @@ def test_tables_2_and_3_plans():
     for subset in ("small", "medium", "large", "full"):
         assert f"prepare-fma /data/fma --subset {subset}" in three
         assert f"eval --model w/runs/ft-medium-{subset} " in three
+
+
+def authors_lr(step: int, *, peak: float, warmup: int = 4000, decay_start: int = 4001, decay_stop: int = 152_850,
+               step_size: int = 2038, decay: float = 0.965) -> float:
+    """The authors' WarmUpStepLR (mixit_mss/common/lr_schedulers/warmup.py) at optimizer step
+    ``step``, with the values of their FMA configs, written out from its formula."""
+    if step < decay_start:
+        return peak * min((step - 1) / (warmup - 1), 1.0)
+    return peak * decay ** ((min(step, decay_stop) - decay_start) // step_size)
+
+
+# The authors' FMA pre-training runs (recipes/fma/models/*/config.yaml): FMA large 150 epochs
+# of 2,038 steps; FMA small and medium max_steps 152,850. FMA full: see medium-fma-full.yaml.
+AUTHORS_STEPS = {"large": 150 * 2038, "small": 152_850, "medium": 152_850, "full": 150 * 2038}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")
+def test_pretraining_runs_follow_the_authors_schedule():
+    runs = {}
+    for table in ("table1", "table3"):
+        for line in plan(table).splitlines():
+            if " pretrain --config " in line:
+                words = line.split()
+                runs[words[words.index("--out") + 1]] = words[words.index("--config") + 1]
+    assert sorted(runs) == [f"w/runs/pre-{r}" for r in ("large-large", "medium-full", "medium-large", "medium-medium", "medium-small", "small-large")]
+    for out, recipe in runs.items():
+        size, subset = out.split("/pre-")[1].split("-")
+        config = build_config("pretrain", recipe=REPO / recipe, overrides={"data": "d", "out": "o"})
+        assert config.total_steps == AUTHORS_STEPS[subset], out
+        assert config.batch_size == 64 and config.decay_stop_epoch * config.steps_per_epoch == 152_850
+        last = config.total_steps - 1
+        for step in (4000, 50_000, 152_850, last, 1, 2, 3999, 4001, 6038, 6039, 152_849, 152_851):
+            assert config.lr * lr_factor(step, config) == pytest.approx(authors_lr(step, peak=config.lr), rel=1e-12, abs=0), (out, step)
+        # Step 0: their formula gives a negative rate (-peak / 3999), a step up the gradient; ours is 0.
+        assert authors_lr(0, peak=config.lr) < 0 and lr_factor(0, config) == 0.0
+        assert config.lr * lr_factor(last, config) == pytest.approx(config.lr * 0.965**73)

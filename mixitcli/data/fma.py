@@ -15,9 +15,10 @@ Pipeline (docs/method.md §2.1, issue #3):
    one shared DIR, the last shard to finish merges; on separate disks, copy every
    ``DIR/shards/*`` folder into one DIR and run ``mixit prepare-fma --merge --out DIR``.
 
-Shard membership is a hash of the file's path relative to the audio root, and the
-train/valid split is a hash of the track key, so both are deterministic and independent of
-the number of shards or workers.
+Shard membership is a hash of the file's path relative to the audio root. The train/valid
+split is FMA's own when tracks.csv is there (its set/split column, as the authors'
+``fma_split.py``; test tracks are left out at the scan), otherwise a hash of the track key.
+Both are deterministic and independent of the number of shards or workers.
 """
 
 from __future__ import annotations
@@ -43,8 +44,13 @@ SUBSETS = ("small", "medium", "large", "full")
 """FMA subsets, nested: small ⊂ medium ⊂ large ⊂ full."""
 
 DEFAULT_VALID_FRACTION = 0.01
-"""Share of tracks held out for pre-training validation: about 400 clips of FMA small,
-a few thousand of FMA large (docs/method.md §2.1 "a few hundred clips, disjoint tracks")."""
+"""Share of tracks held out for pre-training validation when the split is not FMA's own
+(``--audio-dir`` collections, FMA without tracks.csv): a few hundred clips of a small
+collection, a few thousand of FMA large (docs/method.md §2.1)."""
+
+FMA_SPLITS = {"training": "train", "validation": "valid", "test": None}
+"""FMA's own split (tracks.csv column set/split) -> ours, as the authors' ``fma_split.py``:
+training -> train, validation -> valid (their "dev"); test tracks are not used (None)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class SourceFile:
     rel: str  # relative to the audio root, posix
     track: str
     size: int  # bytes
+    fma_split: str | None = None  # "train" / "valid" from tracks.csv; None: split by hash at merge
 
 
 @dataclass
@@ -90,11 +97,13 @@ class Scan:
     not_in_subset: int = 0
     other_files: int = 0
     metadata_tracks_without_file: int = 0
+    fma_test_split: int = 0
 
     def stats(self) -> dict:
         return {
             "audio_files": len(self.files),
             "not_in_subset": self.not_in_subset,
+            "fma_test_split": self.fma_test_split,
             "other_files": self.other_files,
             "metadata_tracks_without_file": self.metadata_tracks_without_file,
         }
@@ -109,7 +118,9 @@ class PrepareConfig:
         rules: how files become clips (changing them needs a new DIR).
         workers: worker processes (0: in this process).
         shard: (I, N), 0 <= I < N: this run does the files whose path hashes to I.
-        valid_fraction: share of tracks in the validation split (applied at merge).
+        valid_fraction: share of tracks in the validation split, chosen by a hash of the track
+            key (applied at merge). None: FMA's own split where tracks.csv gives one (its test
+            tracks are left out), else DEFAULT_VALID_FRACTION.
         progress: show a progress bar.
     """
 
@@ -117,15 +128,19 @@ class PrepareConfig:
     rules: ClipRules = field(default_factory=ClipRules)
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
-    valid_fraction: float = DEFAULT_VALID_FRACTION
+    valid_fraction: float | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise DataError(f"--shard {i}/{n}: the index is 0-based, so use 0/{n} ... {n - 1}/{n}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise DataError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        _check_fraction(self.valid_fraction)
+
+
+def _check_fraction(valid_fraction: float | None) -> None:
+    if valid_fraction is not None and not 0.0 <= valid_fraction < 1.0:
+        raise DataError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -196,38 +211,52 @@ def locate_audio_dir(folder: str | Path) -> AudioSource:
 
 
 def read_subset_ids(tracks_csv: Path, subset: str) -> set[int]:
-    """Track ids of ``subset`` from FMA's tracks.csv (two header rows; column set/subset).
+    """Track ids of ``subset`` from FMA's tracks.csv (see :func:`read_tracks`)."""
+    return set(read_tracks(tracks_csv, subset))
+
+
+def read_tracks(tracks_csv: Path, subset: str) -> dict[int, str | None]:
+    """Track id -> FMA's split (column set/split: "training", "validation", "test") of the
+    tracks of ``subset`` in FMA's tracks.csv (two header rows; column set/subset). The split is
+    None for every track when the file has no set/split column.
 
     Raises:
         MetadataError: unreadable file, no set/subset column, or a subset it does not list.
     """
     wanted = None if subset == "full" else set(SUBSETS[: SUBSETS.index(subset) + 1])
     csv.field_size_limit(2**31 - 1)  # artist bios are long
-    ids, values = set(), Counter()
+    tracks: dict[int, str | None] = {}
+    values = Counter()
     try:
         with open(tracks_csv, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             top, sub = next(reader, None), next(reader, None)
             if top is None or sub is None:
                 raise MetadataError(f"{tracks_csv}: expected two header rows")
-            col = next((j for j, (a, b) in enumerate(zip(top, sub)) if (a, b) == ("set", "subset")), None)
+            columns = {(a, b): j for j, (a, b) in enumerate(zip(top, sub))}
+            col = columns.get(("set", "subset"))
             if col is None:
                 raise MetadataError(f"{tracks_csv}: no 'set' / 'subset' column in the two header rows")
+            split_col = columns.get(("set", "split"))
             for row in reader:
                 if not row or not row[0].strip().isdigit():
                     continue  # the "track_id" index-name row, blank lines
                 value = row[col].strip() if col < len(row) else ""
                 values[value] += 1
                 if wanted is None or value in wanted:
-                    ids.add(int(row[0]))
+                    split = row[split_col].strip() if split_col is not None and split_col < len(row) else None
+                    tracks[int(row[0])] = split
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise MetadataError(f"{tracks_csv}: cannot read it ({e})") from e
     if subset != "full" and values[subset] == 0:
         known = ", ".join(sorted(v for v in values if v)) or "nothing"
         raise MetadataError(f"{tracks_csv} does not know the subset {subset!r} (its set/subset column lists: {known})")
-    if not ids:
+    if not tracks:
         raise MetadataError(f"{tracks_csv}: no tracks in subset {subset!r}")
-    return ids
+    unknown = sorted({v for v in tracks.values() if v is not None and v not in FMA_SPLITS})
+    if unknown:
+        raise MetadataError(f"{tracks_csv}: unknown value(s) {', '.join(map(repr, unknown))} in column set/split; expected {', '.join(FMA_SPLITS)}")
+    return tracks
 
 
 def scan(source: AudioSource) -> Scan:
@@ -237,7 +266,7 @@ def scan(source: AudioSource) -> Scan:
         LayoutError: no audio file (or none of the subset) under the folder.
         MetadataError: see :func:`read_subset_ids`.
     """
-    ids = read_subset_ids(source.metadata, source.subset) if source.metadata else None
+    ids = read_tracks(source.metadata, source.subset) if source.metadata else None
     result = Scan(source=source, files=[])
     found_ids: set[int] = set()
     n_audio = 0
@@ -257,17 +286,24 @@ def scan(source: AudioSource) -> Scan:
                         result.not_in_subset += 1
                         continue
                     found_ids.add(int(track))
+                    fma_split = ids[int(track)]
+                    if fma_split is not None and FMA_SPLITS[fma_split] is None:
+                        result.fma_test_split += 1  # FMA's test split is not used (never decoded)
+                        continue
+                    result.files.append(SourceFile(path=path, rel=rel, track=track, size=path.stat().st_size,
+                                                   fma_split=FMA_SPLITS.get(fma_split)))
+                    continue
             else:
                 track = rel[: -len(path.suffix)]
             result.files.append(SourceFile(path=path, rel=rel, track=track, size=path.stat().st_size))
     if ids is not None:
-        result.metadata_tracks_without_file = len(ids - found_ids)
+        result.metadata_tracks_without_file = len(set(ids) - found_ids)
     if n_audio == 0:
         raise LayoutError(f"{source.audio_root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder tree")
     if not result.files:
         raise LayoutError(
             f"{source.audio_root}: none of its {n_audio} audio files is in subset {source.subset!r} "
-            f"according to {source.metadata}"
+            f"(outside FMA's test split) according to {source.metadata}"
         )
     result.files.sort(key=lambda f: f.rel)
     return result
@@ -374,6 +410,8 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         def on_result(task: Task, result: dict) -> None:
             f: SourceFile = task.meta["file"]
             record = {"file": f.rel, "track": f.track, **result}
+            if f.fma_split is not None:
+                record["fma_split"] = f.fma_split
             if result["status"] == "kept":
                 record["store"] = (shard_dir / "audio" / f"{f.rel}.s16").relative_to(out).as_posix()
             journal.append(record)
@@ -405,10 +443,13 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
 # --- merging shards into the manifest ---------------------------------------------------
 
 
-def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACTION) -> dict:
+def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dict:
     """Write manifest.jsonl, rejected.jsonl, summary.json and index.npz from the shard journals.
 
-    Idempotent: it can be re-run (e.g. with another ``valid_fraction``) without decoding.
+    The split: FMA's own (tracks.csv) for files that have one, when ``valid_fraction`` is
+    None; otherwise a hash of the track key puts ``valid_fraction`` of the tracks (default
+    DEFAULT_VALID_FRACTION) in "valid". Idempotent: it can be re-run (e.g. with a
+    ``valid_fraction`` to re-split by hash) without decoding.
 
     Returns:
         The summary (also written to ``DIR/summary.json``).
@@ -418,8 +459,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACT
         prepared with different sources or rules.
     """
     out = Path(out).expanduser().resolve()
-    if not 0.0 <= valid_fraction < 1.0:
-        raise DataError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+    _check_fraction(valid_fraction)
     shards = _shard_dirs(out)
     if not shards:
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
@@ -441,6 +481,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACT
         for rel, record in mf.Journal(shards[(i, n)] / "journal.jsonl").load().items():
             records[rel] = record
             roots[rel] = Path(configs[i]["source"]["audio_root"])
+    hash_fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
     index = mf.IndexBuilder()
     per_split: Counter = Counter()
     tracks_per_split: dict[str, set] = {s: set() for s in mf.SPLITS}
@@ -450,7 +491,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACT
             r = records[rel]
             if r["status"] != "kept":
                 continue
-            split = split_of(r["track"], valid_fraction)
+            split = r["fma_split"] if valid_fraction is None and "fma_split" in r else split_of(r["track"], hash_fraction)
             per_split[split] += len(r["segments"])
             tracks_per_split[split].add(r["track"])
             for offset, store_offset in r["segments"]:
@@ -470,7 +511,9 @@ def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACT
     index.save(out, rules.sample_rate)
     splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
               "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()}}
-    summary = _summary(records, splits, rules, configs[0], shards[(0, n)], valid_fraction, n)
+    by_fma = valid_fraction is None and any("fma_split" in r for r in records.values())
+    splits["split_rule"] = "fma tracks.csv" if by_fma else "hash"
+    summary = _summary(records, splits, rules, configs[0], shards[(0, n)], None if by_fma else hash_fraction, n)
     mf.write_json(out / mf.SUMMARY, summary)
     return summary
 
@@ -487,6 +530,7 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
         "files_rejected": dict(sorted(reasons.items())),
         "files_not_in_subset": scan_stats.get("not_in_subset", 0),
         "metadata_tracks_without_file": scan_stats.get("metadata_tracks_without_file", 0),
+        "files_in_fma_test_split": scan_stats.get("fma_test_split", 0),
         "other_files": scan_stats.get("other_files", 0),
         "segments_kept": n_segments,
         "segments_dropped": {"silent": sum(r["dropped"] for r in kept)},
@@ -506,8 +550,12 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
 def describe(summary: dict) -> str:
     """A few human-readable lines about a summary, for the CLI."""
     rejected = ", ".join(f"{k} {v}" for k, v in summary["files_rejected"].items()) or "none"
+    split = ("FMA's own split from tracks.csv" if summary.get("split_rule") == "fma tracks.csv"
+             else f"{summary['valid_fraction']:g} of tracks held out by hash")
+    test = summary.get("files_in_fma_test_split", 0)
     return (
         f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
+        f"split: {split}" + (f"; {test} files of FMA's test split left out" if test else "") + "\n"
         f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
         f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent\n"
         f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_seen']:.2f} h seen, "
@@ -517,6 +565,6 @@ def describe(summary: dict) -> str:
 
 __all__ = [
     "SUBSETS", "AudioSource", "PrepareConfig", "Scan", "SourceFile", "describe", "locate_audio_dir",
-    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "read_subset_ids", "scan", "shard_of", "split_of",
+    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "read_subset_ids", "read_tracks", "scan", "shard_of", "split_of",
 ]
 

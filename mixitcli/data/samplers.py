@@ -39,6 +39,13 @@ from mixitcli.data.musdb import STEMS, load_prepared_tracks
 DEFAULT_DM_EPOCH = 110 * 32
 """Dynamic-mixing epoch: 110 steps of batch 32 (docs/method.md §5)."""
 
+STEM_NORMS = ("rms", "mean_abs")
+"""How dynamic mixing levels a stem before its gain (docs/method.md §2.2): "rms" divides by
+sqrt(mean(x**2)) as the paper says; "mean_abs" divides by mean(|x|), what the authors' dataset
+code computes (``np.sqrt(ref**2).mean(...)``) and what the published models were trained with.
+For a stem that is silent part of the time the mean |x| is smaller relative to its RMS, so
+"mean_abs" leaves sparse stems (drums, vocals) louder than dense ones (bass, other)."""
+
 CROP_TRIES = 8
 """All-silent crops: positions tried in one clip before drawing another clip."""
 
@@ -163,14 +170,24 @@ class MixPlan:
     gain_db: tuple[float, ...]
 
 
+def stem_level(x: np.ndarray, norm: str) -> float:
+    """The level a stem (c, t) is divided by: its RMS ("rms") or mean |x| ("mean_abs"), both
+    over channels and samples, in float64."""
+    if norm == "rms":
+        return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    if norm == "mean_abs":
+        return float(np.mean(np.abs(x), dtype=np.float64))
+    raise ValueError(f"stem_norm must be one of {STEM_NORMS}, got {norm!r}")
+
+
 class DynamicMixing(Dataset):
     """Dynamic mixing of MUSDB18-HQ stems from a `mixit prepare-musdb` folder (docs/method.md §2.2).
 
     ``ds[i]``: for each stem an independent salient segment (so stems usually come from
     different songs); each stem dropped (zeros) with probability ``p_dropout``, redrawn until
     at least one survives; one crop position shared by all stems; each stem divided by its RMS
-    over channels and samples (a zero stem stays zero); each scaled by an independent gain
-    uniform in ``gain_db``.
+    (or, with ``stem_norm="mean_abs"``, its mean absolute value) over channels and samples (a
+    zero stem stays zero); each scaled by an independent gain uniform in ``gain_db``.
 
     Args:
         prep_dir: the prepared MUSDB folder (salient/<stem>.jsonl).
@@ -180,6 +197,7 @@ class DynamicMixing(Dataset):
         p_dropout: probability of dropping each stem, in [0, 1).
         gain_db: (low, high) of the per-stem gain in dB.
         epoch_size: nominal epoch size (default 110 steps x batch 32).
+        stem_norm: "rms" (the paper) or "mean_abs" (the authors' code); see :data:`STEM_NORMS`.
 
     Returns (``ds[i]``):
         stems: float32 tensor (n, c=2, t) in the order of ``stems``; the mixture is ``.sum(0)``.
@@ -195,7 +213,11 @@ class DynamicMixing(Dataset):
         p_dropout: float = 0.05,
         gain_db: tuple[float, float] = (-10.0, 10.0),
         epoch_size: int = DEFAULT_DM_EPOCH,
+        stem_norm: str = "rms",
     ) -> None:
+        if stem_norm not in STEM_NORMS:
+            raise ValueError(f"stem_norm must be one of {STEM_NORMS}, got {stem_norm!r}")
+        self.stem_norm = stem_norm
         unknown = [s for s in stems if s not in STEMS]
         if unknown or len(set(stems)) != len(stems) or not stems:
             raise ValueError(f"stems must be distinct names out of {STEMS}, got {stems}")
@@ -246,7 +268,7 @@ class DynamicMixing(Dataset):
         return MixPlan(picks=picks, dropped=tuple(bool(d) for d in dropped), offset=offset, gain_db=tuple(float(g) for g in gain_db))
 
     def render(self, plan: MixPlan) -> torch.Tensor:
-        """The stems (n, c, t) of a plan: crop, RMS-normalise, apply the gains."""
+        """The stems (n, c, t) of a plan: crop, normalise (``stem_norm``), apply the gains."""
         import soundfile as sf
 
         out = np.zeros((len(self.stems), 2, self.crop), dtype=np.float32)  # (n, c, t)
@@ -256,9 +278,9 @@ class DynamicMixing(Dataset):
             path_id, start = seg[pick]
             data, _ = sf.read(self.paths[path_id], start=int(start) + plan.offset, frames=self.crop, dtype="float32", always_2d=True)
             x = data.T  # (t, c) -> (c, t)
-            rms = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
-            if rms > 0.0:  # a silent stem stays zero
-                out[j] = x * np.float32(10.0 ** (plan.gain_db[j] / 20.0) / rms)
+            level = stem_level(x, self.stem_norm)
+            if level > 0.0:  # a silent stem stays zero
+                out[j] = x * np.float32(10.0 ** (plan.gain_db[j] / 20.0) / level)
         return torch.from_numpy(out)
 
     def segment_of(self, plan: MixPlan, j: int) -> tuple[str, int]:

@@ -66,6 +66,10 @@ class TrainConfig:
     level_range_db: tuple[float, float] = option(
         (-5.0, 5.0), "Level difference of the two mixtures of a mixture of mixtures, in dB (low high).",
         group=OBJECTIVE, stages=("pretrain",), metavar="LOW HIGH")
+    stem_norm: Literal["rms", "mean_abs"] = option(
+        "rms", "How dynamic mixing levels each stem before its random gain: rms (the paper) or mean_abs (the "
+        "authors' code, which trained the published models; sparse stems come out 2-4 dB louder). docs/method.md §2.2.",
+        group=OBJECTIVE, stages=("finetune", "freeze-finetune"))
     # -- batches and length
     batch_size: int = option(128, "Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).",
                              group=BATCHES, at_least=1)
@@ -82,7 +86,8 @@ class TrainConfig:
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas.", group=OPTIMIZER, metavar="B1 B2")
     clip_norm: float = option(5.0, "Gradients are clipped to this global norm.", group=OPTIMIZER, above=0)
     warmup_steps: int = option(5000, "Linear warm-up steps.", group=OPTIMIZER, at_least=0)
-    decay_start_epoch: int = option(0, "First epoch of the decay (0: right after warm-up).", group=OPTIMIZER, at_least=0)
+    decay_start_epoch: int = option(0, "First epoch of the decay (0: from step warmup_steps + 1, as the authors' pre-training).",
+                                    group=OPTIMIZER, at_least=0)
     decay_every_epochs: int = option(1, "The learning rate is multiplied by --decay-factor every so many epochs.",
                                      group=OPTIMIZER, at_least=1)
     decay_factor: float = option(0.965, "Factor of each decay.", group=OPTIMIZER, above=0, at_most=1)
@@ -157,15 +162,17 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """MixIT pre-training on FMA: 12 outputs, batch 128 MoMs, 150 epochs x ~1000 steps,
-    warm-up 5000 steps then x0.965 per epoch (docs/method.md §5; the official recipe stops decaying
-    after epoch 75)."""
+    """MixIT pre-training on FMA with the authors' FMA-large schedule (docs/method.md §5): 12
+    outputs, 64 mixtures of mixtures per step (their 32 clips per GPU on 4 GPUs, paired into
+    MoMs), 150 epochs of 2,038 steps, warm-up 4,000 steps, then x0.965 every epoch from step
+    4,001 until epoch 75 (step 152,850)."""
 
     stage: Stage = "pretrain"
     loss: str = "mixit"
-    batch_size: int = 128
+    batch_size: int = 64
     epochs: int = 150
-    steps_per_epoch: int = 1000
+    steps_per_epoch: int = 2038
+    warmup_steps: int = 4000
     decay_start_epoch: int = 0
     decay_every_epochs: int = 1
     decay_factor: float = 0.965

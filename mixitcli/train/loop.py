@@ -209,7 +209,8 @@ def _make_datasets(config: TrainConfig):
         )
         valid = MixtureOfMixtures.validation(config.data, segment_seconds=config.segment_seconds, seed=config.seed + 1, size=config.valid_size)
     else:
-        train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems, epoch_size=epoch_size)
+        train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems,
+                              epoch_size=epoch_size, stem_norm=config.stem_norm)
         valid = MusdbValidation(config.data, subset="valid", stems=stems)
     return train, valid
 

@@ -62,7 +62,9 @@ def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
 
     common = [*FAST, "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2"]
     fine = tmp_path / "fine"
-    invoke("finetune", "--data", musdb_prep, "--out", fine, "--init", pretrained, "--selection", selection, *common)
+    invoke("finetune", "--data", musdb_prep, "--out", fine, "--init", pretrained, "--selection", selection, *common,
+           "--stem-norm", "mean_abs")
+    assert load_checkpoint(fine / "checkpoints" / "last.pt")["config"]["stem_norm"] == "mean_abs"
     model = load_model(fine / "checkpoints" / "last.pt")
     assert model.config.n_outputs == 4 and model.stems == ("bass", "drums", "vocals", "other")
     valid = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines() if "usdr/valid" in line]
@@ -71,6 +73,7 @@ def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
     # freeze-finetune from the fine-tuned run: the separator must not move, the rest must
     frozen = tmp_path / "frozen"
     invoke("freeze-finetune", "--data", musdb_prep, "--out", frozen, "--init", fine / "checkpoints" / "last.pt", *common)
+    assert load_checkpoint(frozen / "checkpoints" / "last.pt")["config"]["stem_norm"] == "rms"  # the default
     before = load_model(fine / "checkpoints" / "last.pt").state_dict()
     after = load_checkpoint(frozen / "checkpoints" / "last.pt")["model"]["state_dict"]
     for name, value in after.items():
