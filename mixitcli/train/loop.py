@@ -171,6 +171,14 @@ def _make_datasets(config: TrainConfig):
     else:
         train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems, epoch_size=epoch_size)
         valid = MusdbValidation(config.data, subset="valid", stems=stems)
+        if len(valid) == 0:  # an empty score would rank the checkpoints arbitrarily (issue 10)
+            from mixitcli.data.errors import PreparedDataError
+            from mixitcli.data.musdb import NO_VALIDATION_FIX
+
+            raise PreparedDataError(
+                f"{config.data} lists no validation songs (its valid.txt is empty), and fine-tuning ranks its "
+                f"checkpoints by the validation score, so it refuses to start; {NO_VALIDATION_FIX}."
+            )
     return train, valid
 
 
