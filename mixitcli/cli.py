@@ -282,6 +282,7 @@ def select_channels(
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.data import DataError
     from mixitcli.devices import DeviceError, pick_device
 
     try:
@@ -292,14 +293,14 @@ def select_channels(
         with console.status("separating validation chunks") as status:
             selection = run(model, songs, chunk_seconds=chunk_seconds, batch_size=batch_size, device=pick_device(device),
                             progress=lambda name: status.update(f"done: {name}"))
-    except (ModelLoadError, CheckpointError, SelectionError, DeviceError) as e:
+    except (ModelLoadError, CheckpointError, SelectionError, DeviceError, DataError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(selection.to_json())
     plot_counts(selection, out.with_suffix(".png"))
-    for note in selection.conflicts:
-        console.print(f"[yellow]warning:[/] {note}")
+    for note in selection.conflicts + selection.warnings:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
     console.print(f"selected {dict(zip(selection.stems, selection.selected))} from {selection.chunks} chunks -> {out}")
 
 

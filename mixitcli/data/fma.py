@@ -511,7 +511,8 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
         "metadata_tracks_without_file": scan_stats.get("metadata_tracks_without_file", 0),
         "other_files": scan_stats.get("other_files", 0),
         "segments_kept": n_segments,
-        "segments_dropped": {"silent": sum(r["dropped"] for r in kept)},
+        "segments_dropped": {"silent": sum(r["dropped"] for r in kept), "nonfinite": sum(r.get("dropped_nonfinite", 0) for r in kept)},
+        "files_with_nonfinite": sum(1 for r in records.values() if r.get("nonfinite_samples") or r.get("reason") == "nonfinite"),
         **splits,
         "hours_seen": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
         "hours_kept": round(store_frames / rules.sample_rate / 3600, 4),
@@ -531,7 +532,9 @@ def describe(summary: dict) -> str:
     return (
         f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
         f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
-        f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent\n"
+        f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent"
+        + (f", {summary['segments_dropped']['nonfinite']} dropped for non-finite samples (NaN or infinity; "
+           f"{summary['files_with_nonfinite']} file(s) held some)" if summary.get("files_with_nonfinite") else "") + "\n"
         f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_seen']:.2f} h seen, "
         f"store {summary['store_bytes'] / 2**30:.2f} GiB\n"
         + _describe_valid(summary)

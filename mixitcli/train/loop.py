@@ -98,12 +98,13 @@ def _preset_of(model: BSLocoformer) -> str:
     return "custom"
 
 
-def prepare_model(config: TrainConfig) -> tuple[BSLocoformer, str]:
+def prepare_model(config: TrainConfig, warnings: list[str] | None = None) -> tuple[BSLocoformer, str]:
     """The model the run starts from, and a line saying where its weights come from.
 
     From scratch: the preset with ``n_outputs`` outputs. From ``init``: a mixit checkpoint,
     run folder (average of its best checkpoints) or official folder; a 12-output model is
-    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other).
+    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other), and
+    the selection's warnings (a stem no validation chunk matched) are appended to ``warnings``.
     """
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     if config.init is None:
@@ -125,9 +126,11 @@ def prepare_model(config: TrainConfig) -> tuple[BSLocoformer, str]:
                     f"--init has {model.config.n_outputs} outputs and this stage needs {config.n_outputs}: "
                     "pass --selection (from `mixit select-channels`) to choose them"
                 )
-            from mixitcli.selection import read_selection
+            from mixitcli.selection import read_selection, selection_warnings
 
             keep = read_selection(config.selection, n_outputs=model.config.n_outputs)
+            if warnings is not None:
+                warnings += [f"{config.selection}: {note}" for note in selection_warnings(config.selection)]
             model = slice_outputs(model, keep, stems=STEMS)
             origin += f", outputs {keep} selected by {config.selection}"
         if model.config.dropout != config.dropout:
@@ -356,7 +359,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     micro = micro_batch(config, rt.world)
 
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
-    model, origin = prepare_model(config)
+    notes: list[str] = []
+    model, origin = prepare_model(config, notes)
     core = model.to(rt.device)
     ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
     if ckpt is not None:
@@ -393,6 +397,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             f"{config.total_steps} steps ({config.steps_per_epoch} per epoch)"
             + (f"; resuming at step {step}" if resume else "")
         )
+        for note in notes:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
     def state() -> dict:
         rngs = None
