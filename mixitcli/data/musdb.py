@@ -20,7 +20,9 @@ A prepared folder ``DIR`` (written by :func:`prepare_musdb`)::
                                {"track": "A Classic Education - NightOwl", "path": "/abs/.../bass.wav",
                                 "start": 176400, "length": 352800}   (samples at 44.1 kHz)
     DIR/train.txt, DIR/valid.txt, DIR/test.txt   track names, one per line, sorted
-    DIR/summary.json           root, tracks per split, segments per stem, hours, SAD settings
+    DIR/summary.json           root, tracks per split, how the validation tracks were chosen
+                               ("validation": standard / held out / none, "validation_tracks"),
+                               segments per stem, hours, SAD settings
 """
 
 from __future__ import annotations
