@@ -5,7 +5,6 @@ warned about again by finetune; no validation songs at all is said plainly, with
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
