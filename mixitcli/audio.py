@@ -3,6 +3,11 @@
 Arrays are float32 numpy arrays shaped (c, t): channels first, as the model wants them.
 soundfile (libsndfile >= 1.1) reads WAV, FLAC, OGG/Vorbis, Opus and MP3; anything else
 (m4a, mp4, stem files, ...) is decoded by ffmpeg when it is on PATH. soxr resamples.
+
+Non-finite samples (NaN, infinity: float WAVs can hold them) never leave this module: the
+readers replace them by 0 and report them to an ``on_nonfinite`` callback (issue 10), so
+that one NaN cannot silently empty a whole separation or a training batch. Callers count
+them (:class:`NonFiniteCount`) and warn, naming the file (:func:`nonfinite_message`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -64,6 +69,40 @@ def _readable(path: str | Path) -> Path:
     return path
 
 
+NonFiniteCallback = Callable[[int, np.ndarray], None]
+"""``on_nonfinite(first, bad)``: ``first`` is the index (at the file's rate) of the block's first
+sample and ``bad`` a (c, t) bool array marking the non-finite samples, already replaced by 0."""
+
+
+class NonFiniteCount:
+    """An ``on_nonfinite`` callback that counts the samples replaced (over all channels)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def __call__(self, first: int, bad: np.ndarray) -> None:
+        self.samples += int(bad.sum())
+
+
+def nonfinite_message(path: str | Path, samples: int) -> str:
+    """The warning for a file whose ``samples`` non-finite samples were replaced by 0."""
+    return f"{path}: {samples} non-finite sample(s) (NaN or infinity) replaced by 0"
+
+
+def zero_nonfinite(block: np.ndarray, first: int, on_nonfinite: NonFiniteCallback | None) -> np.ndarray:
+    """``block`` (c, t) with NaN and infinite samples replaced by 0 (in place when writable),
+    reported to ``on_nonfinite(first, bad)`` when there are any."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return block
+    if not block.flags.writeable:
+        block = block.copy()
+    block[bad] = 0.0
+    if on_nonfinite is not None:
+        on_nonfinite(first, bad)
+    return block
+
+
 def have_ffmpeg() -> bool:
     """True when both ffmpeg and ffprobe are on PATH."""
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -97,14 +136,16 @@ def read(
     start: int = 0,
     frames: int = -1,
     sample_rate: int | None = None,
+    on_nonfinite: NonFiniteCallback | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode audio to float32.
+    """Decode audio to float32; non-finite samples are replaced by 0.
 
     Args:
         path: an audio file.
         start: first sample to read, at the file's own rate.
         frames: number of samples to read at the file's rate (-1: to the end).
         sample_rate: resample to this rate in Hz (None: keep the file's rate).
+        on_nonfinite: told about non-finite samples (see :data:`NonFiniteCallback`).
 
     Returns:
         (audio, rate): audio (c, t) float32 and its sample rate in Hz.
@@ -128,6 +169,7 @@ def read(
         audio, rate = _ffmpeg_decode(path)
         stop = None if frames < 0 else start + frames
         audio = np.ascontiguousarray(audio[:, start:stop])
+    audio = zero_nonfinite(audio, start, on_nonfinite)
     if sample_rate is not None and sample_rate != rate:
         audio = resample(audio, rate, sample_rate)
         rate = sample_rate
@@ -254,21 +296,30 @@ class BlockWriter:
             self.abort()
 
 
-def read_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
+def read_blocks(path: str | Path, block_frames: int, *, on_nonfinite: NonFiniteCallback | None = None) -> Iterator[np.ndarray]:
     """Decode a file block by block: float32 (c, t) blocks of ``block_frames`` samples
     (the last one shorter), at the file's own rate (see :func:`info`).
 
     Memory stays bounded by the block: soundfile reads in place; other formats stream
-    through an ffmpeg pipe.
+    through an ffmpeg pipe. Every block-wise reader of mixit (separate, eval, prepare-fma)
+    reads through here, so non-finite samples are handled once: replaced by 0 and reported
+    to ``on_nonfinite`` (see :data:`NonFiniteCallback`).
 
     Raises:
         AudioError: the file is missing, empty or cannot be decoded.
     """
-    import soundfile as sf
-
     path = _readable(path)
     if block_frames < 1:
         raise ValueError(f"block_frames must be >= 1, got {block_frames}")
+    first = 0
+    for block in _decoded_blocks(path, block_frames):
+        yield zero_nonfinite(block, first, on_nonfinite)
+        first += block.shape[1]
+
+
+def _decoded_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    import soundfile as sf
+
     try:
         f = sf.SoundFile(str(path))
     except Exception as sf_error:

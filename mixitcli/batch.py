@@ -203,6 +203,8 @@ class RichReporter(Reporter):
     def file_done(self, job: Job, result: FileResult) -> None:
         self._end_file()
         self.console.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})", highlight=False)
+        for note in result.warnings():
+            self.console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
     def file_skipped(self, job: Job) -> None:
         self._end_file()
@@ -228,9 +230,11 @@ class BatchSummary:
         seconds = sum(r.seconds for r in self.done)
         wall = sum(r.wall_s for r in self.done)
         rtf = f", RTF {wall / seconds:.2f}" if seconds else ""
+        nonfinite = sum(bool(r.nonfinite) for r in self.done)
         return (
             f"separated {len(self.done)} file(s), {seconds / 60:.1f} min of audio in {wall:.0f} s{rtf}; "
             f"skipped {len(self.skipped)}; failed {len(self.failed)}"
+            + (f"; {nonfinite} with non-finite samples replaced by 0" if nonfinite else "")
         )
 
 

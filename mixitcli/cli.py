@@ -95,7 +95,7 @@ def prepare_fma(
     metadata: Optional[Path] = typer.Option(None, help="Folder holding tracks.csv (default: fma_metadata/ beside the audio). Without one, every audio file is used."),
     workers: int = typer.Option(os.cpu_count() or 1, help="Worker processes (0: run in this process)."),
     shard: str = typer.Option("0/1", help="I/N: process only shard I (0-based) of N; see above."),
-    valid_fraction: Optional[float] = typer.Option(None, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track key. Default: FMA's own split when tracks.csv is there (training -> train, validation -> valid, test left out), else 0.01. With --merge: re-split by hash."),
+    valid_fraction: Optional[float] = typer.Option(None, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track key; rounded up to at least 2 tracks whenever 4 or more are kept. Default: FMA's own split when tracks.csv is there (training -> train, validation -> valid, test left out), else 0.01. With --merge: re-split by hash."),
     silence_rule: str = typer.Option("clip", help="clip: drop clips with more than 5 of ten 1 s intervals silent (paper). track: the official script's rule (0.5 s chunks; one bad clip drops the whole track)."),
     silence_db: Optional[float] = typer.Option(None, help="Count an interval as silent below this mean power in dB re full scale (default: only exact zeros)."),
     keep_mono: bool = typer.Option(False, "--keep-mono", help="Duplicate mono files to stereo instead of rejecting them (the official recipe keeps stereo only)."),
@@ -133,23 +133,22 @@ def prepare_musdb(
     out: Path = typer.Option(..., "--out", help="Output folder DIR."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 8), help="Worker processes for the activity detection (0: in this process)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+    valid_tracks: Optional[int] = typer.Option(None, "--valid-tracks", help="Only for a tree without the standard validation tracks (your own stems): hold out N training tracks for validation, chosen by a hash of the name (default: about 10 %, at least 2)."),
 ) -> None:
     """Check MUSDB18-HQ, find each training stem's salient 8 s segments, list the splits.
 
-    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left). Source activity detection (docs/method.md §2.2) runs on vocals, drums, bass and other of the 86 training tracks.
+    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left); a tree holding none of them (your own stems) gets --valid-tracks training tracks held out for validation instead. Source activity detection (docs/method.md §2.2) runs on vocals, drums, bass and other of the training tracks.
 
     Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
     """
     from mixitcli.data import DataError
-    from mixitcli.data.musdb import prepare_musdb as run
+    from mixitcli.data.musdb import describe, prepare_musdb as run
 
     try:
-        summary = run(root, out, workers=workers, progress=progress)
+        summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
     except DataError as e:
         fail(str(e))
-    tracks = ", ".join(f"{n} {s}" for s, n in summary["tracks"].items())
-    segments = ", ".join(f"{s} {n}" for s, n in summary["segments"].items())
-    console.print(f"tracks: {tracks}\nsalient 8 s segments: {segments}", highlight=False)
+    console.print(describe(summary), highlight=False)
 
 
 MAKE_DEMO_DATA_HELP = """Synthesise music for the demo and tests: no download needed.
@@ -278,6 +277,7 @@ def select_channels(
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.data import DataError
     from mixitcli.devices import DeviceError, pick_device
 
     try:
@@ -288,14 +288,14 @@ def select_channels(
         with console.status("separating validation chunks") as status:
             selection = run(model, songs, chunk_seconds=chunk_seconds, batch_size=batch_size, device=pick_device(device),
                             progress=lambda name: status.update(f"done: {name}"))
-    except (ModelLoadError, CheckpointError, SelectionError, DeviceError) as e:
+    except (ModelLoadError, CheckpointError, SelectionError, DeviceError, DataError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(selection.to_json())
     plot_counts(selection, out.with_suffix(".png"))
-    for note in selection.conflicts:
-        console.print(f"[yellow]warning:[/] {note}")
+    for note in selection.conflicts + selection.warnings:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
     console.print(f"selected {dict(zip(selection.stems, selection.selected))} from {selection.chunks} chunks -> {out}")
 
 

@@ -21,6 +21,10 @@ its reference, which changes none of their values; a silent reference makes the 
 undefined, so both metrics are NaN, left out of the aggregates, and museval scores the other
 stems without it. Every such case is flagged in the record and counted in the summary.
 
+Non-finite samples (NaN, infinity) in a reference, an estimate or a mixture to separate are
+replaced by 0 as they are read (:func:`mixitcli.audio.read_blocks`); each file that had any is
+named with its count in the record's ``nonfinite``, in the summary and in a warning.
+
 Only ``museval.evaluate`` (numpy/scipy) is used; museval's pandas-based stores are not, so
 any pandas version museval imports with is fine (tested with pandas 3.1).
 """
@@ -158,21 +162,17 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
     Raises:
         EvalError: unreadable files, or sample rates or channel counts that differ.
     """
-    import soundfile as sf
-
     started = time.perf_counter()
     refs, ests, rate = [], [], None
+    nonfinite: dict[str, int] = {}
     for stem in STEMS:
         pair = []
         for path in (references[stem], estimates[stem]):
-            try:
-                data, sr = sf.read(str(path), dtype="float64", always_2d=True)  # (t, c)
-            except Exception as e:
-                raise EvalError(f"{path}: cannot read ({e})") from e
+            data, sr = _read_finite(Path(path), nonfinite)  # (c, t)
             if rate is not None and sr != rate:
                 raise EvalError(f"{path}: {sr} Hz, but the references are {rate} Hz")
             rate = sr
-            pair.append(data.T)
+            pair.append(data)
         if pair[0].shape[0] != pair[1].shape[0]:
             raise EvalError(f"{estimates[stem]}: {pair[1].shape[0]} channel(s), the reference has {pair[0].shape[0]}")
         refs.append(pair[0])
@@ -181,8 +181,28 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
     ests = [np.pad(e, ((0, 0), (0, t - e.shape[1]))) for e in ests]
     record = {"track": name, "seconds": round(t / rate, 2)}
     record.update(score_arrays(np.stack(refs), np.stack(ests)))
+    if nonfinite:
+        record["nonfinite"] = nonfinite
     record["eval_s"] = round(time.perf_counter() - started, 1)
     return record
+
+
+def _read_finite(path: Path, nonfinite: dict[str, int]) -> tuple[np.ndarray, int]:
+    """A whole file as float64 (c, t) and its rate; non-finite samples are replaced by 0 and
+    their count stored in ``nonfinite[str(path)]``. Raises EvalError when it cannot be read."""
+    from mixitcli import audio
+
+    count = audio.NonFiniteCount()
+    try:
+        meta = audio.info(path)
+        blocks = list(audio.read_blocks(path, 1 << 20, on_nonfinite=count))
+    except audio.AudioError as e:
+        raise EvalError(f"{path}: cannot read ({str(e).removeprefix(f'{path}: ')})") from e
+    if count.samples:
+        nonfinite[str(path)] = count.samples
+    if not blocks:
+        return np.zeros((meta.channels, 0)), meta.sample_rate
+    return np.concatenate(blocks, axis=1).astype(np.float64), meta.sample_rate
 
 
 # -- aggregation and tables ----------------------------------------------------------------
@@ -205,6 +225,7 @@ def summarise(records: Iterable[dict], **meta) -> dict:
         per_stem["average"] = float(np.mean(done)) if len(done) == len(STEMS) else None
         summary[metric] = per_stem
     summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
+    summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
     return summary
 
 
@@ -236,6 +257,8 @@ def print_table(summary: dict, console) -> None:
     console.print(table)
     if summary.get("flagged"):
         console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
+    if summary.get("nonfinite"):
+        console.print(f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)")
 
 
 # -- results folder ------------------------------------------------------------------------
@@ -430,8 +453,12 @@ def _spawn():
 
 
 def _record(results: ResultsFolder, record: dict, progress) -> None:
+    from mixitcli.audio import nonfinite_message
+
     results.add(record)
     progress.scored(record)
+    for path, n in record.get("nonfinite", {}).items():
+        progress.warn(nonfinite_message(path, n) + " before scoring")
 
 
 def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
@@ -449,7 +476,9 @@ def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
 
     def run(track, outputs: dict[str, Path], progress) -> None:
         progress.separating(track.name)
-        separate_file(net, track.path("mixture"), outputs, options=options, device=torch_device, bf16=bf16, bits="float")
+        result = separate_file(net, track.path("mixture"), outputs, options=options, device=torch_device, bf16=bf16, bits="float")
+        for note in result.warnings():
+            progress.warn(note)
 
     return run
 
@@ -476,11 +505,15 @@ class _Progress:
         csdr = " ".join(f"{s[:1].upper()}{_fmt(record['csdr'][s])}" for s in STEMS)
         self.bar.update(self.score, advance=1, info=f"{record['track'][:30]}: cSDR {csdr}")
 
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
     def stop(self) -> None:
         self.bar.stop()
 
 
 class _NoProgress:
+    def warn(self, text: str) -> None: ...
     def separating(self, name: str) -> None: ...
     def separated(self) -> None: ...
     def scored(self, record: dict) -> None: ...

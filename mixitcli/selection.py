@@ -8,6 +8,10 @@
 3. For each stem, count how often each output was assigned to it; pick the most frequent.
    When two stems pick the same output, the distinct outputs with the largest total count
    are chosen instead, and the conflict is reported.
+4. A stem with no vote at all (silent in every chunk of the validation songs, issue 10) has
+   no evidence: it gets, among the outputs no other stem took, the one that matched the other
+   stems least often (ties: the lowest index), and a warning naming it and the fix is printed,
+   stored in the selection JSON (``unmatched``, ``warnings``) and printed again by fine-tuning.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Selection:
         chunks: number of chunks that voted.
         conflicts: human-readable notes on stems that wanted the same output.
         checkpoint: the model the selection was made for.
+        unmatched: stems that no chunk voted for (silent in all validation songs); their
+            outputs are a stated guess, not evidence.
+        warnings: what the user must know about this selection (one per unmatched stem).
     """
 
     stems: list[str]
@@ -46,6 +53,8 @@ class Selection:
     chunks: int
     conflicts: list[str] = field(default_factory=list)
     checkpoint: str = ""
+    unmatched: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -89,23 +98,50 @@ def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     return 10 * torch.log10(ref.square().sum(-1) + eps) - 10 * torch.log10(err + eps)
 
 
+UNMATCHED_RULE = "the unused output that matched the other stems least often (ties: the lowest index)"
+
+
 def resolve(counts: torch.Tensor) -> tuple[list[int], list[str]]:
-    """Per stem the most frequent output; distinct outputs with the largest total on a tie-up."""
+    """Per stem the most frequent output; distinct outputs with the largest total on a tie-up.
+
+    Stems with no vote at all (a column of zeros) take no part in that; each then gets
+    :data:`UNMATCHED_RULE`'s output among those left (in stem order).
+
+    Args:
+        counts: (n_outputs, n_stems) votes; at least one stem has some.
+
+    Returns:
+        (output per stem, notes on conflicts).
+    """
     n_outputs, n_stems = counts.shape
-    wanted = counts.argmax(0).tolist()
+    name = (lambda j: STEMS[j]) if n_stems == len(STEMS) else str
+    voted = [j for j in range(n_stems) if counts[:, j].sum() > 0]
+    wanted = counts[:, voted].argmax(0).tolist()  # per voted stem
     conflicts = []
-    if len(set(wanted)) < n_stems:
+    if len(set(wanted)) < len(voted):
         for out in sorted(set(wanted)):
-            who = [STEMS[j] if n_stems == len(STEMS) else str(j) for j in range(n_stems) if wanted[j] == out]
+            who = [name(j) for j, w in zip(voted, wanted) if w == out]
             if len(who) > 1:
                 conflicts.append(f"output {out} is the most frequent match of {', '.join(who)}")
-        chosen = best_assignment(counts.double())
+        wanted = list(best_assignment(counts[:, voted].double()))
         conflicts.append(
             "resolved by choosing distinct outputs with the largest total count: "
-            + ", ".join(f"{STEMS[j] if n_stems == len(STEMS) else j} -> {o}" for j, o in enumerate(chosen))
+            + ", ".join(f"{name(j)} -> {o}" for j, o in zip(voted, wanted))
         )
-        return list(chosen), conflicts
-    return wanted, conflicts
+    selected = dict(zip(voted, wanted))
+    totals = counts.sum(1).tolist()  # (n_outputs,) votes for any stem
+    free = sorted((o for o in range(n_outputs) if o not in wanted), key=lambda o: (totals[o], o))
+    selected.update(zip([j for j in range(n_stems) if j not in selected], free))
+    return [selected[j] for j in range(n_stems)], conflicts
+
+
+def unmatched_warning(stem: str, output: int) -> str:
+    """The warning for a stem that no chunk of the validation songs voted for."""
+    return (
+        f"{stem} is silent in every chunk of the validation songs, so no output matched it; output {output} was "
+        f"chosen as {UNMATCHED_RULE}, a guess rather than evidence. Fix: select again with validation songs in "
+        f"which {stem} is active (`mixit prepare-musdb ROOT --out DIR --valid-tracks N` holds out more tracks)"
+    )
 
 
 @torch.no_grad()
@@ -126,8 +162,9 @@ def select_channels(
     model = model.to(device).eval()
     chunk = int(round(chunk_seconds * model.config.sample_rate))
     counts = torch.zeros(n, len(STEMS), dtype=torch.long)
-    voted = 0
+    voted = n_songs = 0
     for name, mixture, stems in songs:
+        n_songs += 1
         pieces = [(mixture[:, s : s + chunk], stems[:, :, s : s + chunk]) for s in chunk_starts(mixture.shape[-1], chunk)]
         pieces = [(m, r) for m, r in pieces if m[0].abs().sum() > 0]  # skip digital silence
         for start in range(0, len(pieces), batch_size):
@@ -143,10 +180,21 @@ def select_channels(
                 voted += 1
         if progress is not None:
             progress(name)
+    if n_songs == 0:
+        from mixitcli.data.musdb import NO_VALIDATION_FIX
+
+        raise SelectionError(f"there are no validation songs (the prepared folder's valid.txt lists none); {NO_VALIDATION_FIX}")
     if voted == 0:
-        raise SelectionError("no chunk with an active stem: the validation songs are too short or silent")
+        raise SelectionError(
+            f"no chunk with an active stem: the {n_songs} validation song(s) are all silent or shorter than "
+            f"--chunk-seconds {chunk_seconds:g}; use longer songs or a shorter --chunk-seconds"
+        )
     selected, conflicts = resolve(counts)
-    return Selection(stems=list(STEMS), selected=selected, counts=counts.tolist(), chunks=voted, conflicts=conflicts)
+    unmatched = [j for j in range(len(STEMS)) if counts[:, j].sum() == 0]
+    return Selection(
+        stems=list(STEMS), selected=selected, counts=counts.tolist(), chunks=voted, conflicts=conflicts,
+        unmatched=[STEMS[j] for j in unmatched], warnings=[unmatched_warning(STEMS[j], selected[j]) for j in unmatched],
+    )
 
 
 def read_selection(path: str | Path, *, n_outputs: int) -> list[int]:
@@ -168,6 +216,16 @@ def read_selection(path: str | Path, *, n_outputs: int) -> list[int]:
     if any(not 0 <= k < n_outputs for k in keep) or len(set(keep)) != len(keep):
         raise SelectionError(f"{path}: outputs {keep} are not distinct indices of a {n_outputs}-output model")
     return keep
+
+
+def selection_warnings(path: str | Path) -> list[str]:
+    """The warnings stored in a selection JSON by :func:`select_channels` (none in the official format)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SelectionError(f"{path}: cannot read the selection ({e})") from e
+    notes = d.get("warnings", []) if isinstance(d, dict) else []
+    return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
 def plot_counts(selection: Selection, path: str | Path) -> None:

@@ -283,12 +283,18 @@ class FileResult:
         outputs: stem name -> written file.
         seconds: the input's duration in seconds.
         wall_s: wall-clock seconds spent (decode, separate, encode).
+        nonfinite: non-finite input samples (NaN, infinity) that were replaced by 0.
     """
 
     input: Path
     outputs: dict[str, Path]
     seconds: float
     wall_s: float
+    nonfinite: int = 0
+
+    def warnings(self) -> list[str]:
+        """What the user should be told about this file (empty when all went as expected)."""
+        return [audio.nonfinite_message(self.input, self.nonfinite)] if self.nonfinite else []
 
     @property
     def rtf(self) -> float:
@@ -340,6 +346,7 @@ def separate_file(
     (default: the input's). Mono input is duplicated to stereo for the model and the stems
     are written mono (mean of the two output channels). Each stem file has exactly the
     input's duration; it is written under a temporary name and renamed when complete.
+    Non-finite input samples (NaN, infinity) are separated as 0 and counted in the result.
 
     Args:
         model: a BS-Locoformer in eval mode.
@@ -402,7 +409,8 @@ def separate_file(
             if on_progress is not None:
                 on_progress(separated / model_rate)
 
-        for block in audio.read_blocks(source, max(1, int(options.hop_s * meta.sample_rate))):
+        nonfinite = audio.NonFiniteCount()
+        for block in audio.read_blocks(source, max(1, int(options.hop_s * meta.sample_rate)), on_nonfinite=nonfinite):
             n_in += block.shape[1]
             x = to_model(block)
             write(separator.push(np.repeat(x, 2, axis=0) if mono else x))
@@ -413,4 +421,5 @@ def separate_file(
         for writer in writers:  # now the exact length is known
             writer.limit = resampled_length(n_in, meta.sample_rate, out_rate)
         write(torch.cat([y, separator.finish()], dim=-1), last=True)
-    return FileResult(input=source, outputs=outputs, seconds=n_in / meta.sample_rate, wall_s=time.perf_counter() - started)
+    return FileResult(input=source, outputs=outputs, seconds=n_in / meta.sample_rate, wall_s=time.perf_counter() - started,
+                      nonfinite=nonfinite.samples)

@@ -14,6 +14,9 @@ Rules, in order:
 3. Clips of 10 s every 5 s (full clips only), plus one clip ending exactly at the end of
    the track when the hops do not land there (the official recipe's last clip, without its
    duplicate). A file shorter than one clip is ``too_short``.
+   Non-finite samples (NaN, infinity) are replaced by 0 as they are decoded
+   (:func:`mixitcli.audio.read_blocks`), and every clip that held one is dropped and counted
+   (``dropped_nonfinite``), so none reaches training; a file with no other clip is ``nonfinite``.
 4. Silence. ``silence_rule="clip"`` (default, the paper): a clip with more than 5 of its ten
    1 s intervals silent is dropped (other clips of the file stay). ``silence_rule="track"``
    (the official script): twenty 0.5 s chunks per clip; one clip that is all zero or has
@@ -52,6 +55,7 @@ REASONS = {
     "multichannel": "more than two channels",
     "too_short": "shorter than one clip",
     "silent": "no clip passes the silence rule",
+    "nonfinite": "every clip holds non-finite samples (NaN or infinity), or fails the silence rule",
     "error": "an unexpected error (see detail); please report it",
     "decoder_crashed": "the decoder killed its process twice on this file",
 }
@@ -182,6 +186,16 @@ class _Cutter:
         self.kept: list[tuple[int, int]] = []  # (offset in track, offset in store)
         self.dropped = 0
         self.failed = False  # track rule triggered
+        self.bad: list[tuple[int, int]] = []  # [a, b) runs holding non-finite samples, at the output rate
+        self.dropped_nonfinite = 0
+
+    def mark_nonfinite(self, a: int, b: int) -> None:
+        """Samples [a, b) (output rate) held non-finite values: clips that overlap them are dropped.
+        Runs less than a clip apart are merged, which changes no decision (no clip fits between)."""
+        if self.bad and a - self.bad[-1][1] < self.L:
+            self.bad[-1] = (self.bad[-1][0], max(b, self.bad[-1][1]))
+        else:
+            self.bad.append((a, b))
 
     def feed(self, block: np.ndarray) -> None:
         """block: (t, c=2) float32 at rules.sample_rate."""
@@ -195,6 +209,7 @@ class _Cutter:
         if keep_from > self.buf_start:
             self.buf = self.buf[keep_from - self.buf_start :]
             self.buf_start = keep_from
+            self.bad = [(a, b) for a, b in self.bad if b > keep_from]  # later clips start at keep_from or after
 
     def finish(self) -> None:
         """The end of the track: the official rule's partial windows, then the end clip."""
@@ -211,6 +226,9 @@ class _Cutter:
     def _decide(self, start: int, check: bool = True) -> None:
         self.last_start = start
         clip = self.buf[start - self.buf_start : start - self.buf_start + self.L]  # (L, c)
+        if any(a < start + self.L and b > start for a, b in self.bad):  # NaN / inf: never stored
+            self.dropped_nonfinite += 1
+            return
         if check and self.rules.silence_rule == "track" and clip_fails_track(clip, self.rules):
             self.failed = True
             return
@@ -231,25 +249,22 @@ def _reject(reason: str, detail: str = "", seconds: float = 0.0) -> dict:
     return {"status": "rejected", "reason": reason, "detail": detail, "seconds": round(seconds, 3)}
 
 
-def _blocks(path: Path, rules: ClipRules):
-    """Yield (declared frames, rate, channels) then (t, c) float32 blocks at the file's rate."""
+def _blocks(path: Path, on_nonfinite: audio.NonFiniteCallback):
+    """Yield (declared frames, exact, rate, channels), then (t, c) float32 blocks at the file's
+    rate, decoded by :func:`mixitcli.audio.read_blocks` (non-finite samples replaced by 0 and
+    reported to ``on_nonfinite``). ``exact``: the frame count is libsndfile's header, not
+    ffprobe's estimate from the duration."""
     import soundfile as sf
 
     try:
-        f = sf.SoundFile(str(path))
-    except Exception:  # not for libsndfile: let ffmpeg decode it whole (m4a, ...)
-        data, rate = audio.read(path)  # (c, t); raises AudioError
-        yield data.shape[1], rate, data.shape[0]
-        yield np.ascontiguousarray(data.T)
-        return
-    with f:
-        yield f.frames, f.samplerate, f.channels
-        block = 30 * f.samplerate
-        while True:
-            data = f.read(block, dtype="float32", always_2d=True)  # (t, c)
-            if data.shape[0] == 0:
-                return
-            yield data
+        with sf.SoundFile(str(path)) as f:
+            head = (f.frames, True, f.samplerate, f.channels)
+    except Exception:  # not for libsndfile (m4a, ...): ffmpeg decodes it
+        meta = audio.info(path)  # raises AudioError
+        head = (meta.frames, False, meta.sample_rate, meta.channels)
+    yield head
+    for block in audio.read_blocks(path, 30 * head[2], on_nonfinite=on_nonfinite):
+        yield block.T  # (c, t) -> (t, c)
 
 
 def process_file(path: str | Path, store_path: str | Path, rules: ClipRules) -> dict:
@@ -265,7 +280,9 @@ def process_file(path: str | Path, store_path: str | Path, rules: ClipRules) -> 
         A journal record: ``status`` "kept" or "rejected", ``reason`` and ``detail`` for a
         rejection, ``seconds`` decoded (at the output rate), and for a kept file
         ``segments`` [[offset, store_offset], ...] in samples, ``dropped`` (clips dropped as
-        silent) and ``store_frames``. Never raises for bad input.
+        silent), ``dropped_nonfinite`` (clips dropped for NaN or infinite samples),
+        ``nonfinite_samples`` (how many the file held) and ``store_frames``. Never raises
+        for bad input.
     """
     path, store_path = Path(path), Path(store_path)
     try:
@@ -286,9 +303,21 @@ def process_file(path: str | Path, store_path: str | Path, rules: ClipRules) -> 
 def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
     import soxr
 
-    blocks = _blocks(path, rules)
+    cutter: _Cutter | None = None
+    nonfinite = audio.NonFiniteCount()
+
+    def on_nonfinite(first: int, bad: np.ndarray) -> None:  # bad: (c, t) at the file's rate
+        nonfinite(first, bad)
+        frames = np.flatnonzero(bad.any(axis=0))
+        gap = max(1, rules.segment_frames * rate // rules.sample_rate)
+        breaks = np.flatnonzero(np.diff(frames) >= gap)  # runs closer than a clip are one run
+        for lo, hi in zip(np.r_[frames[0], frames[breaks + 1]], np.r_[frames[breaks], frames[-1]]):
+            a, b = first + int(lo), first + int(hi) + 1  # [a, b) at the file's rate
+            cutter.mark_nonfinite(a * rules.sample_rate // rate, -(-b * rules.sample_rate // rate))
+
+    blocks = _blocks(path, on_nonfinite)
     try:
-        declared, rate, channels = next(blocks)
+        declared, exact, rate, channels = next(blocks)
     except Exception as e:
         return _reject("undecodable", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
     if rate < rules.sample_rate:
@@ -303,7 +332,7 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
     decoded = 0
     store_path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as out:
-        cutter = _Cutter(rules, out)
+        cutter = _Cutter(rules, out)  # the one on_nonfinite marks
         error = None
         try:
             for block in blocks:  # (t, c) at the file's rate
@@ -327,7 +356,7 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
             return _reject(reason, f"decoding stopped after {seconds:.2f} s: {error}", seconds)
         if cutter.failed:
             return _reject("silent", "the official whole-track rule dropped it", seconds)
-        shortfall = declared - decoded
+        shortfall = declared - decoded if exact else 0  # ffprobe's length is only an estimate
         if shortfall > max(TRUNCATION_TOLERANCE_SECONDS * rate, 0.01 * declared):
             return _reject("truncated", f"decoded {seconds:.2f} s of the {declared / rate:.2f} s declared", seconds)
         if cutter.frames < cutter.L:
@@ -335,6 +364,9 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
         cutter.finish()
         if cutter.failed:
             return _reject("silent", "the official whole-track rule dropped it", seconds)
+        if not cutter.kept and cutter.dropped_nonfinite:
+            return _reject("nonfinite", f"{nonfinite.samples} non-finite sample(s): {cutter.dropped_nonfinite} clip(s) hold some, "
+                           f"{cutter.dropped} fail the silence rule", seconds)
         if not cutter.kept:
             return _reject("silent", f"all {cutter.dropped} clips fail the silence rule", seconds)
     tmp.replace(store_path)
@@ -343,5 +375,7 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
         "seconds": round(cutter.frames / rules.sample_rate, 3),
         "segments": [list(s) for s in cutter.kept],
         "dropped": cutter.dropped,
+        "dropped_nonfinite": cutter.dropped_nonfinite,
+        "nonfinite_samples": nonfinite.samples,
         "store_frames": cutter.store_frames,
     }

@@ -317,10 +317,30 @@ def shard_of(rel: str, n_shards: int) -> int:
     return zlib.crc32(rel.encode()) % n_shards
 
 
+def _unit_hash(track: str) -> float:
+    """A track key's deterministic position in [0, 1)."""
+    return int.from_bytes(hashlib.blake2b(track.encode(), digest_size=8).digest(), "big") / 2.0**64
+
+
 def split_of(track: str, valid_fraction: float) -> str:
     """"valid" for a deterministic ``valid_fraction`` of track keys, else "train"."""
-    u = int.from_bytes(hashlib.blake2b(track.encode(), digest_size=8).digest(), "big") / 2.0**64
-    return "valid" if u < valid_fraction else "train"
+    return "valid" if _unit_hash(track) < valid_fraction else "train"
+
+
+MIN_VALID_TRACKS = 2
+"""Validation tracks held out at least whenever ``2 * MIN_VALID_TRACKS`` tracks are kept (issue 10):
+mixtures of mixtures need clips of two tracks, so a smaller validation split cannot be used."""
+
+
+def raised_to_minimum(tracks: set[str], valid_fraction: float) -> set[str]:
+    """Kept tracks that :func:`split_of` puts in "train" but that go to "valid" so that at least
+    ``MIN_VALID_TRACKS`` are held out when 4 or more tracks are kept: those nearest to the
+    fraction's cut (smallest hash), so the choice is as deterministic as the split itself."""
+    if len(tracks) < 2 * MIN_VALID_TRACKS:
+        return set()
+    in_valid = sum(split_of(t, valid_fraction) == "valid" for t in tracks)
+    rest = sorted((t for t in tracks if split_of(t, valid_fraction) == "train"), key=lambda t: (_unit_hash(t), t))
+    return set(rest[: max(0, MIN_VALID_TRACKS - in_valid)])
 
 
 def _shard_dir(out: Path, shard: tuple[int, int]) -> Path:
@@ -482,6 +502,9 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
             records[rel] = record
             roots[rel] = Path(configs[i]["source"]["audio_root"])
     hash_fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
+    by_fma = valid_fraction is None and any("fma_split" in r for r in records.values())
+    # the minimum of validation tracks applies to the hash split; FMA's own split is taken as it is
+    raised = set() if by_fma else raised_to_minimum({r["track"] for r in records.values() if r["status"] == "kept"}, hash_fraction)
     index = mf.IndexBuilder()
     per_split: Counter = Counter()
     tracks_per_split: dict[str, set] = {s: set() for s in mf.SPLITS}
@@ -491,7 +514,10 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
             r = records[rel]
             if r["status"] != "kept":
                 continue
-            split = r["fma_split"] if valid_fraction is None and "fma_split" in r else split_of(r["track"], hash_fraction)
+            if by_fma and "fma_split" in r:
+                split = r["fma_split"]
+            else:
+                split = "valid" if r["track"] in raised else split_of(r["track"], hash_fraction)
             per_split[split] += len(r["segments"])
             tracks_per_split[split].add(r["track"])
             for offset, store_offset in r["segments"]:
@@ -510,8 +536,8 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
     mf.write_jsonl(out / mf.REJECTED, rejected)
     index.save(out, rules.sample_rate)
     splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
-              "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()}}
-    by_fma = valid_fraction is None and any("fma_split" in r for r in records.values())
+              "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()},
+              "valid_tracks_raised": len(raised)}
     splits["split_rule"] = "fma tracks.csv" if by_fma else "hash"
     summary = _summary(records, splits, rules, configs[0], shards[(0, n)], None if by_fma else hash_fraction, n)
     mf.write_json(out / mf.SUMMARY, summary)
@@ -533,7 +559,8 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
         "files_in_fma_test_split": scan_stats.get("fma_test_split", 0),
         "other_files": scan_stats.get("other_files", 0),
         "segments_kept": n_segments,
-        "segments_dropped": {"silent": sum(r["dropped"] for r in kept)},
+        "segments_dropped": {"silent": sum(r["dropped"] for r in kept), "nonfinite": sum(r.get("dropped_nonfinite", 0) for r in kept)},
+        "files_with_nonfinite": sum(1 for r in records.values() if r.get("nonfinite_samples") or r.get("reason") == "nonfinite"),
         **splits,
         "hours_seen": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
         "hours_kept": round(store_frames / rules.sample_rate / 3600, 4),
@@ -557,14 +584,30 @@ def describe(summary: dict) -> str:
         f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
         f"split: {split}" + (f"; {test} files of FMA's test split left out" if test else "") + "\n"
         f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
-        f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent\n"
+        f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent"
+        + (f", {summary['segments_dropped']['nonfinite']} dropped for non-finite samples (NaN or infinity; "
+           f"{summary['files_with_nonfinite']} file(s) held some)" if summary.get("files_with_nonfinite") else "") + "\n"
         f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_seen']:.2f} h seen, "
-        f"store {summary['store_bytes'] / 2**30:.2f} GiB"
+        f"store {summary['store_bytes'] / 2**30:.2f} GiB\n"
+        + _describe_valid(summary)
     )
+
+
+def _describe_valid(summary: dict) -> str:
+    tracks, raised = summary["tracks_per_split"], summary.get("valid_tracks_raised", 0)
+    line = f"validation: {tracks['valid']} of {tracks['train'] + tracks['valid']} tracks held out"
+    if raised:
+        line += (f" ({raised} added: --valid-fraction {summary['valid_fraction']:g} gave {tracks['valid'] - raised}, "
+                 f"and at least {MIN_VALID_TRACKS} are held out whenever {2 * MIN_VALID_TRACKS} or more tracks are kept)")
+    elif tracks["valid"] < MIN_VALID_TRACKS:
+        line += (f"; pretrain needs at least {MIN_VALID_TRACKS} validation tracks, so add tracks "
+                 f"(with {2 * MIN_VALID_TRACKS} or more kept, {MIN_VALID_TRACKS} are held out)")
+    return line
 
 
 __all__ = [
     "SUBSETS", "AudioSource", "PrepareConfig", "Scan", "SourceFile", "describe", "locate_audio_dir",
-    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "read_subset_ids", "read_tracks", "scan", "shard_of", "split_of",
+    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "raised_to_minimum", "read_subset_ids", "read_tracks", "scan",
+    "shard_of", "split_of",
 ]
 

@@ -4,6 +4,11 @@ Layout (docs/method.md §2.2): ``ROOT/{train,test}/<Artist - Title>/{mixture,voc
 stereo 44.1 kHz; 100 train tracks (86 after taking out the standard 14 validation tracks) and
 50 test tracks.
 
+Validation split: the standard validation tracks that ``ROOT/train`` holds. A tree with none
+of them (your own stems, MoisesDB converted to this layout) gets validation tracks held out
+of train instead (issue 10): :func:`held_out_tracks` picks them by a hash of the track name,
+about 10 % and at least 2 by default, so the split is the same on every machine and run.
+
 Only the HQ (WAV) version is read. The compressed MUSDB18 (``*.stem.mp4``) is recognised and
 refused with a clear message: its stems are AAC-coded, so numbers computed on it are not
 comparable with the paper's (which are on MUSDB18-HQ). Convert it with `musdbconvert` from the
@@ -15,12 +20,16 @@ A prepared folder ``DIR`` (written by :func:`prepare_musdb`)::
                                {"track": "A Classic Education - NightOwl", "path": "/abs/.../bass.wav",
                                 "start": 176400, "length": 352800}   (samples at 44.1 kHz)
     DIR/train.txt, DIR/valid.txt, DIR/test.txt   track names, one per line, sorted
-    DIR/summary.json           root, tracks per split, segments per stem, hours, SAD settings
+    DIR/summary.json           root, tracks per split, how the validation tracks were chosen
+                               ("validation": standard / held out / none, "validation_tracks"),
+                               segments per stem, hours, SAD settings
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +37,7 @@ import numpy as np
 
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data import manifest as mf
-from mixitcli.data.errors import LayoutError, PreparedDataError
+from mixitcli.data.errors import DataError, LayoutError, PreparedDataError
 from mixitcli.data.parallel import Task, run_parallel
 
 SOURCES = ("mixture", "vocals", "drums", "bass", "other")
@@ -36,6 +45,17 @@ STEMS = ("bass", "drums", "vocals", "other")
 """The stem order of the official fine-tuned models (docs/method.md §8); the default everywhere."""
 
 SUBSETS = ("train", "valid", "test")
+
+VALID_SHARE = 0.10
+MIN_VALID_TRACKS = 2
+"""Without the standard validation tracks, about ``VALID_SHARE`` of the training tracks (and at
+least ``MIN_VALID_TRACKS``) are held out for validation (issue 10)."""
+
+NO_VALIDATION_FIX = (
+    "make some with `mixit prepare-musdb ROOT --out DIR`: when ROOT/train holds none of the 14 standard "
+    "validation tracks, it holds out --valid-tracks N training tracks for validation (default about 10 %, at least 2)"
+)
+"""The fix, quoted wherever an empty validation split is refused (finetune, select-channels)."""
 
 VALIDATION_TRACKS = (
     "Actions - One Minute Smile",
@@ -197,13 +217,61 @@ def validate_musdb(root: str | Path, splits: tuple[str, ...] = ("train", "test")
         raise LayoutError(f"{root} is not a complete MUSDB18-HQ tree ({len(problems)} problem(s)):", problems)
 
 
-def scan_musdb(root: str | Path, subset: str = "test", *, validate: bool = True) -> list[MusdbTrack]:
+def held_out_tracks(names: list[str], count: int | None = None) -> list[str]:
+    """The training tracks held out for validation when none of the standard ones is present.
+
+    The tracks whose names have the smallest BLAKE2b hashes are taken, so the choice depends
+    on the names only (not on their order, the machine or the run) and mostly survives
+    adding tracks.
+
+    Args:
+        names: the training track names.
+        count: how many to hold out, 1 <= count < len(names); None: about 10 % and at least 2
+            (``max(2, ceil(0.1 * n))``), but always leaving one training track.
+
+    Returns:
+        The held-out names, sorted (empty when fewer than 2 tracks exist and ``count`` is None).
+
+    Raises:
+        DataError: ``count`` leaves no training track or is below 1.
+    """
+    if count is None:
+        count = min(max(MIN_VALID_TRACKS, math.ceil(VALID_SHARE * len(names))), len(names) - 1)
+    elif not 1 <= count < len(names):
+        raise DataError(
+            f"--valid-tracks {count}: ROOT/train holds {len(names)} track(s); hold out between 1 and "
+            f"{len(names) - 1} so that training keeps at least one" if len(names) > 1 else
+            f"--valid-tracks {count}: ROOT/train holds {len(names)} track(s), too few to hold any out; add tracks"
+        )
+    ranked = sorted(names, key=lambda n: (hashlib.blake2b(n.encode(), digest_size=8).digest(), n))
+    return sorted(ranked[: max(count, 0)])
+
+
+def _validation_names(root: Path, valid_tracks: int | None) -> tuple[set[str], str]:
+    """(validation track names, how they were chosen: "standard", "held out" or "none")."""
+    names = [f.name for f in _track_folders(root, "train", [])]
+    standard = {n for n in names if n in VALIDATION_TRACKS}
+    if standard:
+        if valid_tracks is not None:
+            raise DataError(
+                f"--valid-tracks {valid_tracks}: {root}/train holds {len(standard)} of the standard validation "
+                "tracks, which are the validation split; drop --valid-tracks (it is for trees without them)"
+            )
+        return standard, "standard"
+    held = set(held_out_tracks(names, valid_tracks))
+    return held, ("held out" if held else "none")
+
+
+def scan_musdb(root: str | Path, subset: str = "test", *, validate: bool = True, valid_tracks: int | None = None) -> list[MusdbTrack]:
     """The tracks of one subset, sorted by name.
 
     Args:
         root: the MUSDB18-HQ folder (holding train/ and test/).
         subset: "train" (the 86 training tracks), "valid" (the standard 14) or "test" (50).
+            In a tree without any standard validation track, "valid" are the tracks
+            :func:`held_out_tracks` holds out of train, and "train" the rest.
         validate: check the layout of the folder read first (raises LayoutError).
+        valid_tracks: ``count`` of :func:`held_out_tracks` (None: its default).
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
@@ -215,12 +283,13 @@ def scan_musdb(root: str | Path, subset: str = "test", *, validate: bool = True)
     folders = _track_folders(root, split, problems)
     if problems:
         raise LayoutError(f"{root}:", problems)
-    tracks = [MusdbTrack(name=f.name, subset=_subset_of(f.name, split), folder=f.resolve()) for f in folders]
+    valid = _validation_names(root, valid_tracks)[0] if split == "train" else set()
+    tracks = [MusdbTrack(name=f.name, subset=_subset_of(f.name, split, valid), folder=f.resolve()) for f in folders]
     return [t for t in tracks if t.subset == subset]
 
 
-def _subset_of(name: str, split: str) -> str:
-    return "test" if split == "test" else ("valid" if name in VALIDATION_TRACKS else "train")
+def _subset_of(name: str, split: str, valid: set[str]) -> str:
+    return "test" if split == "test" else ("valid" if name in valid else "train")
 
 
 def load_prepared_tracks(prep_dir: str | Path, subset: str) -> list[MusdbTrack]:
@@ -285,19 +354,29 @@ def _sad_track(folder: str, stems: tuple[str, ...], config: SadConfig) -> dict:
     return out
 
 
-def prepare_musdb(root: str | Path, out: str | Path, *, workers: int = 1, progress: bool = True, config: SadConfig = SadConfig()) -> dict:
+def prepare_musdb(
+    root: str | Path, out: str | Path, *, workers: int = 1, progress: bool = True, config: SadConfig = SadConfig(),
+    valid_tracks: int | None = None,
+) -> dict:
     """Validate MUSDB18-HQ, run SAD on every stem of the training tracks, write DIR (see module doc).
 
+    Args:
+        valid_tracks: without any standard validation track in ROOT/train, hold out this many
+            training tracks for validation (None: about 10 %, at least 2; see :func:`held_out_tracks`).
+
     Returns:
-        The summary written to ``DIR/summary.json``.
+        The summary written to ``DIR/summary.json``; ``validation`` says how the validation
+        tracks were chosen ("standard", "held out" or "none").
 
     Raises:
         LayoutError: the layout check failed (every problem listed).
+        DataError: ``valid_tracks`` does not fit the tree.
     """
     root = Path(root).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     validate_musdb(root)
-    tracks = {s: scan_musdb(root, s, validate=False) for s in SUBSETS}
+    how = _validation_names(root, valid_tracks)[1]  # checks --valid-tracks before the heavy work
+    tracks = {s: scan_musdb(root, s, validate=False, valid_tracks=valid_tracks) for s in SUBSETS}
     results: dict[str, dict] = {}
     tasks = [Task(key=t.name, args=(str(t.folder), STEMS, config), weight=1.0) for t in tracks["train"]]
     run_parallel(
@@ -322,6 +401,8 @@ def prepare_musdb(root: str | Path, out: str | Path, *, workers: int = 1, progre
     summary = {
         "root": str(root),
         "tracks": {s: len(listed) for s, listed in tracks.items()},
+        "validation": how,
+        "validation_tracks": [t.name for t in tracks["valid"]],
         "validation_tracks_missing": sorted(set(VALIDATION_TRACKS) - {t.name for t in tracks["valid"]}),
         "segments": n_segments,
         "candidate_segments": sum(r["candidates"] for r in results.values()),
@@ -332,3 +413,28 @@ def prepare_musdb(root: str | Path, out: str | Path, *, workers: int = 1, progre
     }
     mf.write_json(out / mf.SUMMARY, summary)
     return summary
+
+
+def describe(summary: dict) -> str:
+    """A few human-readable lines about a prepare-musdb summary, for the CLI."""
+    n = summary["tracks"]
+    lines = [
+        "tracks: " + ", ".join(f"{count} {s}" for s, count in n.items()),
+        "salient 8 s segments: " + ", ".join(f"{s} {count}" for s, count in summary["segments"].items()),
+    ]
+    how = summary.get("validation", "standard")
+    names = summary.get("validation_tracks", [])
+    shown = f": {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" if names else ""
+    if how == "held out":
+        lines.append(
+            f"validation: none of the standard validation tracks is in train/, so {n['valid']} of the "
+            f"{n['train'] + n['valid']} training tracks are held out (chosen by a hash of the name; --valid-tracks N sets how many){shown}"
+        )
+    elif how == "none":
+        lines.append(
+            "validation: none (train/ holds no standard validation track and too few tracks to hold any out); "
+            "finetune and select-channels need validation tracks: add training tracks and prepare again"
+        )
+    else:
+        lines.append(f"validation: {n['valid']} standard validation track(s) taken out of train/{shown}")
+    return "\n".join(lines)

@@ -103,7 +103,7 @@ class MixtureOfMixtures(Dataset):
         if n_tracks < 2:
             raise PreparedDataError(
                 f"{prep_dir}: the {split!r} split has {len(self.clips)} clips from {n_tracks} track(s); "
-                "mixtures of mixtures need clips of at least two tracks"
+                "mixtures of mixtures need clips of at least two tracks."
             )
         shortest = int(self.index.length[self.clips].min())
         if self.crop > shortest:

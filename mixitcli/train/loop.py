@@ -98,13 +98,15 @@ def _preset_of(model: BSLocoformer) -> str:
     return "custom"
 
 
-def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source: str = "") -> tuple[BSLocoformer, str]:
+def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source: str = "",
+                  warnings: list[str] | None = None) -> tuple[BSLocoformer, str]:
     """The model the run starts from, and a line saying where its weights come from.
 
     A resumed run: the model saved in ``checkpoint`` (read from ``source``), as it was.
     From scratch: the preset with ``n_outputs`` outputs. From ``init``: a mixit checkpoint,
     run folder (average of its best checkpoints) or official folder; a 12-output model is
-    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other).
+    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other), and
+    the selection's warnings (a stem no validation chunk matched) are appended to ``warnings``.
     """
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     if checkpoint is not None:
@@ -136,9 +138,11 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
                     f"--init has {model.config.n_outputs} outputs and this stage needs {config.n_outputs}: "
                     "pass --selection (from `mixit select-channels`) to choose them"
                 )
-            from mixitcli.selection import read_selection
+            from mixitcli.selection import read_selection, selection_warnings
 
             keep = read_selection(config.selection, n_outputs=model.config.n_outputs)
+            if warnings is not None:
+                warnings += [f"{config.selection}: {note}" for note in selection_warnings(config.selection)]
             model = slice_outputs(model, keep, stems=STEMS)
             origin += f", outputs {keep} selected by {config.selection}"
         if model.config.dropout != config.dropout:
@@ -212,6 +216,14 @@ def _make_datasets(config: TrainConfig):
         train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems,
                               epoch_size=epoch_size, stem_norm=config.stem_norm)
         valid = MusdbValidation(config.data, subset="valid", stems=stems)
+        if len(valid) == 0:  # an empty score would rank the checkpoints arbitrarily (issue 10)
+            from mixitcli.data.errors import PreparedDataError
+            from mixitcli.data.musdb import NO_VALIDATION_FIX
+
+            raise PreparedDataError(
+                f"{config.data} lists no validation songs (its valid.txt is empty), and fine-tuning ranks its "
+                f"checkpoints by the validation score, so it refuses to start; {NO_VALIDATION_FIX}."
+            )
     return train, valid
 
 
@@ -389,8 +401,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     micro = micro_batch(config, rt.world)
 
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
+    notes: list[str] = []
     ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
-    model, origin = prepare_model(config, ckpt, source=str(manager_dir / "last.pt"))
+    model, origin = prepare_model(config, ckpt, source=str(manager_dir / "last.pt"), warnings=notes)
     core = model.to(rt.device)
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -424,6 +437,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             f"{config.total_steps} steps ({config.steps_per_epoch} per epoch)"
             + (f"; resuming at step {step}" if resume else "")
         )
+        for note in notes:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
     def state() -> dict:
         rngs = None

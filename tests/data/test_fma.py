@@ -121,7 +121,7 @@ def test_clip_silence_rule(gap_dir, tmp_path):
     # runs [0, 15) and [25, 40) are stored once each, back to back
     assert [r["store_offset"] for r in rows["zeros"]] == [0, 5 * SR, 15 * SR, 20 * SR]
     assert [r["offset"] for r in rows["quiet"]] == [k * 5 * SR for k in range(7)]  # not exactly zero: kept
-    assert summary["segments_dropped"] == {"silent": 3}
+    assert summary["segments_dropped"] == {"silent": 3, "nonfinite": 0}
     x, _ = sf.read(str(gap_dir / "zeros.wav"), dtype="float32")
     index = SegmentIndex.load(tmp_path / "p")
     k = next(i for i, r in enumerate(read_jsonl(tmp_path / "p" / "manifest.jsonl")) if r["track"] == "zeros" and r["offset"] == 25 * SR)

@@ -78,12 +78,15 @@ def test_split_follows_tracks_csv_and_merge_can_resplit(split_root, tmp_path):
 
 
 def test_valid_fraction_applies_without_metadata(split_root, tmp_path):
-    """No tracks.csv (an FMA audio folder alone): every file is used, 1 % held out by hash."""
+    """No tracks.csv (an FMA audio folder alone): every file is used, 1 % held out by hash, raised
+    to the minimum of 2 validation tracks (6 tracks kept)."""
     bare = fma.AudioSource(kind="fma", audio_root=split_root / "fma_medium", subset="medium")
     summary = fma.prepare_fma(bare, fma.PrepareConfig(out=tmp_path / "p", workers=0, progress=False))
     assert summary["split_rule"] == "hash" and summary["valid_fraction"] == fma.DEFAULT_VALID_FRACTION
     assert summary["files_seen"] == 6 and summary["files_in_fma_test_split"] == 0
-    assert splits_of(tmp_path / "p") == {tid: {fma.split_of(tid, fma.DEFAULT_VALID_FRACTION)} for tid in TRACKS}
+    raised = fma.raised_to_minimum(set(TRACKS), fma.DEFAULT_VALID_FRACTION)
+    assert len(raised) == 2 and summary["tracks_per_split"]["valid"] == 2
+    assert splits_of(tmp_path / "p") == {tid: {"valid" if tid in raised else fma.split_of(tid, fma.DEFAULT_VALID_FRACTION)} for tid in TRACKS}
 
 
 def test_unknown_split_value_is_an_error(tmp_path):
