@@ -14,10 +14,28 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from mixitcli import __version__
 
+class _Commands(TyperGroup):
+    """The app's command group: in every command, an OS error (full disk, read-only or
+    unwritable folder, I/O error) or a StorageError becomes one clear message and exit code 1,
+    never a traceback (issue 11). One place, so every command, present or future, has it."""
+
+    def invoke(self, ctx):
+        from mixitcli.storage import StorageError, describe_os_error
+
+        try:
+            return super().invoke(ctx)
+        except StorageError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(describe_os_error(e))
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="mixit",
     help=(
         "Music source separation with MixIT pre-training (Saijo & Bando, WASPAA 2025).\n\n"

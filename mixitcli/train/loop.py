@@ -32,11 +32,12 @@ from mixitcli.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_write_text,
-    load_checkpoint,
+    load_last,
     rng_state,
     set_rng_state,
     training_state,
 )
+from mixitcli.storage import remove_stale_temporaries
 from mixitcli.train.config import ConfigError, TrainConfig
 from mixitcli.train.schedule import make_scheduler
 
@@ -343,6 +344,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     manager_dir = run / "checkpoints"
     if not resume and (manager_dir / "last.pt").exists():
         raise TrainingError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+    if rt.main:  # temporary files of saves a kill interrupted (their process is gone)
+        remove_stale_temporaries(run, manager_dir)
     if config.bf16 is None:
         config = config.replace(bf16=rt.device.type == "cuda")
     micro = micro_batch(config, rt.world)
@@ -350,7 +353,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
     model, origin = prepare_model(config)
     core = model.to(rt.device)
-    ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
+    ckpt = load_last(run, stage=config.stage) if resume else None
     if ckpt is not None:
         core.load_state_dict(ckpt["model"]["state_dict"])
     trainable = [p for p in core.parameters() if p.requires_grad]
@@ -454,8 +457,12 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                             progress.update(task, completed=step, loss=float(loss), lr=stats["lr"], speed=speed)
                     elif progress:
                         progress.update(task, completed=step)
-                    if config.save_every_steps and step % config.save_every_steps == 0 and epoch_step < config.steps_per_epoch:
-                        save()  # within long epochs; step-based, so every rank agrees
+                    if (config.save_every_steps and step % config.save_every_steps == 0
+                            and epoch_step < config.steps_per_epoch and step < total):
+                        # within long epochs; step-based, so every rank agrees. Never at the last
+                        # step: its validation comes next, and a last.pt saved before it would let
+                        # a resume skip that validation and its best-k save (issue 11).
+                        save()
                 finished_epoch = epoch_step == config.steps_per_epoch
                 if finished_epoch:
                     epoch, epoch_step = epoch + 1, 0
