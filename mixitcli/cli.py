@@ -302,6 +302,7 @@ def select_channels(
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.train.checkpoint import CheckpointError
     from mixitcli.devices import DeviceError, pick_device
+    from mixitcli.storage import atomic_write_text
 
     try:
         from mixitcli.data.samplers import MusdbValidation
@@ -314,8 +315,7 @@ def select_channels(
     except (ModelLoadError, CheckpointError, SelectionError, DeviceError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(selection.to_json())
+    atomic_write_text(out, selection.to_json())
     plot_counts(selection, out.with_suffix(".png"))
     for note in selection.conflicts:
         console.print(f"[yellow]warning:[/] {note}")

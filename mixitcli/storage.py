@@ -149,6 +149,25 @@ def remove_stale_temporaries(*folders: str | Path, recursive: bool = False) -> l
     return removed
 
 
+def diagnose_write_failure(path: str | Path, nbytes: int = 0) -> WriteError | None:
+    """The likely OS cause of a failed write to ``path`` by a library that does not say
+    (libsndfile reports only "System error"): a full disk, a read-only file system or a
+    folder without write permission, as a WriteError naming the folder; None when none is seen.
+    """
+    folder = _existing_folder(Path(path).parent)
+    free = free_bytes(folder)
+    if free is not None and free < nbytes + 2**20:
+        return WriteError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return WriteError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+    except OSError:
+        pass
+    if not os.access(folder, os.W_OK):
+        return WriteError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+    return None
+
+
 def _existing_folder(path: Path) -> Path:
     """The nearest folder of ``path`` (or above it) that exists."""
     path = path.absolute()
@@ -179,18 +198,19 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
 
     Args:
         e: the error; its ``filename`` names the file or folder when known.
-        needed: for a full disk, about how many more bytes the command needs.
+        needed: for a full disk, about how many bytes the command needs there.
     """
     target = Path(e.filename) if e.filename else None
     where = str(target) if target is not None else "a file"
     code = e.errno
     if code in SPACE_ERRORS:
-        folder = _existing_folder(target.parent if target is not None else Path.cwd())
+        folder = _existing_folder(target if target is not None and target.is_dir() else (target or Path.cwd()).parent)
         free = free_bytes(folder)
-        room = f"; {human_bytes(free)} free there" if free is not None else ""
-        need = f", about {human_bytes(needed)} more is needed" if needed else ""
+        notes = [f"writing {target.name}"] if target is not None and target != folder else []
+        notes += [f"{human_bytes(free)} free there"] if free is not None else []
+        notes += [f"about {human_bytes(needed)} needed"] if needed else []
         what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the device"
-        return (f"{what} of {folder} (writing {where}{room}{need}). Free some space there or choose a folder "
+        return (f"{what} of {folder} ({'; '.join(notes)}). Free some space there or choose a folder "
                 "on a larger disk, then run the same command again: finished work is kept.")
     if code == errno.EROFS:
         folder = _existing_folder(target if target is not None else Path.cwd())
@@ -206,5 +226,5 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
 
 __all__ = [
     "SPACE_ERRORS", "StorageError", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
-    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError",
+    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "diagnose_write_failure",
 ]

@@ -26,7 +26,14 @@ import torch
 
 from mixitcli import __version__
 from mixitcli.model import BSLocoformer, ModelLoadError, model_from_dict
-from mixitcli.storage import atomic_write_text, atomic_write_with, human_bytes  # atomic_write_text: config.yaml, best.json
+from mixitcli.storage import (  # atomic_write_text: config.yaml, best.json
+    SPACE_ERRORS,
+    StorageError,
+    atomic_write_text,
+    atomic_write_with,
+    describe_os_error,
+    human_bytes,
+)
 
 FORMAT = "mixit-train"
 
@@ -39,9 +46,26 @@ def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
 
     On failure the temporary file is removed (a full disk stays no fuller), and a failed
-    write is raised as the OSError it is (torch reports it as a RuntimeError).
+    write is raised as the OSError it is (torch reports it as a RuntimeError); a full disk as
+    a StorageError that says about how much room the checkpoint needs.
     """
-    atomic_write_with(path, lambda f: torch.save(obj, f))
+    try:
+        atomic_write_with(path, lambda f: torch.save(obj, f))
+    except OSError as e:
+        if e.errno not in SPACE_ERRORS:
+            raise
+        raise StorageError(describe_os_error(e, needed=_tensor_bytes(obj))) from e
+
+
+def _tensor_bytes(obj) -> int:
+    """About the size of ``obj`` saved: the bytes of the tensors it holds."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> dict:
