@@ -149,6 +149,24 @@ def remove_stale_temporaries(*folders: str | Path, recursive: bool = False) -> l
     return removed
 
 
+def check_writable(folder: str | Path) -> None:
+    """Raise the OSError that writing into ``folder`` would meet (read-only file system, no
+    permission), before any heavy work; folders it had to create for the test are removed."""
+    folder = Path(folder).absolute()
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / ".write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    finally:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+
+
 def diagnose_write_failure(path: str | Path, nbytes: int = 0) -> WriteError | None:
     """The likely OS cause of a failed write to ``path`` by a library that does not say
     (libsndfile reports only "System error"): a full disk, a read-only file system or a
@@ -226,5 +244,5 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
 
 __all__ = [
     "SPACE_ERRORS", "StorageError", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
-    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "diagnose_write_failure",
+    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "check_writable", "diagnose_write_failure",
 ]

@@ -30,7 +30,7 @@ from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data import manifest as mf
 from mixitcli.data.errors import LayoutError, PreparedDataError
 from mixitcli.data.parallel import Task, run_parallel
-from mixitcli.storage import remove_stale_temporaries
+from mixitcli.storage import check_writable, remove_stale_temporaries
 
 SOURCES = ("mixture", "vocals", "drums", "bass", "other")
 STEMS = ("bass", "drums", "vocals", "other")
@@ -298,6 +298,7 @@ def prepare_musdb(root: str | Path, out: str | Path, *, workers: int = 1, progre
     root = Path(root).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     remove_stale_temporaries(out, out / "salient")  # of a killed run
+    check_writable(out)  # a read-only --out is found before the SAD work, not after it
     validate_musdb(root)
     tracks = {s: scan_musdb(root, s, validate=False) for s in SUBSETS}
     results: dict[str, dict] = {}

@@ -37,7 +37,7 @@ from mixitcli.train.checkpoint import (
     set_rng_state,
     training_state,
 )
-from mixitcli.storage import remove_stale_temporaries
+from mixitcli.storage import check_writable, remove_stale_temporaries
 from mixitcli.train.config import ConfigError, TrainConfig
 from mixitcli.train.schedule import make_scheduler
 
@@ -344,7 +344,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     manager_dir = run / "checkpoints"
     if not resume and (manager_dir / "last.pt").exists():
         raise TrainingError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
-    if rt.main:  # temporary files of saves a kill interrupted (their process is gone)
+    if rt.main:  # a read-only --out is found before the heavy work; leftovers of killed saves go
+        check_writable(manager_dir)
         remove_stale_temporaries(run, manager_dir)
     if config.bf16 is None:
         config = config.replace(bf16=rt.device.type == "cuda")
