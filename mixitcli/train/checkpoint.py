@@ -178,8 +178,10 @@ class CheckpointManager:
         """
         written = None
         finite = valid_loss is not None and np.isfinite(valid_loss)
+        name = f"best-epoch{state['epoch']:04d}-step{state['step']:07d}.pt"
+        if finite:  # a validation made again after an interruption replaces its first try
+            self.best = [e for e in self.best if e["path"] != name]
         if finite and (len(self.best) < self.keep_best or valid_loss < self.best[-1]["valid_loss"]):
-            name = f"best-epoch{state['epoch']:04d}-step{state['step']:07d}.pt"
             entry = {"path": name, "epoch": state["epoch"], "step": state["step"], "valid_loss": float(valid_loss)}
             ranked = sorted(self.best + [entry], key=lambda e: e["valid_loss"])  # best first
             self.best, evicted = ranked[: self.keep_best], ranked[self.keep_best :]

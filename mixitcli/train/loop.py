@@ -400,10 +400,23 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             config=config.to_dict(), counters=counters,
         ) | ({"rng": rngs} if rngs is not None else {})
 
-    def save(valid_loss: float | None = None) -> None:
+    def save(valid_loss: float | None = None, *, pending_validation: bool = False) -> None:
         s = state()  # collective under DDP: every rank takes part
+        s["pending_validation"] = pending_validation  # interrupted before this step's validation
         if rt.main:
             manager.save(s, valid_loss=valid_loss)
+
+    def validate_and_save() -> None:
+        nonlocal validating
+        validating = True
+        metrics = validate(core, valid_set, config, rt, micro)
+        log.write({"step": step, "epoch": epoch, **metrics})
+        if rt.main:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
+            (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
+        save(metrics["loss/valid"])
+        validating = False
+        summary.update(metrics)
 
     from mixitcli.data.samplers import IndexSampler
 
@@ -413,8 +426,11 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     progress, task = _progress(console, total, step) if rt.main else (None, None)
     started, last_log = time.time(), (time.time(), step)
     summary = {"stage": config.stage, "run": str(run), "start_step": step}
+    validating = False
     try:
         with progress or contextlib.nullcontext():
+            if ckpt is not None and ckpt.get("pending_validation"):
+                validate_and_save()  # the one an interruption cut short, as the uninterrupted run made it
             while step < total:
                 sampler.set_epoch(epoch, start=epoch_step * per_rank)
                 loader = DataLoader(
@@ -468,18 +484,12 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                 if finished_epoch:
                     epoch, epoch_step = epoch + 1, 0
                 if (finished_epoch and epoch % config.valid_every_epochs == 0) or step >= total:
-                    metrics = validate(core, valid_set, config, rt, micro)
-                    log.write({"step": step, "epoch": epoch, **metrics})
-                    if rt.main:
-                        shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
-                        (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
-                    save(metrics["loss/valid"])
-                    summary.update(metrics)
+                    validate_and_save()
                 else:
                     save()
     except KeyboardInterrupt:
         if not rt.distributed:  # under DDP the other ranks may be inside a collective
-            save()
+            save(pending_validation=validating)  # --resume then makes that validation first
         if rt.main:
             console.print(f"[yellow]interrupted at step {step}; continue with --resume from {manager.last}")
         raise
