@@ -125,13 +125,13 @@ def test_cli_output_folder_is_the_input_folder(tmp_path, tiny_checkpoint):
 def test_cli_full_output_disk_stops_with_one_message(tmp_path, tiny_checkpoint, monkeypatch):
     """Issue 11: libsndfile says only "System error"; a full disk is named as such, the batch
     stops (every other file would fail too) and no partial stem is left."""
-    import mixitcli.storage as storage
+    import shutil
 
     for name in ("one", "two"):
         noise(tmp_path / "in" / f"{name}.wav")
     out = tmp_path / "out"
-    real_disk_usage = storage.shutil.disk_usage
-    monkeypatch.setattr(storage.shutil, "disk_usage", lambda p: real_disk_usage(p)._replace(free=4096))
+    real_disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_disk_usage(p)._replace(free=4096))
 
     def full(self, data):
         raise RuntimeError("Error writing: System error.")  # what soundfile raises on ENOSPC

@@ -127,9 +127,10 @@ def test_the_shard_lock_is_held_through_the_merge(songs, tmp_path, monkeypatch):
 
     def write_jsonl(path, rows):
         if not competitor:  # the first merge write: a second run on the same folder starts now
+            competitor.append("started")
             try:
                 fma.prepare_fma(source, fma.PrepareConfig(out=out, workers=0, progress=False))
-                competitor.append("ran")
+                competitor.append("ran to the end")
             except PrepareError as e:
                 competitor.append(str(e))
         return real_write_jsonl(path, rows)
@@ -137,5 +138,5 @@ def test_the_shard_lock_is_held_through_the_merge(songs, tmp_path, monkeypatch):
     monkeypatch.setattr(mf, "write_jsonl", write_jsonl)
     result = _prepare(songs, out)  # the finished folder again: nothing to decode, then the merge
     assert result.exit_code == 0, result.output
-    assert "being prepared by another running process" in competitor[0]
+    assert "being prepared by another running process" in competitor[1]
     assert (out / "shards" / "0-of-1" / "done.json").is_file() and len(read_jsonl(out / "manifest.jsonl")) == 4 * 2
