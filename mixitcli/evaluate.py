@@ -38,7 +38,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mixitcli.audio import require_ffmpeg
-from mixitcli.storage import atomic_write_text, remove_stale_temporaries
+from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
 
 MUSEVAL_NEEDS = "cSDR scoring (museval imports stempeg, which refuses to load without ffmpeg and ffprobe)"
 STEMS = ("vocals", "bass", "drums", "other")
@@ -307,11 +307,11 @@ class ResultsFolder:
     def add(self, record: dict) -> None:
         import os
 
-        with open(self.out / RECORDS, "a") as f:
+        with naming(self.out / RECORDS), open(self.out / RECORDS, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        with open(self.out / RECORDS_CSV, "a", newline="") as f:
+        with naming(self.out / RECORDS_CSV), open(self.out / RECORDS_CSV, "a", newline="") as f:
             csv.writer(f).writerow(self._row(record))
         self.records.append(record)
 

@@ -14,6 +14,7 @@ that names the folder and the fix, and the CLI prints it instead of a traceback 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -42,6 +43,18 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """Give an OSError raised inside the block ``path`` as its file name when it has none
+    (a failed ``write`` names no file), so the message can say where the disk is full."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a whole text file through a temporary name, fsync it, then rename it over ``path``.
 
@@ -52,7 +65,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        with open(tmp, "w") as f:
+        with naming(path), open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -221,8 +234,11 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
     target = Path(e.filename) if e.filename else None
     where = str(target) if target is not None else "a file"
     code = e.errno
+    if code in SPACE_ERRORS and target is None:
+        return ("no space left on a device this command writes to. Free some space (or choose output folders on "
+                "a larger disk), then run the same command again: finished work is kept.")
     if code in SPACE_ERRORS:
-        folder = _existing_folder(target if target is not None and target.is_dir() else (target or Path.cwd()).parent)
+        folder = _existing_folder(target if target.is_dir() else target.parent)
         free = free_bytes(folder)
         notes = [f"writing {target.name}"] if target is not None and target != folder else []
         notes += [f"{human_bytes(free)} free there"] if free is not None else []
@@ -244,5 +260,5 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
 
 __all__ = [
     "SPACE_ERRORS", "StorageError", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
-    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "check_writable", "diagnose_write_failure",
+    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "check_writable", "diagnose_write_failure", "naming",
 ]

@@ -38,7 +38,7 @@ import numpy as np
 
 from mixitcli.data.clips import PCM_SCALE, STORE_CHANNELS, STORE_DTYPE
 from mixitcli.data.errors import PreparedDataError
-from mixitcli.storage import atomic_write_text, temp_path
+from mixitcli.storage import atomic_write_text, naming, temp_path
 
 SPLITS = ("train", "valid")
 
@@ -61,7 +61,7 @@ def write_jsonl(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        with open(tmp, "w") as f:
+        with naming(path), open(tmp, "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         tmp.replace(path)
@@ -151,13 +151,14 @@ class IndexBuilder:
         dtypes = {"store_id": np.int32, "track_id": np.int32, "store_offset": np.int64, "length": np.int64, "split": np.int8}
         tmp = prep_dir / f".{INDEX}.{os.getpid()}.partial.npz"
         try:
-            np.savez(
-                tmp,
-                stores=np.array(list(self.stores), dtype=str),
-                tracks=np.array(list(self.tracks), dtype=str),
-                sample_rate=np.array(sample_rate),
-                **{name: np.frombuffer(col, dtype=col.typecode).astype(dtypes[name]) for name, col in self.columns.items()},
-            )
+            with naming(prep_dir / INDEX):
+                np.savez(
+                    tmp,
+                    stores=np.array(list(self.stores), dtype=str),
+                    tracks=np.array(list(self.tracks), dtype=str),
+                    sample_rate=np.array(sample_rate),
+                    **{name: np.frombuffer(col, dtype=col.typecode).astype(dtypes[name]) for name, col in self.columns.items()},
+                )
             tmp.replace(prep_dir / INDEX)
         except BaseException:
             tmp.unlink(missing_ok=True)

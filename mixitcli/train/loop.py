@@ -37,7 +37,7 @@ from mixitcli.train.checkpoint import (
     set_rng_state,
     training_state,
 )
-from mixitcli.storage import check_writable, remove_stale_temporaries
+from mixitcli.storage import check_writable, naming, remove_stale_temporaries
 from mixitcli.train.config import ConfigError, TrainConfig
 from mixitcli.train.schedule import make_scheduler
 
@@ -301,7 +301,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
+        with naming(self.path), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
