@@ -3,7 +3,7 @@ temporaries of dead processes are removed (live ones kept), and every command tu
 error into one message instead of a traceback.
 
 Full disks and read-only folders are injected (an OSError raised by the write call), so the
-tests run the same as root or not and need no mount; bench/faults_tmpfs.sh repeats the
+tests run the same as root or not and need no mount; bench/faults.py repeats the
 cases on real small tmpfs mounts where the machine allows it."""
 
 from __future__ import annotations

@@ -9,11 +9,17 @@ Pipeline (docs/method.md §2.1, issue #3):
    ``DIR/shards/<I>-of-<N>/journal.jsonl``. Re-running the same command resumes: journaled
    files are skipped, never decoded again; a file that was mid-decode when the run was
    killed is decoded from scratch (its partial store file is never renamed into place).
+   A store that cannot be written (full disk, read-only folder, I/O error) is never held
+   against the source file: the run stops with a StorageError that names the folder and
+   about how much more space the other files need, and the rerun decodes them (issue 11).
 3. :func:`merge_shards` turns the shard journals into ``manifest.jsonl``, ``rejected.jsonl``,
    ``summary.json`` and ``index.npz`` (formats in :mod:`mixitcli.data.manifest`). A plain run
    (shard 0/1) merges by itself at the end. With ``--shard I/N`` on N machines writing to
    one shared DIR, the last shard to finish merges; on separate disks, copy every
    ``DIR/shards/*`` folder into one DIR and run ``mixit prepare-fma --merge --out DIR``.
+   A merge holds the merge lock and every shard's lock (its own run's included, from the
+   decoding through the merge), so a second run on the same DIR is refused instead of
+   pulling ``done.json`` from under it.
 
 Shard membership is a hash of the file's path relative to the audio root, and the
 train/valid split is a hash of the track key, so both are deterministic and independent of
@@ -389,6 +395,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
     Raises:
         DataError (LayoutError, MetadataError, PrepareError): nothing usable to do; raised
         before any decoding. Broken audio files never raise: they are rejected.
+        StorageError: a store or the journal could not be written; what is journaled is kept.
     """
     out = Path(config.out).expanduser().resolve()
     others = {n for (_, n) in _shard_dirs(out)} - {config.shard[1]}
@@ -491,8 +498,8 @@ def merge_shards(out: str | Path, *, valid_fraction: float = DEFAULT_VALID_FRACT
         The summary (also written to ``DIR/summary.json``).
 
     Raises:
-        PrepareError: no shard, shards of different N, a shard not finished, or shards
-        prepared with different sources or rules.
+        PrepareError: no shard, shards of different N, a shard not finished or being prepared
+        by a running process, or shards prepared with different sources or rules.
     """
     out = Path(out).expanduser().resolve()
     if not 0.0 <= valid_fraction < 1.0:
