@@ -127,3 +127,19 @@ def test_read_only_run_folder_is_one_message_before_training(fma_prep, tmp_path,
     monkeypatch.setattr(loop, "train_step", lambda *a, **k: pytest.fail("trained into a folder it cannot write"))
     result = pretrain(fma_prep, folder / "run")
     assert result.exit_code == 1 and "read-only file system" in result.output, result.output
+
+
+def test_a_validation_made_again_replaces_its_first_entry(tmp_path):
+    """Ctrl-C between a best checkpoint and last.pt: the resume validates that step again;
+    best.json then lists it once, with the new loss."""
+    from mixitcli.model import build_model
+    from mixitcli.train.checkpoint import CheckpointManager
+    from tests.train.test_checkpoint_selection import make_state
+
+    model = build_model("tiny", n_outputs=2)
+    manager = CheckpointManager(tmp_path, keep_best=2)
+    for step, loss in ((1, 3.0), (2, 2.0)):
+        manager.save(make_state(model, step=step, epoch=step), valid_loss=loss)
+    manager.save(make_state(model, step=2, epoch=2), valid_loss=2.5)  # step 2 validated again
+    assert [(e["step"], e["valid_loss"]) for e in best(tmp_path)] == [(2, 2.5), (1, 3.0)]
+    assert len(list((tmp_path / "checkpoints").glob("best-*.pt"))) == 2
