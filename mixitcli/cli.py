@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from mixitcli import __version__
 
+
 class _Commands(TyperGroup):
     """The app's command group: in every command, an OS error (full disk, read-only or
     unwritable folder, I/O error) or a StorageError becomes one clear message and exit code 1,

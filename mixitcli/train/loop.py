@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from mixitcli.losses import finetune_loss, mixit_loss
 from mixitcli.model import STEMS, BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.storage import check_writable, naming, remove_stale_temporaries
 from mixitcli.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -37,7 +38,6 @@ from mixitcli.train.checkpoint import (
     set_rng_state,
     training_state,
 )
-from mixitcli.storage import check_writable, naming, remove_stale_temporaries
 from mixitcli.train.config import ConfigError, TrainConfig
 from mixitcli.train.schedule import make_scheduler
 
