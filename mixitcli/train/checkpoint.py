@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> dict:
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "no reason given"
         raise CheckpointError(
-            f"{path} is damaged ({human_bytes(size)}; torch cannot read it: {type(e).__name__}: {reason})"
+            f"{path} is damaged: an unreadable checkpoint of {human_bytes(size)} ({type(e).__name__}: {reason})"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mixit training checkpoint")
