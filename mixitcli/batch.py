@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mixitcli import audio
+from mixitcli.storage import StorageError, WriteError, describe_os_error
 from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
@@ -57,7 +58,9 @@ def _is_audio(path: Path) -> bool:
 
 def find_inputs(inputs: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
     """The audio files named by ``inputs``: files as given, folders walked recursively
-    (hidden files and anything under ``exclude``, the output folder, left out).
+    (hidden files and anything under ``exclude``, the output folder, left out -- unless the
+    output folder is the walked folder itself or holds it: then nothing is left out here, and
+    :func:`separate_many` drops the files that are its own outputs).
 
     Returns:
         (file, folder it was found in, or None for a file given directly), in order, no repeats.
@@ -73,7 +76,7 @@ def find_inputs(inputs: Sequence[str | Path], *, exclude: Path | None = None) ->
             found.append((given, None))
         elif given.is_dir():
             files = sorted(p for p in given.rglob("*") if p.is_file() and _is_audio(p))
-            if exclude is not None:
+            if exclude is not None and not given.resolve().is_relative_to(exclude):
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             if not files:
                 problems.append(f"{given}: no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}) in this folder")
@@ -106,6 +109,22 @@ def check_template(template: str) -> None:
         raise PlanError(f"--filename {template!r}:", problems)
 
 
+def output_path(path: Path, root: Path | None, out_dir: Path, *, stem: str, template: str, ext: str) -> Path:
+    """Where ``stem`` of the input ``path`` (found in folder ``root``, or given directly) goes."""
+    folder = path.parent.relative_to(root).as_posix() if root is not None else ""
+    name = template.format(track=path.stem, stem=stem, ext=ext, folder=folder, parent=path.parent.name)
+    return Path(os.path.normpath(Path(out_dir) / name.lstrip("/")))  # an empty {folder} leaves a leading "/"
+
+
+def without_own_outputs(
+    found: Sequence[tuple[Path, Path | None]], out_dir: str | Path, *, stems: Sequence[str], template: str, ext: str
+) -> list[tuple[Path, Path | None]]:
+    """Drop the walked files that this command writes itself (stems of an earlier run, when
+    --out is an input folder: `mixit separate DIR --out DIR`). Files given directly stay."""
+    outputs = {output_path(p, r, Path(out_dir), stem=s, template=template, ext=ext).resolve() for p, r in found for s in stems}
+    return [(p, r) for p, r in found if r is None or p.resolve() not in outputs]
+
+
 def plan(
     inputs: Sequence[tuple[Path, Path | None]],
     out_dir: str | Path,
@@ -132,11 +151,9 @@ def plan(
     jobs, owner, problems = [], {}, []
     input_paths = {p.resolve() for p, _ in inputs}
     for path, root in inputs:
-        folder = path.parent.relative_to(root).as_posix() if root is not None else ""
         outputs = {}
         for stem in stems:
-            name = template.format(track=path.stem, stem=stem, ext=ext, folder=folder, parent=path.parent.name)
-            out = Path(os.path.normpath(out_dir / name.lstrip("/")))  # an empty {folder} leaves a leading "/"
+            out = output_path(path, root, out_dir, stem=stem, template=template, ext=ext)
             key = out.resolve()
             if not key.is_relative_to(out_dir.resolve()):
                 problems.append(f"{out}: outside --out {out_dir}")
@@ -266,6 +283,11 @@ def run_jobs(
                     model, job.input, job.outputs, options=options, device=device, bf16=bf16,
                     sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
                 )
+            except WriteError as e:  # the machine's problem: every other file would fail too
+                raise StorageError(
+                    f"{describe_os_error(e)}\nStopped after {len(summary.done)} separated file(s); "
+                    "run the same command with --skip-existing to separate the rest."
+                ) from e
             except (audio.AudioError, SeparationError, RuntimeError, ValueError, OSError) as e:
                 message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 message = message.removeprefix(f"{job.input}: ")  # the reporter names the file
@@ -326,6 +348,9 @@ def separate_many(
     unknown = [s for s in stems if s not in net.stems]
     if unknown:
         raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
+    found = without_own_outputs(found, out_dir, stems=stems, template=template, ext=ext)
+    if not found:
+        raise PlanError("cannot read the inputs:", [f"{', '.join(map(str, inputs))}: only this command's own outputs, no songs"])
     jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
     reporter = RichReporter(console) if console is not None else None
     return run_jobs(

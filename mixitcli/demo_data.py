@@ -31,6 +31,7 @@ from mixitcli import audio
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS
 from mixitcli.demo_synth import synthesize_song
+from mixitcli.storage import atomic_write_text
 
 UNLABELED_FORMATS = (".flac", ".mp3", ".wav", ".ogg")
 """Formats of the unlabeled songs, in turn (FMA itself is MP3)."""
@@ -260,7 +261,7 @@ def make_demo_data(
         shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
     options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed}
-    (out / MARKER).write_text(json.dumps({"complete": False, "options": options}, indent=2))
+    atomic_write_text(out / MARKER, json.dumps({"complete": False, "options": options}, indent=2))
     began = time.perf_counter()
     with _progress_bar(songs + musdb_train + musdb_test, progress) as advance:
         unlabeled = make_unlabeled(targets[0], songs, seconds, seed, on_song=advance)
@@ -269,7 +270,7 @@ def make_demo_data(
         "complete": True, "options": options, "out": str(out), "seed": seed, "seconds_per_song": seconds,
         "unlabeled": unlabeled, "musdb": musdb, "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    (out / MARKER).write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / MARKER, json.dumps(summary, indent=2))
     return summary
 
 

@@ -42,6 +42,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mixitcli.audio import require_ffmpeg
+from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
 
 MUSEVAL_NEEDS = "cSDR scoring (museval imports stempeg, which refuses to load without ffmpeg and ffprobe)"
 STEMS = ("vocals", "bass", "drums", "other")
@@ -271,16 +272,33 @@ class ResultsFolder:
     def __init__(self, out: Path, config: dict):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)
         cfg_path = self.out / CONFIG
-        if cfg_path.is_file():
-            old = json.loads(cfg_path.read_text())
+        old = self._read_config(cfg_path)
+        if old is not None:
             if old != config:
                 changed = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k))
                 raise EvalError(f"{self.out} holds results of another evaluation ({changed}); use another --out or delete it")
         else:
-            cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+            atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
         self.records = self._load()
         self._rewrite_csv()
+
+    def _read_config(self, path: Path) -> dict | None:
+        """The saved eval_config.json; None when there is none, or when it is damaged (an
+        older version killed while writing it) before any result was written."""
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            results = self.out / RECORDS
+            if results.is_file() and results.stat().st_size > 0:
+                raise EvalError(
+                    f"{path} is damaged ({e.__class__.__name__}) and {results} holds results: delete {path} if those "
+                    "results come from this same evaluation, or use another --out"
+                ) from e
+            return None  # nothing was evaluated under it: write it again
 
     def _load(self) -> list[dict]:
         path = self.out / RECORDS
@@ -291,7 +309,7 @@ class ResultsFolder:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:  # a line cut by an interruption: that track is redone
                     continue
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         return records
 
     def done(self) -> set[str]:
@@ -312,18 +330,18 @@ class ResultsFolder:
     def add(self, record: dict) -> None:
         import os
 
-        with open(self.out / RECORDS, "a") as f:
+        with naming(self.out / RECORDS), open(self.out / RECORDS, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        with open(self.out / RECORDS_CSV, "a", newline="") as f:
+        with naming(self.out / RECORDS_CSV), open(self.out / RECORDS_CSV, "a", newline="") as f:
             csv.writer(f).writerow(self._row(record))
         self.records.append(record)
 
     def finish(self, **meta) -> dict:
         summary = summarise(sorted(self.records, key=lambda r: r["track"]), **meta)
-        (self.out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-        (self.out / SUMMARY_MD).write_text(markdown_table(summary))
+        atomic_write_text(self.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.out / SUMMARY_MD, markdown_table(summary))
         return summary
 
 

@@ -186,3 +186,27 @@ def test_eval_says_clearly_that_ffmpeg_is_missing(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["eval", "--estimates", str(tmp_path), "--musdb", str(tmp_path)])
     assert result.exit_code == 1
     assert "needs ffmpeg" in result.output and "apt-get install -y ffmpeg" in result.output
+
+
+def test_damaged_eval_config_is_written_again_when_nothing_was_scored(tmp_path, monkeypatch):
+    """Issue 11: killed while writing eval_config.json (now written atomically), an older run
+    left it empty; the rerun writes it again instead of failing with a JSONDecodeError, unless
+    results exist that it can no longer vouch for."""
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One"])
+    estimates = tmp_path / "est"
+    for s in evaluate.STEMS:
+        (estimates / "A - One").mkdir(parents=True, exist_ok=True)
+        sf.write(estimates / "A - One" / f"{s}.wav", sf.read(musdb / "test" / "A - One" / f"{s}.wav")[0], SR)
+    v = {s: 1.0 for s in evaluate.STEMS}
+    monkeypatch.setattr(evaluate, "score_track", lambda name, r, e: {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}})
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / evaluate.CONFIG).write_text("")
+    args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(out), "--workers", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / evaluate.CONFIG).read_text())["subset"] == "test"
+    (out / evaluate.CONFIG).write_text('{"musdb": ')  # damaged, and results.jsonl holds a track
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "is damaged" in result.output and "JSONDecodeError" in result.output
+    assert not isinstance(result.exception, json.JSONDecodeError)
