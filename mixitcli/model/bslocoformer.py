@@ -285,8 +285,9 @@ class MaskDecoder(nn.Module):
         weight, bias = self.hidden_affine()
         hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2)))  # (k, b*l, 4d)
         pieces = []
-        for i, head in enumerate(self.heads):
-            y = F.glu(head.fc3(hidden[i]), dim=-1)  # (n, b*l, 2cw), rows (re/im, c, w)
+        # unbind, not hidden[i]: its backward is one stack instead of k zero-filled full-size gradients
+        for head, h in zip(self.heads, hidden.unbind(0)):
+            y = F.glu(head.fc3(h), dim=-1)  # (n, b*l, 2cw), rows (re/im, c, w)
             y = y.view(-1, b, l, 2, self.n_channels, head.width)  # (n, b, l, 2, c, w)
             pieces.append(y.permute(1, 0, 4, 2, 5, 3))  # (b, n, c, l, w, 2), a view
         y = torch.cat(pieces, dim=4).float()  # one copy: (b, n, c, l, f, 2)
