@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mixitcli.model.dropout import keep_mask
+
 CHUNK_ELEMENTS = 1 << 22
 """Attention scores per chunk (4 Mi floats = 16 MB): bounds the temporary memory."""
 
@@ -48,18 +50,10 @@ def _chunks(q: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def _keep(shape: torch.Size, p: float, seed: int, chunk: int, device: torch.device) -> torch.Tensor:
-    """The boolean keep mask of one chunk (True with probability 1 - p); the same every time.
-
-    Uniform 32-bit integers, two per 64-bit draw, are kept when at least the threshold that
-    drops round(p * 2^32) of the 2^32 values: p is exact to 2^-32.
-    """
+    """The boolean keep mask of one chunk (True with probability 1 - p); the same every time."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed + 7919 * chunk) % (2**63))
-    numel = shape.numel()
-    bits = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device)
-    bits.random_(-(2**63), None, generator=generator)  # the full 64-bit range
-    threshold = -(2**31) + round(p * 2**32)
-    return (bits.view(torch.int32)[:numel] >= threshold).view(shape)
+    return keep_mask(shape, p, device=device, generator=generator)
 
 
 def _probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mixitcli.model.attention import attention
 from mixitcli.model.config import ModelConfig, default_stems
+from mixitcli.model.dropout import Dropout
 
 
 class FrameGroupNorm(nn.Module):
@@ -78,7 +79,7 @@ class ConvSwiGLU(nn.Module):
         inner = self.pad if stride == 1 else 0
         self.conv = nn.Conv1d(d_model, 2 * hidden, kernel_size, stride=stride, padding=inner)
         self.deconv = nn.ConvTranspose1d(hidden, d_model, kernel_size, stride=stride, padding=inner)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, s, d) -> (N, s, d)."""
@@ -104,7 +105,7 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(d_model, 3 * attention_dim, bias=False)  # rows q | k | v
         self.out = nn.Linear(attention_dim, d_model, bias=False)
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, s, d) -> (N, s, d)."""
