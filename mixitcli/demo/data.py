@@ -1,7 +1,7 @@
 """The demo's datasets, written from synthetic songs: `mixit make-demo-data`.
 
 Issue 6 asks for a demo that runs every stage here, with no download. This module writes the
-two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitcli.demo_synth`:
+two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitcli.demo.synth`:
 
 - unlabeled music, FMA-like (``OUT/unlabeled/<3 digits>/<6 digits>.<ext>``): mixtures only,
   in FLAC, MP3, WAV and Ogg Vorbis, mostly 44.1 kHz with every fifth file at 48 kHz so that
@@ -30,7 +30,7 @@ import numpy as np
 from mixitcli import audio
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS
-from mixitcli.demo_synth import synthesize_song
+from mixitcli.demo.synth import synthesize_song
 
 UNLABELED_FORMATS = (".flac", ".mp3", ".wav", ".ogg")
 """Formats of the unlabeled songs, in turn (FMA itself is MP3)."""
