@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mixitcli import audio
 from mixitcli.cli import app
 from mixitcli.data import fma
-from mixitcli.data.musdb import SOURCES, STEMS, VALIDATION_TRACKS, scan_musdb, validate_musdb
+from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS, scan_musdb, validate_musdb
 from mixitcli.demo.data import (
     MARKER,
     DemoDataError,
@@ -23,6 +23,7 @@ from mixitcli.demo.data import (
     make_unlabeled,
 )
 from mixitcli.demo.synth import synthesize_song
+from mixitcli.stems import STEMS
 
 runner = CliRunner()
 SR = audio.SAMPLE_RATE

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixitcli.audio import SAMPLE_RATE
-from mixitcli.data.musdb import STEMS
+from mixitcli.stems import STEMS
 
 SECTION_STEMS = {
     "intro": ("other",),  # drums join with hi-hats only in some songs

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mixitcli.model.bslocoformer import BSLocoformer
-from mixitcli.model.config import PRESETS, STEMS, ModelConfig, default_stems
+from mixitcli.model.config import PRESETS, ModelConfig, default_stems
 from mixitcli.model.config import preset as preset_config
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
 
@@ -20,7 +20,6 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "PRESETS",
-    "STEMS",
     "build_model",
     "load_model",
     "model_from_dict",

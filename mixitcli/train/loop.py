@@ -26,8 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mixitcli.losses import finetune_loss, mixit_loss
-from mixitcli.model import STEMS, BSLocoformer, build_model, load_model, slice_outputs
+from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.stems import STEMS
 from mixitcli.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -247,7 +248,7 @@ def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro:
             sums[0] += compute_loss(core, core, batch, config).item() * len(batch)
             sums[1] += len(batch)
     else:
-        from mixitcli.evaluate import usdr
+        from mixitcli.metrics import usdr
         from mixitcli.separate import separate_array
 
         for i in mine:
