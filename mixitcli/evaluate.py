@@ -222,7 +222,7 @@ def evaluate_musdb(
     else:
         est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in STEMS} for t in todo}
         separate = _separator(model, device=device, bf16=bf16, batch_size=batch_size, console=console)
-    progress = _progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
+    progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) if workers > 0 else None
     pending: dict[Future, str] = {}
     try:
@@ -284,37 +284,25 @@ def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
 
 
 class _Progress:
-    """Progress display: tracks scored (and separated), the last track's scores."""
+    """The bars of `mixit eval` (:mod:`mixitcli.progress`): tracks separated (with a model) and
+    scored, with the last track's scores; nothing without a console."""
 
     def __init__(self, console, total: int, done: int, separating: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from mixitcli.progress import Progress
 
-        self.console = console
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
-        self.bar.start()
-        self.sep = self.bar.add_task("separated", total=total, completed=done, info="") if separating else None
-        self.score = self.bar.add_task("scored", total=total, completed=done, info="")
+        self.display = Progress(console, enabled=console is not None).start()
+        self.sep = self.display.bar("separated", total, done=done, unit="tracks") if separating else None
+        self.score = self.display.bar("scored", total, done=done, unit="tracks")
 
     def separating(self, name: str) -> None:
-        self.bar.update(self.sep, info=name[:40])
+        self.sep.update(info=name[:40])
 
     def separated(self) -> None:
-        self.bar.update(self.sep, advance=1, info="")
+        self.sep.advance(info="")
 
     def scored(self, record: dict) -> None:
         csdr = " ".join(f"{s[:1].upper()}{fmt(record['csdr'][s])}" for s in TABLE_STEMS)
-        self.bar.update(self.score, advance=1, info=f"{record['track'][:30]}: cSDR {csdr}")
+        self.score.advance(info=f"{record['track'][:30]}: cSDR {csdr}")
 
     def stop(self) -> None:
-        self.bar.stop()
-
-
-class _NoProgress:
-    def separating(self, name: str) -> None: ...
-    def separated(self) -> None: ...
-    def scored(self, record: dict) -> None: ...
-    def stop(self) -> None: ...
-
-
-def _progress(console, total: int, done: int, separating: bool):
-    return _Progress(console, total, done, separating) if console is not None else _NoProgress()
+        self.display.stop()

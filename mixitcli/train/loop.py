@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from mixitcli.losses import finetune_loss, mixit_loss
 from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.progress import Progress
 from mixitcli.stems import STEMS
 from mixitcli.train.checkpoint import (
     CheckpointError,
@@ -313,19 +314,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def _progress(console, total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:>8.3f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:6.1f} ex/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    task = progress.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, speed=0.0)
-    return progress, task
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -407,11 +395,12 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     per_rank = micro * config.grad_accum
     sampler = IndexSampler(len(train_set), seed=config.seed, epoch=epoch, rank=rt.rank, world_size=rt.world)
     total = config.total_steps
-    progress, task = _progress(console, total, step) if rt.main else (None, None)
+    progress = Progress(console, enabled=rt.main)
+    bar = progress.bar("train", total, done=step, unit="steps")
     started, last_log = time.time(), (time.time(), step)
     summary = {"stage": config.stage, "run": str(run), "start_step": step}
     try:
-        with progress or contextlib.nullcontext():
+        with progress:
             while step < total:
                 sampler.set_epoch(epoch, start=epoch_step * per_rank)
                 loader = DataLoader(
@@ -451,10 +440,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                             if spread != 0.0:
                                 raise TrainingError(f"ranks out of sync at step {step} (weight sums differ by {spread})")
                         log.write(record)
-                        if progress:
-                            progress.update(task, completed=step, loss=float(loss), lr=stats["lr"], speed=speed)
-                    elif progress:
-                        progress.update(task, completed=step)
+                        bar.update(done=step, info=f"loss {float(loss):.3f}  lr {stats['lr']:.2e}  {speed:.1f} ex/s")
+                    else:
+                        bar.update(done=step)
                     if config.save_every_steps and step % config.save_every_steps == 0 and epoch_step < config.steps_per_epoch:
                         save()  # within long epochs; step-based, so every rank agrees
                 finished_epoch = epoch_step == config.steps_per_epoch
@@ -465,7 +453,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                     log.write({"step": step, "epoch": epoch, **metrics})
                     if rt.main:
                         shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
-                        (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
+                        progress.print(f"epoch {epoch} step {step}: {shown}")
                     save(metrics["loss/valid"])
                     summary.update(metrics)
                 else:
