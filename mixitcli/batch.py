@@ -185,51 +185,47 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """Two progress bars on the console: all files, and the current file with its real-time factor."""
+    """Two progress bars (:mod:`mixitcli.progress`): all files, and the current file with its real-time factor."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+        from mixitcli.progress import Progress
 
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
-        )
+        self.progress = Progress(console)
 
     def start(self, n_files: int, device: str, dtype: str) -> None:
         self.progress.start()
-        self.overall = self.progress.add_task("[bold]files", total=n_files, info=f"{device}, {dtype}")
+        self.overall = self.progress.bar("separating", n_files, unit="files", info=f"{device}, {dtype}")
         self.current = None
-        self.started = time.perf_counter()
 
     def file_started(self, job: Job, seconds: float) -> None:
         self.file_t0 = time.perf_counter()
-        self.current = self.progress.add_task(job.input.name[:40], total=max(1, round(seconds)), info="")
+        self.current = self.progress.bar(job.input.name[:40], max(1, round(seconds)), unit="s")
 
     def file_progress(self, seconds_done: float) -> None:
         wall = time.perf_counter() - self.file_t0
         rtf = f"RTF {wall / seconds_done:.2f}" if seconds_done > 0 else ""
-        self.progress.update(self.current, completed=round(seconds_done), info=rtf)
+        self.current.update(done=round(seconds_done), info=rtf)
 
     def _end_file(self) -> None:
         if self.current is not None:
-            self.progress.remove_task(self.current)
+            self.current.remove()
             self.current = None
-        self.progress.advance(self.overall)
+        self.overall.advance()
 
     def file_done(self, job: Job, result: FileResult) -> None:
         self._end_file()
-        self.console.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})", highlight=False)
+        self.progress.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})")
         for note in result.warnings():
-            self.console.print(f"[yellow]warning:[/] {note}", highlight=False)
+            self.progress.print(f"[yellow]warning:[/] {note}")
 
     def file_skipped(self, job: Job) -> None:
         self._end_file()
-        self.console.print(f"[dim]skipped[/] {job.input} (outputs exist)", highlight=False)
+        self.progress.print(f"[dim]skipped[/] {job.input} (outputs exist)")
 
     def file_failed(self, job: Job, message: str) -> None:
         self._end_file()
-        self.console.print(f"[bold red]failed[/] {job.input}: {message}", highlight=False)
+        self.progress.print(f"[bold red]failed[/] {job.input}: {message}")
 
     def stop(self) -> None:
         self.progress.stop()

@@ -187,7 +187,7 @@ def make_demo_data(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/unlabeled and OUT/musdb left by an earlier make-demo-data run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
-    from mixitcli.demo_data import DemoDataError, describe, make_demo_data as run
+    from mixitcli.demo.data import DemoDataError, describe, make_demo_data as run
 
     try:
         summary = run(out, songs=songs, musdb_train=musdb_train, musdb_test=musdb_test, musdb_valid=musdb_valid,

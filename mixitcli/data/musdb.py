@@ -39,11 +39,11 @@ from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data import manifest as mf
 from mixitcli.data.errors import DataError, LayoutError, PreparedDataError
 from mixitcli.data.parallel import Task, run_parallel
+from mixitcli.stems import STEMS
 from mixitcli.storage import check_writable, remove_stale_temporaries
 
-SOURCES = ("mixture", "vocals", "drums", "bass", "other")
-STEMS = ("bass", "drums", "vocals", "other")
-"""The stem order of the official fine-tuned models (docs/method.md §8); the default everywhere."""
+SOURCES = ("mixture", *STEMS)
+"""The five WAV files of a track: the mixture and the stems (in the model order, :mod:`mixitcli.stems`)."""
 
 SUBSETS = ("train", "valid", "test")
 

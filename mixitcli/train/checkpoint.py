@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from mixitcli import __version__
-from mixitcli.model import BSLocoformer, ModelLoadError, model_from_dict
+from mixitcli.model.bslocoformer import BSLocoformer
+from mixitcli.model.serialize import ModelLoadError, model_from_dict, model_to_dict
 from mixitcli.storage import (  # atomic_write_text: config.yaml, best.json
     SPACE_ERRORS,
     StorageError,
@@ -205,8 +206,6 @@ def training_state(
     config: dict,
     counters: dict,
 ) -> dict:
-    from mixitcli.model import model_to_dict
-
     return {
         "format": FORMAT,
         "version": __version__,

@@ -26,8 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mixitcli.losses import finetune_loss, mixit_loss
-from mixitcli.model import STEMS, BSLocoformer, build_model, load_model, slice_outputs
+from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.progress import Progress
+from mixitcli.stems import STEMS
 from mixitcli.storage import check_writable, naming, remove_stale_temporaries
 from mixitcli.train.checkpoint import (
     CheckpointError,
@@ -301,7 +303,7 @@ def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro:
             sums[0] += compute_loss(core, core, batch, config).item() * len(batch)
             sums[1] += len(batch)
     else:
-        from mixitcli.evaluate import usdr
+        from mixitcli.metrics import usdr
         from mixitcli.separate import separate_array
 
         for i in mine:
@@ -364,19 +366,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _progress(console, total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:>8.3f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:6.1f} ex/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    task = progress.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, speed=0.0)
-    return progress, task
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -467,7 +456,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         log.write({"step": step, "epoch": epoch, **metrics})
         if rt.main:
             shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
-            (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
+            progress.print(f"epoch {epoch} step {step}: {shown}")
         save(metrics["loss/valid"])
         validating = False
         summary.update(metrics)
@@ -477,12 +466,13 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     per_rank = micro * config.grad_accum
     sampler = IndexSampler(len(train_set), seed=config.seed, epoch=epoch, rank=rt.rank, world_size=rt.world)
     total = config.total_steps
-    progress, task = _progress(console, total, step) if rt.main else (None, None)
+    progress = Progress(console, enabled=rt.main)
+    bar = progress.bar("train", total, done=step, unit="steps")
     started, last_log = time.time(), (time.time(), step)
     summary = {"stage": config.stage, "run": str(run), "start_step": step}
     validating = False
     try:
-        with progress or contextlib.nullcontext():
+        with progress:
             if ckpt is not None and ckpt.get("pending_validation"):
                 validate_and_save()  # the one an interruption cut short, as the uninterrupted run made it
             while step < total:
@@ -524,10 +514,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                             if spread != 0.0:
                                 raise TrainingError(f"ranks out of sync at step {step} (weight sums differ by {spread})")
                         log.write(record)
-                        if progress:
-                            progress.update(task, completed=step, loss=float(loss), lr=stats["lr"], speed=speed)
-                    elif progress:
-                        progress.update(task, completed=step)
+                        bar.update(done=step, info=f"loss {float(loss):.3f}  lr {stats['lr']:.2e}  {speed:.1f} ex/s")
+                    else:
+                        bar.update(done=step)
                     if (config.save_every_steps and step % config.save_every_steps == 0
                             and epoch_step < config.steps_per_epoch and step < total):
                         # within long epochs; step-based, so every rank agrees. Never at the last
