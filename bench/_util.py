@@ -30,9 +30,12 @@ class Timer:
         self.cpu = time.process_time() - self.cpu0
 
 
-def run_isolated(script: str, args: list[str]) -> dict:
-    """Run ``script --one ARGS`` in a fresh interpreter (clean peak memory); return its JSON line."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+def run_isolated(script: str, args: list[str], *, pythonpath: str | None = None) -> dict:
+    """Run ``script --one ARGS`` in a fresh interpreter (clean peak memory); return its JSON line.
+
+    ``pythonpath`` is the checkout whose ``mixitcli`` it imports (default: the current folder).
+    """
+    env = dict(os.environ, PYTHONPATH=pythonpath or os.getcwd())
     proc = subprocess.run([sys.executable, script, "--one", *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}

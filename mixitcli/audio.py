@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from mixitcli.storage import WriteError, diagnose_write_failure
+
 SAMPLE_RATE = 44100
 """The model's sample rate (docs/method.md §2): everything is resampled to it."""
 
@@ -239,6 +241,7 @@ class BlockWriter:
 
     Raises:
         AudioError: unsupported suffix or bit depth, or the file cannot be created.
+        WriteError: (an OSError) the folder is full, read-only or not writable; from any method.
     """
 
     def __init__(self, path: str | Path, sample_rate: int, channels: int, *, bits: str = "24", limit: int | None = None):
@@ -250,12 +253,15 @@ class BlockWriter:
         self.clip = subtype != "FLOAT"
         self.limit = limit
         self.frames = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(e.errno, e.strerror or str(e), e.filename or str(self.path.parent)) from e
         try:
             self._file = sf.SoundFile(str(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype)
         except Exception as e:
-            raise AudioError(f"{self.path}: cannot create ({e})") from e
+            raise diagnose_write_failure(self.tmp) or AudioError(f"{self.path}: cannot create ({e})") from e
 
     def write(self, block: np.ndarray) -> None:
         """Append a (c, t) block."""
@@ -268,7 +274,10 @@ class BlockWriter:
         data = np.ascontiguousarray(block.T, dtype=np.float32)  # (c, t) -> (t, c)
         if self.clip:
             data = np.clip(data, -1.0, 1.0)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except Exception as e:  # libsndfile says "System error" for a full disk
+            raise diagnose_write_failure(self.tmp, data.nbytes) or AudioError(f"{self.path}: cannot write ({e})") from e
         self.frames += block.shape[1]
 
     def close(self) -> None:
@@ -277,8 +286,12 @@ class BlockWriter:
             return
         if self.limit is not None and self.frames < self.limit:
             self.write(np.zeros((self.channels, self.limit - self.frames), dtype=np.float32))
-        self._file.close()
-        self.tmp.replace(self.path)
+        try:
+            self._file.close()
+            self.tmp.replace(self.path)
+        except Exception as e:
+            self.tmp.unlink(missing_ok=True)
+            raise diagnose_write_failure(self.tmp) or AudioError(f"{self.path}: cannot finish ({e})") from e
 
     def abort(self) -> None:
         """Stop and delete the temporary file; ``path`` is left untouched."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mixitcli import audio
+from mixitcli.storage import StorageError, WriteError, describe_os_error
 from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
@@ -57,7 +58,9 @@ def _is_audio(path: Path) -> bool:
 
 def find_inputs(inputs: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
     """The audio files named by ``inputs``: files as given, folders walked recursively
-    (hidden files and anything under ``exclude``, the output folder, left out).
+    (hidden files and anything under ``exclude``, the output folder, left out -- unless the
+    output folder is the walked folder itself or holds it: then nothing is left out here, and
+    :func:`separate_many` drops the files that are its own outputs).
 
     Returns:
         (file, folder it was found in, or None for a file given directly), in order, no repeats.
@@ -73,7 +76,7 @@ def find_inputs(inputs: Sequence[str | Path], *, exclude: Path | None = None) ->
             found.append((given, None))
         elif given.is_dir():
             files = sorted(p for p in given.rglob("*") if p.is_file() and _is_audio(p))
-            if exclude is not None:
+            if exclude is not None and not given.resolve().is_relative_to(exclude):
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             if not files:
                 problems.append(f"{given}: no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}) in this folder")
@@ -106,6 +109,22 @@ def check_template(template: str) -> None:
         raise PlanError(f"--filename {template!r}:", problems)
 
 
+def output_path(path: Path, root: Path | None, out_dir: Path, *, stem: str, template: str, ext: str) -> Path:
+    """Where ``stem`` of the input ``path`` (found in folder ``root``, or given directly) goes."""
+    folder = path.parent.relative_to(root).as_posix() if root is not None else ""
+    name = template.format(track=path.stem, stem=stem, ext=ext, folder=folder, parent=path.parent.name)
+    return Path(os.path.normpath(Path(out_dir) / name.lstrip("/")))  # an empty {folder} leaves a leading "/"
+
+
+def without_own_outputs(
+    found: Sequence[tuple[Path, Path | None]], out_dir: str | Path, *, stems: Sequence[str], template: str, ext: str
+) -> list[tuple[Path, Path | None]]:
+    """Drop the walked files that this command writes itself (stems of an earlier run, when
+    --out is an input folder: `mixit separate DIR --out DIR`). Files given directly stay."""
+    outputs = {output_path(p, r, Path(out_dir), stem=s, template=template, ext=ext).resolve() for p, r in found for s in stems}
+    return [(p, r) for p, r in found if r is None or p.resolve() not in outputs]
+
+
 def plan(
     inputs: Sequence[tuple[Path, Path | None]],
     out_dir: str | Path,
@@ -132,11 +151,9 @@ def plan(
     jobs, owner, problems = [], {}, []
     input_paths = {p.resolve() for p, _ in inputs}
     for path, root in inputs:
-        folder = path.parent.relative_to(root).as_posix() if root is not None else ""
         outputs = {}
         for stem in stems:
-            name = template.format(track=path.stem, stem=stem, ext=ext, folder=folder, parent=path.parent.name)
-            out = Path(os.path.normpath(out_dir / name.lstrip("/")))  # an empty {folder} leaves a leading "/"
+            out = output_path(path, root, out_dir, stem=stem, template=template, ext=ext)
             key = out.resolve()
             if not key.is_relative_to(out_dir.resolve()):
                 problems.append(f"{out}: outside --out {out_dir}")
@@ -168,51 +185,47 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """Two progress bars on the console: all files, and the current file with its real-time factor."""
+    """Two progress bars (:mod:`mixitcli.progress`): all files, and the current file with its real-time factor."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+        from mixitcli.progress import Progress
 
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
-        )
+        self.progress = Progress(console)
 
     def start(self, n_files: int, device: str, dtype: str) -> None:
         self.progress.start()
-        self.overall = self.progress.add_task("[bold]files", total=n_files, info=f"{device}, {dtype}")
+        self.overall = self.progress.bar("separating", n_files, unit="files", info=f"{device}, {dtype}")
         self.current = None
-        self.started = time.perf_counter()
 
     def file_started(self, job: Job, seconds: float) -> None:
         self.file_t0 = time.perf_counter()
-        self.current = self.progress.add_task(job.input.name[:40], total=max(1, round(seconds)), info="")
+        self.current = self.progress.bar(job.input.name[:40], max(1, round(seconds)), unit="s")
 
     def file_progress(self, seconds_done: float) -> None:
         wall = time.perf_counter() - self.file_t0
         rtf = f"RTF {wall / seconds_done:.2f}" if seconds_done > 0 else ""
-        self.progress.update(self.current, completed=round(seconds_done), info=rtf)
+        self.current.update(done=round(seconds_done), info=rtf)
 
     def _end_file(self) -> None:
         if self.current is not None:
-            self.progress.remove_task(self.current)
+            self.current.remove()
             self.current = None
-        self.progress.advance(self.overall)
+        self.overall.advance()
 
     def file_done(self, job: Job, result: FileResult) -> None:
         self._end_file()
-        self.console.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})", highlight=False)
+        self.progress.print(f"[green]done[/] {job.input} ({result.seconds:.0f} s of audio, RTF {result.rtf:.2f})")
         for note in result.warnings():
-            self.console.print(f"[yellow]warning:[/] {note}", highlight=False)
+            self.progress.print(f"[yellow]warning:[/] {note}")
 
     def file_skipped(self, job: Job) -> None:
         self._end_file()
-        self.console.print(f"[dim]skipped[/] {job.input} (outputs exist)", highlight=False)
+        self.progress.print(f"[dim]skipped[/] {job.input} (outputs exist)")
 
     def file_failed(self, job: Job, message: str) -> None:
         self._end_file()
-        self.console.print(f"[bold red]failed[/] {job.input}: {message}", highlight=False)
+        self.progress.print(f"[bold red]failed[/] {job.input}: {message}")
 
     def stop(self) -> None:
         self.progress.stop()
@@ -266,6 +279,11 @@ def run_jobs(
                     model, job.input, job.outputs, options=options, device=device, bf16=bf16,
                     sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
                 )
+            except WriteError as e:  # the machine's problem: every other file would fail too
+                raise StorageError(
+                    f"{describe_os_error(e)}\nStopped after {len(summary.done)} separated file(s); "
+                    "run the same command with --skip-existing to separate the rest."
+                ) from e
             except (audio.AudioError, SeparationError, RuntimeError, ValueError, OSError) as e:
                 message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 message = message.removeprefix(f"{job.input}: ")  # the reporter names the file
@@ -326,6 +344,9 @@ def separate_many(
     unknown = [s for s in stems if s not in net.stems]
     if unknown:
         raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
+    found = without_own_outputs(found, out_dir, stems=stems, template=template, ext=ext)
+    if not found:
+        raise PlanError("cannot read the inputs:", [f"{', '.join(map(str, inputs))}: only this command's own outputs, no songs"])
     jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
     reporter = RichReporter(console) if console is not None else None
     return run_jobs(

@@ -29,15 +29,29 @@ COMMAND_ORDER = (
 here, where it belongs in the pipeline; a command not listed comes last."""
 
 
-class _PipelineOrder(TyperGroup):
+class _Commands(TyperGroup):
+    """The app's command group. `mixit --help` lists the commands in :data:`COMMAND_ORDER`; in
+    every command, an OS error (full disk, read-only or unwritable folder, I/O error) or a
+    StorageError becomes one clear message and exit code 1, never a traceback (issue 11)."""
+
     def list_commands(self, ctx) -> list[str]:
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
+    def invoke(self, ctx):
+        from mixitcli.storage import StorageError, describe_os_error
+
+        try:
+            return super().invoke(ctx)
+        except StorageError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(describe_os_error(e))
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="mixit",
-    cls=_PipelineOrder,
     help=(
         "Music source separation with MixIT pre-training (Saijo & Bando, WASPAA 2025).\n\n"
         "Pipeline: prepare-fma / prepare-musdb -> pretrain -> select-channels -> "
@@ -173,7 +187,7 @@ def make_demo_data(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/unlabeled and OUT/musdb left by an earlier make-demo-data run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
-    from mixitcli.demo_data import DemoDataError, describe, make_demo_data as run
+    from mixitcli.demo.data import DemoDataError, describe, make_demo_data as run
 
     try:
         summary = run(out, songs=songs, musdb_train=musdb_train, musdb_test=musdb_test, musdb_valid=musdb_valid,
@@ -279,6 +293,7 @@ def select_channels(
     from mixitcli.train.checkpoint import CheckpointError
     from mixitcli.data import DataError
     from mixitcli.devices import DeviceError, pick_device
+    from mixitcli.storage import atomic_write_text
 
     try:
         from mixitcli.data.samplers import MusdbValidation
@@ -291,8 +306,7 @@ def select_channels(
     except (ModelLoadError, CheckpointError, SelectionError, DeviceError, DataError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(selection.to_json())
+    atomic_write_text(out, selection.to_json())
     plot_counts(selection, out.with_suffix(".png"))
     for note in selection.conflicts + selection.warnings:
         console.print(f"[yellow]warning:[/] {note}", highlight=False)

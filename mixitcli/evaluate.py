@@ -1,58 +1,34 @@
-"""Scores on MUSDB18-HQ: cSDR (museval BSSEval v4) and uSDR (two named variants), per track
-and per stem, resumable and in parallel processes (docs/method.md §7).
+"""`mixit eval`: scores on MUSDB18-HQ per track and per stem, resumable and in parallel
+processes (docs/method.md §7).
 
-Metrics, for one track, references s and estimates ŝ shaped (n, c, t):
-
-- cSDR: ``museval.evaluate`` on all stems at once, 1 s windows and hops; per stem the median
-  over windows, NaN windows ignored. Over tracks: the median, NaN ignored.
-- uSDR "paper": per channel ``10·log10((Σs² + 1e-8) / (Σ(s − ŝ)² + 1e-8))``, mean over
-  channels (the authors' ``snr`` in evaluate_sdr.py). Over tracks: the mean.
-- uSDR "mdx21": ``10·log10((Σs² + 1e-7) / (Σ(s − ŝ)² + 1e-7))`` with sums over both
-  channels (Music Demixing Challenge 2021). Over tracks: the mean.
-- "Average" is the mean of the four stem values (the paper's Table 1).
-
-Silent signals (README, "Evaluation: silent stems"): museval refuses a stem whose reference
-or estimate is silent over the whole track. BSSEval v4's SDR of a window is
-``10·log10(‖s‖² / ‖ŝ − s‖²)`` (its spatial, interference and artifact terms add up to
-ŝ − s), so it depends on that stem's own estimate and reference only, and an all-zero
-estimate scores exactly 0 dB. Hence: a silent estimate gets cSDR = 0 dB (uSDR is then 0 dB
-by its formula), and museval scores the other stems with the silent estimate replaced by
-its reference, which changes none of their values; a silent reference makes the stem's SDR
-undefined, so both metrics are NaN, left out of the aggregates, and museval scores the other
-stems without it. Every such case is flagged in the record and counted in the summary.
+The metrics themselves are :mod:`mixitcli.metrics`; the summary over tracks and its tables are
+:mod:`mixitcli.report`. This module holds the runner (separate with a model or read existing
+estimates, score tracks in worker processes, show progress) and the results folder it fills.
+Records and the CSV list stems in the paper's table order (:data:`mixitcli.report.TABLE_STEMS`).
 
 Non-finite samples (NaN, infinity) in a reference, an estimate or a mixture to separate are
 replaced by 0 as they are read (:func:`mixitcli.audio.read_blocks`); each file that had any is
 named with its count in the record's ``nonfinite``, in the summary and in a warning.
-
-Only ``museval.evaluate`` (numpy/scipy) is used; museval's pandas-based stores are not, so
-any pandas version museval imports with is fine (tested with pandas 3.1).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from mixitcli.audio import require_ffmpeg
+from mixitcli.metrics import METRICS, MUSEVAL_NEEDS, score_arrays
+from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, fmt, markdown_table, print_table, summarise
+from mixitcli.stems import STEMS
+from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
 
-MUSEVAL_NEEDS = "cSDR scoring (museval imports stempeg, which refuses to load without ffmpeg and ffprobe)"
-STEMS = ("vocals", "bass", "drums", "other")
-"""Table order (the paper's Table 1); models output bass, drums, vocals, other."""
-METRICS = {
-    "csdr": "cSDR (museval v4, median)",
-    "usdr": "uSDR (paper: per-channel, mean)",
-    "usdr_mdx": "uSDR (MDX21: both channels, mean)",
-}
-WINDOW = HOP = 44100  # museval's 1 s windows and hops at 44.1 kHz
-RECORDS, RECORDS_CSV, SUMMARY_JSON, SUMMARY_MD, CONFIG = "results.jsonl", "results.csv", "summary.json", "summary.md", "eval_config.json"
+RECORDS, RECORDS_CSV, CONFIG = "results.jsonl", "results.csv", "eval_config.json"
 ESTIMATES = "estimates"
 
 
@@ -60,100 +36,7 @@ class EvalError(Exception):
     """Evaluation cannot start or go on; the message says what is missing or inconsistent."""
 
 
-# -- metrics -------------------------------------------------------------------------------
-
-
-def is_silent(x: np.ndarray) -> bool:
-    """museval's test, on (c, t): the sum over channels is zero at every sample."""
-    return bool(np.all(x.sum(axis=0) == 0))
-
-
-def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """The paper's uSDR of one stem, (c, t) arrays: per-channel SNR (1e-8 inside each log), mean over channels."""
-    s, e = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
-    num = np.sum(s**2, axis=-1) + 1e-8
-    den = np.sum((s - e) ** 2, axis=-1) + 1e-8
-    return float(np.mean(10 * np.log10(num) - 10 * np.log10(den)))
-
-
-def usdr_mdx(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """The MDX21 SDR of one stem, (c, t) arrays: sums over both channels, 1e-7 added above and below."""
-    s, e = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
-    return float(10 * np.log10((np.sum(s**2) + 1e-7) / (np.sum((s - e) ** 2) + 1e-7)))
-
-
-def csdr(references: np.ndarray, estimates: np.ndarray, *, window: int = WINDOW, hop: int = HOP) -> tuple[np.ndarray, list[str | None]]:
-    """cSDR of every stem of one track through museval (BSSEval v4), silent stems handled.
-
-    Args:
-        references, estimates: (n, c, t); estimates are zero-padded or cut to the references'
-            length (as museval does).
-        window, hop: museval's window and hop in samples.
-
-    Returns:
-        (values (n,), flags): the median over windows per stem (NaN: undefined), and per stem
-        None or the reason its value is not museval's own ("silent estimate", "silent
-        reference", "no scorable window").
-    """
-    require_ffmpeg(MUSEVAL_NEEDS)
-    import museval
-
-    refs, ests = _align(references, estimates)
-    n = refs.shape[0]
-    values = np.full(n, np.nan)
-    flags: list[str | None] = [None] * n
-    kept = []
-    for i in range(n):
-        if is_silent(refs[i]):
-            flags[i] = "silent reference"
-        else:
-            kept.append(i)
-            if is_silent(ests[i]):
-                flags[i] = "silent estimate"
-                values[i] = 0.0
-                ests[i] = refs[i]  # stand-in: changes no other stem's SDR
-    if any(flags[i] is None for i in kept):
-        sdr = museval.evaluate(refs[kept].transpose(0, 2, 1), ests[kept].transpose(0, 2, 1), win=window, hop=hop)[0]  # (k, windows)
-        for k, i in enumerate(kept):
-            if flags[i] is not None:
-                continue
-            if np.all(np.isnan(sdr[k])):
-                flags[i] = "no scorable window"
-            else:
-                values[i] = float(np.nanmedian(sdr[k]))
-    return values, flags
-
-
-def _align(references: np.ndarray, estimates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    refs = np.array(references, dtype=np.float64)
-    ests = np.array(estimates, dtype=np.float64)
-    if refs.ndim != 3 or ests.shape[:2] != refs.shape[:2]:
-        raise ValueError(f"expected references and estimates shaped (stems, channels, samples) with equal stems and channels, got {refs.shape} and {ests.shape}")
-    t = refs.shape[-1]
-    if ests.shape[-1] >= t:
-        ests = ests[..., :t].copy()
-    else:
-        ests = np.pad(ests, ((0, 0), (0, 0), (0, t - ests.shape[-1])))
-    return refs, ests
-
-
-def score_arrays(references: np.ndarray, estimates: np.ndarray, stems: Sequence[str] = STEMS) -> dict:
-    """All metrics of one track, (n, c, t) arrays in the order of ``stems``: a record without the track name."""
-    refs, ests = _align(references, estimates)
-    c_values, flags = csdr(refs, ests)
-    record = {"csdr": {}, "usdr": {}, "usdr_mdx": {}, "flags": {}}
-    for i, stem in enumerate(stems):
-        undefined = flags[i] == "silent reference"
-        record["csdr"][stem] = _json_float(c_values[i])
-        record["usdr"][stem] = None if undefined else usdr(refs[i], ests[i])
-        record["usdr_mdx"][stem] = None if undefined else usdr_mdx(refs[i], ests[i])
-        if flags[i]:
-            record["flags"][stem] = flags[i]
-    return record
-
-
-def _json_float(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+# -- one track's files ---------------------------------------------------------------------
 
 
 def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[str, Path]) -> dict:
@@ -165,7 +48,7 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
     started = time.perf_counter()
     refs, ests, rate = [], [], None
     nonfinite: dict[str, int] = {}
-    for stem in STEMS:
+    for stem in TABLE_STEMS:
         pair = []
         for path in (references[stem], estimates[stem]):
             data, sr = _read_finite(Path(path), nonfinite)  # (c, t)
@@ -180,7 +63,7 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
     t = refs[0].shape[1]
     ests = [np.pad(e, ((0, 0), (0, t - e.shape[1]))) for e in ests]
     record = {"track": name, "seconds": round(t / rate, 2)}
-    record.update(score_arrays(np.stack(refs), np.stack(ests)))
+    record.update(score_arrays(np.stack(refs), np.stack(ests), stems=TABLE_STEMS))
     if nonfinite:
         record["nonfinite"] = nonfinite
     record["eval_s"] = round(time.perf_counter() - started, 1)
@@ -205,62 +88,6 @@ def _read_finite(path: Path, nonfinite: dict[str, int]) -> tuple[np.ndarray, int
     return np.concatenate(blocks, axis=1).astype(np.float64), meta.sample_rate
 
 
-# -- aggregation and tables ----------------------------------------------------------------
-
-
-def summarise(records: Iterable[dict], **meta) -> dict:
-    """Per stem: median cSDR and mean uSDRs over tracks (NaN/None left out); Average over stems."""
-    records = list(records)
-    summary = dict(meta)
-    summary["tracks"] = len(records)
-    for metric in METRICS:
-        per_stem = {}
-        for stem in STEMS:
-            values = np.array([r[metric][stem] for r in records if r[metric].get(stem) is not None], dtype=np.float64)
-            if values.size == 0:
-                per_stem[stem] = None
-            else:
-                per_stem[stem] = float(np.median(values) if metric == "csdr" else np.mean(values))
-        done = [v for v in per_stem.values() if v is not None]
-        per_stem["average"] = float(np.mean(done)) if len(done) == len(STEMS) else None
-        summary[metric] = per_stem
-    summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
-    summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
-    return summary
-
-
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f}"
-
-
-def markdown_table(summary: dict) -> str:
-    """The paper's Table 1 layout for one model: rows are metrics, columns the stems and Average."""
-    cols = list(STEMS) + ["average"]
-    lines = ["| metric | " + " | ".join(c.capitalize() for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for metric, label in METRICS.items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(summary[metric][c]) for c in cols) + " |")
-    note = f"\n{summary['tracks']} tracks"
-    if summary.get("flagged"):
-        note += f"; {len(summary['flagged'])} stem(s) flagged (silent), see summary.json"
-    return "\n".join(lines) + note + "\n"
-
-
-def print_table(summary: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{summary.get('model') or summary.get('estimates')} on MUSDB18-HQ {summary.get('subset', '')} ({summary['tracks']} tracks)")
-    table.add_column("metric")
-    for c in list(STEMS) + ["average"]:
-        table.add_column(c.capitalize(), justify="right")
-    for metric, label in METRICS.items():
-        table.add_row(label, *(_fmt(summary[metric][c]) for c in list(STEMS) + ["average"]))
-    console.print(table)
-    if summary.get("flagged"):
-        console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
-    if summary.get("nonfinite"):
-        console.print(f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)")
-
-
 # -- results folder ------------------------------------------------------------------------
 
 
@@ -271,16 +98,33 @@ class ResultsFolder:
     def __init__(self, out: Path, config: dict):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)
         cfg_path = self.out / CONFIG
-        if cfg_path.is_file():
-            old = json.loads(cfg_path.read_text())
+        old = self._read_config(cfg_path)
+        if old is not None:
             if old != config:
                 changed = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k))
                 raise EvalError(f"{self.out} holds results of another evaluation ({changed}); use another --out or delete it")
         else:
-            cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+            atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
         self.records = self._load()
         self._rewrite_csv()
+
+    def _read_config(self, path: Path) -> dict | None:
+        """The saved eval_config.json; None when there is none, or when it is damaged (an
+        older version killed while writing it) before any result was written."""
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            results = self.out / RECORDS
+            if results.is_file() and results.stat().st_size > 0:
+                raise EvalError(
+                    f"{path} is damaged ({e.__class__.__name__}) and {results} holds results: delete {path} if those "
+                    "results come from this same evaluation, or use another --out"
+                ) from e
+            return None  # nothing was evaluated under it: write it again
 
     def _load(self) -> list[dict]:
         path = self.out / RECORDS
@@ -291,7 +135,7 @@ class ResultsFolder:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:  # a line cut by an interruption: that track is redone
                     continue
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         return records
 
     def done(self) -> set[str]:
@@ -300,30 +144,30 @@ class ResultsFolder:
     def _row(self, r: dict) -> list:
         row = [r["track"], r.get("seconds")]
         for metric in METRICS:
-            row += [r[metric].get(s) for s in STEMS]
+            row += [r[metric].get(s) for s in TABLE_STEMS]
         return row + ["; ".join(f"{s}: {f}" for s, f in r.get("flags", {}).items())]
 
     def _rewrite_csv(self) -> None:
         with open(self.out / RECORDS_CSV, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["track", "seconds"] + [f"{m}_{s}" for m in METRICS for s in STEMS] + ["flags"])
+            writer.writerow(["track", "seconds"] + [f"{m}_{s}" for m in METRICS for s in TABLE_STEMS] + ["flags"])
             writer.writerows(self._row(r) for r in self.records)
 
     def add(self, record: dict) -> None:
         import os
 
-        with open(self.out / RECORDS, "a") as f:
+        with naming(self.out / RECORDS), open(self.out / RECORDS, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        with open(self.out / RECORDS_CSV, "a", newline="") as f:
+        with naming(self.out / RECORDS_CSV), open(self.out / RECORDS_CSV, "a", newline="") as f:
             csv.writer(f).writerow(self._row(record))
         self.records.append(record)
 
     def finish(self, **meta) -> dict:
         summary = summarise(sorted(self.records, key=lambda r: r["track"]), **meta)
-        (self.out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-        (self.out / SUMMARY_MD).write_text(markdown_table(summary))
+        atomic_write_text(self.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.out / SUMMARY_MD, markdown_table(summary))
         return summary
 
 
@@ -416,7 +260,7 @@ def evaluate_musdb(
     else:
         est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in STEMS} for t in todo}
         separate = _separator(model, device=device, bf16=bf16, batch_size=batch_size, console=console)
-    progress = _progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
+    progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) if workers > 0 else None
     pending: dict[Future, str] = {}
     try:
@@ -484,41 +328,28 @@ def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
 
 
 class _Progress:
-    """Progress display: tracks scored (and separated), the last track's scores."""
+    """The bars of `mixit eval` (:mod:`mixitcli.progress`): tracks separated (with a model) and
+    scored, with the last track's scores; nothing without a console."""
 
     def __init__(self, console, total: int, done: int, separating: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from mixitcli.progress import Progress
 
-        self.console = console
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
-        self.bar.start()
-        self.sep = self.bar.add_task("separated", total=total, completed=done, info="") if separating else None
-        self.score = self.bar.add_task("scored", total=total, completed=done, info="")
+        self.display = Progress(console, enabled=console is not None).start()
+        self.sep = self.display.bar("separated", total, done=done, unit="tracks") if separating else None
+        self.score = self.display.bar("scored", total, done=done, unit="tracks")
 
     def separating(self, name: str) -> None:
-        self.bar.update(self.sep, info=name[:40])
+        self.sep.update(info=name[:40])
 
     def separated(self) -> None:
-        self.bar.update(self.sep, advance=1, info="")
+        self.sep.advance(info="")
 
     def scored(self, record: dict) -> None:
-        csdr = " ".join(f"{s[:1].upper()}{_fmt(record['csdr'][s])}" for s in STEMS)
-        self.bar.update(self.score, advance=1, info=f"{record['track'][:30]}: cSDR {csdr}")
+        csdr = " ".join(f"{s[:1].upper()}{fmt(record['csdr'][s])}" for s in TABLE_STEMS)
+        self.score.advance(info=f"{record['track'][:30]}: cSDR {csdr}")
 
     def warn(self, text: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+        self.display.print(f"[yellow]warning:[/] {text}")
 
     def stop(self) -> None:
-        self.bar.stop()
-
-
-class _NoProgress:
-    def warn(self, text: str) -> None: ...
-    def separating(self, name: str) -> None: ...
-    def separated(self) -> None: ...
-    def scored(self, record: dict) -> None: ...
-    def stop(self) -> None: ...
-
-
-def _progress(console, total: int, done: int, separating: bool):
-    return _Progress(console, total, done, separating) if console is not None else _NoProgress()
+        self.display.stop()

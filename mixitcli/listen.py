@@ -33,18 +33,13 @@ from typing import Sequence
 import numpy as np
 
 from mixitcli import audio
-from mixitcli.evaluate import CONFIG, ESTIMATES, RECORDS, STEMS, SUMMARY_JSON
+from mixitcli.evaluate import CONFIG, ESTIMATES, RECORDS
+from mixitcli.listen_page import CODECS, DB_RANGE, MIXTURE, REFERENCE, stem_order
+from mixitcli.report import SUMMARY_JSON
+from mixitcli.report import TABLE_STEMS as STEMS  # the paper's table order
 
-CODECS = {  # codec -> (file suffix, MIME type, ffmpeg arguments)
-    "opus": (".webm", "audio/webm; codecs=opus", ["-c:a", "libopus", "-b:a", "96k", "-ar", "48000"]),
-    "mp3": (".mp3", "audio/mpeg", ["-c:a", "libmp3lame", "-b:a", "160k"]),
-}
 """Opus (WebM) is half the size of MP3 for the same quality; MP3 plays in every browser,
 including old Safari. Headless Chromium decodes both (tests/test_listen.py)."""
-MIXTURE = "mixture"
-REFERENCE = "reference"
-DB_RANGE = 80.0
-"""Spectrogram colour range in dB below the loudest bin of the track (same scale for all its pictures)."""
 GENERATOR = "mixit listen"
 ENCODERS = min(4, os.cpu_count() or 1)
 """ffmpeg processes encoding at once (each holds one excerpt in memory)."""
@@ -92,13 +87,6 @@ class Source:
 def _split_label(spec: str) -> tuple[str, Path]:
     label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
     return label, Path(path)
-
-
-def stem_order(names) -> list[str]:
-    """The four MUSDB stems in Table order, then other names in natural order (out2 before out10)."""
-    known = [s for s in STEMS if s in names]
-    rest = sorted((n for n in names if n not in STEMS), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
-    return known + rest
 
 
 def _audio_files(folder: Path, exclude: Path | None) -> list[Path]:

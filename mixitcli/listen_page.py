@@ -10,10 +10,29 @@ reference and for each input, each cell a player, a spectrogram and the loudness
 from __future__ import annotations
 
 import math
+import re
 from html import escape
 from urllib.parse import quote
 
-from mixitcli.evaluate import STEMS
+from mixitcli.report import TABLE_STEMS as STEMS  # the paper's table order: vocals, bass, drums, other
+
+CODECS = {  # codec -> (file suffix, MIME type, ffmpeg arguments)
+    "opus": (".webm", "audio/webm; codecs=opus", ["-c:a", "libopus", "-b:a", "96k", "-ar", "48000"]),
+    "mp3": (".mp3", "audio/mpeg", ["-c:a", "libmp3lame", "-b:a", "160k"]),
+}
+
+MIXTURE = "mixture"
+REFERENCE = "reference"
+DB_RANGE = 80.0
+"""Spectrogram colour range in dB below the loudest bin of the track (same scale for all its pictures)."""
+
+
+def stem_order(names) -> list[str]:
+    """The four MUSDB stems in Table order, then other names in natural order (out2 before out10)."""
+    known = [s for s in STEMS if s in names]
+    rest = sorted((n for n in names if n not in STEMS), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+    return known + rest
+
 
 COLUMNS = list(STEMS) + ["average"]
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
@@ -179,7 +198,6 @@ def _selection_note(stem: str, selection: dict | None) -> str:
 
 def _cell(page, clip, column: str, stem: str, by_label: dict, *, mime: str, selection: dict | None) -> str:
     """A player with its picture and notes: loudness, this track's scores, channel selection."""
-    from mixitcli.listen import REFERENCE
 
     notes = [_lufs(clip.lufs, clip.silent)]
     record = by_label[column].records.get(page.name) if column in by_label else None
@@ -195,7 +213,6 @@ def _cell(page, clip, column: str, stem: str, by_label: dict, *, mime: str, sele
 def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
     """One track: the mixture, then a row per stem with the reference and every input; a
     single input without references (e.g. 12 MixIT outputs) is laid out as wrapping tiles."""
-    from mixitcli.listen import MIXTURE, stem_order
 
     columns = [c for c in page.clips if c != MIXTURE]
     stems = stem_order({s for c in columns for s in page.clips[c]})
@@ -225,7 +242,6 @@ def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
 
 def render(sources, pages, *, title: str, seconds: float | None, codec: str, selection: dict | None, generator: str) -> str:
     """The whole index.html."""
-    from mixitcli.listen import CODECS, DB_RANGE
 
     suffix, mime, args = CODECS[codec]
     evals = [s for s in sources if s.kind == "eval"]

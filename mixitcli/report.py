@@ -1,5 +1,11 @@
-"""`mixit report`: the results of several evaluations in the layout of the paper's Tables 1–3
-(Markdown) and one bar chart per stem (PNG).
+"""Summaries and tables: the summary of one evaluation over its tracks (written by `mixit eval`
+as summary.json and summary.md), and `mixit report`, the results of several evaluations in
+the layout of the paper's Tables 1–3 (Markdown) and one bar chart per stem (PNG).
+
+The summary lives here, not in :mod:`mixitcli.metrics`, because it is the paper's way of
+reporting (the median or mean over tracks, the Average column of Table 1, the table order of
+the stems) and every table reads it; the metrics stay numbers of one track, which training
+validation uses without any of this.
 
 Each result is a ``summary.json`` written by `mixit eval` (or its folder), optionally named
 ``LABEL=PATH``. A result is placed in the paper's tables by what its label or model name
@@ -20,11 +26,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from mixitcli.evaluate import METRICS, STEMS, SUMMARY_JSON
+import numpy as np
 
-COLUMNS = list(STEMS) + ["average"]
+from mixitcli.metrics import METRICS
+
+TABLE_STEMS: tuple[str, ...] = ("vocals", "bass", "drums", "other")
+"""The paper's table order (Table 1), used wherever results are written or printed; models
+output :data:`mixitcli.stems.STEMS`."""
+COLUMNS = list(TABLE_STEMS) + ["average"]
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
+"""The summary files of a `mixit eval` results folder (written by :mod:`mixitcli.evaluate`, read here)."""
 PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), docs/method.md §9
     ("BSRNN", 8.24, 7.94),
     ("SIMO stereo BSRNN", 8.54, 8.55),
@@ -35,6 +48,66 @@ PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), docs/method.md §9
 
 class ReportError(Exception):
     """A result file is missing or is not a `mixit eval` summary."""
+
+
+# -- the summary of one evaluation -----------------------------------------------------------
+
+
+def summarise(records: Iterable[dict], **meta) -> dict:
+    """Per stem: median cSDR and mean uSDRs over tracks (NaN/None left out); Average over stems."""
+    records = list(records)
+    summary = dict(meta)
+    summary["tracks"] = len(records)
+    for metric in METRICS:
+        per_stem = {}
+        for stem in TABLE_STEMS:
+            values = np.array([r[metric][stem] for r in records if r[metric].get(stem) is not None], dtype=np.float64)
+            if values.size == 0:
+                per_stem[stem] = None
+            else:
+                per_stem[stem] = float(np.median(values) if metric == "csdr" else np.mean(values))
+        done = [v for v in per_stem.values() if v is not None]
+        per_stem["average"] = float(np.mean(done)) if len(done) == len(TABLE_STEMS) else None
+        summary[metric] = per_stem
+    summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
+    summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
+    return summary
+
+
+def fmt(x: float | None) -> str:
+    """A value in dB with two decimals, or a dash for a value that is undefined."""
+    return "–" if x is None else f"{x:.2f}"
+
+
+def markdown_table(summary: dict) -> str:
+    """The paper's Table 1 layout for one model: rows are metrics, columns the stems and Average."""
+    lines = ["| metric | " + " | ".join(c.capitalize() for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for metric, label in METRICS.items():
+        lines.append(f"| {label} | " + " | ".join(fmt(summary[metric][c]) for c in COLUMNS) + " |")
+    note = f"\n{summary['tracks']} tracks"
+    if summary.get("flagged"):
+        note += f"; {len(summary['flagged'])} stem(s) flagged (silent), see summary.json"
+    return "\n".join(lines) + note + "\n"
+
+
+def print_table(summary: dict, console) -> None:
+    """The table of :func:`markdown_table` on a rich console (what `mixit eval` prints)."""
+    from rich.table import Table
+
+    table = Table(title=f"{summary.get('model') or summary.get('estimates')} on MUSDB18-HQ {summary.get('subset', '')} ({summary['tracks']} tracks)")
+    table.add_column("metric")
+    for c in COLUMNS:
+        table.add_column(c.capitalize(), justify="right")
+    for metric, label in METRICS.items():
+        table.add_row(label, *(fmt(summary[metric][c]) for c in COLUMNS))
+    console.print(table)
+    if summary.get("flagged"):
+        console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
+    if summary.get("nonfinite"):
+        console.print(f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)")
+
+
+# -- the paper's tables over several evaluations ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -83,7 +156,7 @@ def load_result(spec: str) -> Result:
 
 
 def _cells(summary: dict, metric: str) -> list[str]:
-    return ["–" if summary[metric].get(c) is None else f"{summary[metric][c]:.2f}" for c in COLUMNS]
+    return [fmt(summary[metric].get(c)) for c in COLUMNS]
 
 
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
@@ -144,7 +217,6 @@ def bar_charts(results: Sequence[Result], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     paths = []
     y = np.arange(len(results))[::-1]  # first result on top

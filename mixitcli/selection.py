@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from mixitcli.model import STEMS, BSLocoformer
+from mixitcli.model import BSLocoformer
+from mixitcli.stems import STEMS
 
 
 class SelectionError(Exception):

@@ -107,3 +107,39 @@ def test_cli_reports_bad_options_before_work(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "out").exists()
     result = runner.invoke(app, ["separate", str(song), "--out", str(tmp_path / "o"), "-m", "no-such-model"])
     assert result.exit_code == 1 and "Published models" in result.output
+
+
+def test_cli_output_folder_is_the_input_folder(tmp_path, tiny_checkpoint):
+    """Issue 11: `mixit separate DIR --out DIR` separates DIR's songs; a rerun does not take
+    the stems it wrote for songs."""
+    songs = tmp_path / "songs"
+    noise(songs / "album" / "a.wav", seconds=0.5)
+    args = ["separate", str(songs), "--out", str(songs), "-m", str(tiny_checkpoint), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(songs).as_posix() for p in songs.rglob("*.wav")) == sorted(["album/a.wav"] + [f"a/{s}.wav" for s in STEMS])
+    result = runner.invoke(app, args + ["--skip-existing"])
+    assert result.exit_code == 0 and "separated 0 file(s)" in result.output and "skipped 1" in result.output
+
+
+def test_cli_full_output_disk_stops_with_one_message(tmp_path, tiny_checkpoint, monkeypatch):
+    """Issue 11: libsndfile says only "System error"; a full disk is named as such, the batch
+    stops (every other file would fail too) and no partial stem is left."""
+    import shutil
+
+    for name in ("one", "two"):
+        noise(tmp_path / "in" / f"{name}.wav")
+    out = tmp_path / "out"
+    real_disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_disk_usage(p)._replace(free=4096))
+
+    def full(self, data):
+        raise RuntimeError("Error writing: System error.")  # what soundfile raises on ENOSPC
+
+    monkeypatch.setattr("soundfile.SoundFile.write", full)
+    result = runner.invoke(app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "no space left on the device of" in flat and "--skip-existing" in flat and "System error" not in flat
+    assert "Stopped after 0 separated file(s)" in flat and "two.wav" not in flat  # not tried: same disk
+    assert not [p for p in out.rglob("*") if p.is_file()]

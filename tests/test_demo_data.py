@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from mixitcli import audio
 from mixitcli.cli import app
 from mixitcli.data import fma
-from mixitcli.data.musdb import SOURCES, STEMS, VALIDATION_TRACKS, scan_musdb, validate_musdb
-from mixitcli.demo_data import (
+from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS, scan_musdb, validate_musdb
+from mixitcli.demo.data import (
     MARKER,
     DemoDataError,
     exact_sum_int16,
@@ -22,7 +22,8 @@ from mixitcli.demo_data import (
     make_musdb,
     make_unlabeled,
 )
-from mixitcli.demo_synth import synthesize_song
+from mixitcli.demo.synth import synthesize_song
+from mixitcli.stems import STEMS
 
 runner = CliRunner()
 SR = audio.SAMPLE_RATE

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 from mixitcli import evaluate
 from mixitcli.cli import app
-from mixitcli.evaluate import EvalError, ResultsFolder, csdr, score_arrays, summarise, usdr, usdr_mdx
+from mixitcli.evaluate import EvalError, ResultsFolder
+from mixitcli.metrics import csdr, score_arrays, usdr, usdr_mdx
 from mixitcli.model import model_to_dict
 from mixitcli.model.official import load_official
+from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, summarise
 
 runner = CliRunner()
 SR = 44100
@@ -67,7 +69,7 @@ def test_silent_stems_are_scored_as_defined():
 
 def test_summary_medians_means_and_missing_values():
     def rec(name, c, u):
-        return {"track": name, "csdr": dict(zip(evaluate.STEMS, c)), "usdr": dict(zip(evaluate.STEMS, u)), "usdr_mdx": dict(zip(evaluate.STEMS, u)), "flags": {}}
+        return {"track": name, "csdr": dict(zip(TABLE_STEMS, c)), "usdr": dict(zip(TABLE_STEMS, u)), "usdr_mdx": dict(zip(TABLE_STEMS, u)), "flags": {}}
 
     records = [rec("a", [1, 2, 3, 4], [1, 1, 1, 1]), rec("b", [3, 2, 1, None], [2, 2, 2, None]), rec("c", [8, 2, 2, 6], [6, 3, 3, 3])]
     summary = summarise(records)
@@ -79,7 +81,7 @@ def test_summary_medians_means_and_missing_values():
 def test_results_folder_resumes_and_refuses_another_evaluation(tmp_path):
     config = {"musdb": "/m", "subset": "test", "model": "x", "estimates": None}
     folder = ResultsFolder(tmp_path, config)
-    record = {"track": "A", "seconds": 1.0, "csdr": {s: 1.0 for s in evaluate.STEMS}, "usdr": {s: 2.0 for s in evaluate.STEMS}, "usdr_mdx": {s: 2.0 for s in evaluate.STEMS}, "flags": {}}
+    record = {"track": "A", "seconds": 1.0, "csdr": {s: 1.0 for s in TABLE_STEMS}, "usdr": {s: 2.0 for s in TABLE_STEMS}, "usdr_mdx": {s: 2.0 for s in TABLE_STEMS}, "flags": {}}
     folder.add(record)
     with open(tmp_path / evaluate.RECORDS, "a") as f:
         f.write('{"track": "B", "csdr": {')  # interrupted mid-line
@@ -95,7 +97,7 @@ def fake_musdb(root: Path, names, seconds: float = 3.0) -> Path:
     for name in names:
         folder = root / "test" / name
         folder.mkdir(parents=True)
-        stems = {s: (0.05 * rng.standard_normal((int(seconds * SR), 2))).astype(np.float32) for s in evaluate.STEMS}
+        stems = {s: (0.05 * rng.standard_normal((int(seconds * SR), 2))).astype(np.float32) for s in TABLE_STEMS}
         for s, x in stems.items():
             sf.write(folder / f"{s}.wav", x, SR, subtype="FLOAT")
         sf.write(folder / "mixture.wav", sum(stems.values()), SR, subtype="FLOAT")
@@ -106,7 +108,7 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     musdb = fake_musdb(tmp_path / "musdb", ["A - One", "B - Two", "C - Three"])
     estimates = tmp_path / "est"
     for track in (musdb / "test").iterdir():
-        for s in evaluate.STEMS:
+        for s in TABLE_STEMS:
             (estimates / track.name).mkdir(parents=True, exist_ok=True)
             x, _ = sf.read(track / f"{s}.wav")
             sf.write(estimates / track.name / f"{s}.flac", 0.5 * x, SR)
@@ -114,7 +116,7 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
 
     def fake_score(name, references, estimates):  # museval is tested above; count the calls here
         scored.append(name)
-        v = {s: float(len(scored)) for s in evaluate.STEMS}
+        v = {s: float(len(scored)) for s in TABLE_STEMS}
         return {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}}
 
     monkeypatch.setattr(evaluate, "score_track", fake_score)
@@ -124,9 +126,9 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert scored == ["B - Two", "A - One", "C - Three"]  # B was done: only A and C scored now
-    summary = json.loads((out / evaluate.SUMMARY_JSON).read_text())
+    summary = json.loads((out / SUMMARY_JSON).read_text())
     assert summary["tracks"] == 3 and summary["csdr"]["vocals"] == 2.0
-    assert "| cSDR" in (out / evaluate.SUMMARY_MD).read_text()
+    assert "| cSDR" in (out / SUMMARY_MD).read_text()
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and len(scored) == 3  # everything done: nothing scored again
     (estimates / "C - Three" / "bass.flac").unlink()
@@ -142,18 +144,18 @@ def test_eval_model_end_to_end(tmp_path, official):
     result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--model", str(tmp_path / "tiny.pt"), "--out", str(out), "--workers", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / evaluate.RECORDS).read_text())
-    ests = np.stack([sf.read(out / "estimates" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in evaluate.STEMS])
-    refs = np.stack([sf.read(musdb / "test" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in evaluate.STEMS])
+    ests = np.stack([sf.read(out / "estimates" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in TABLE_STEMS])
+    refs = np.stack([sf.read(musdb / "test" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in TABLE_STEMS])
     direct = museval.evaluate(refs.transpose(0, 2, 1), ests.transpose(0, 2, 1))[0]
-    np.testing.assert_allclose([record["csdr"][s] for s in evaluate.STEMS], np.nanmedian(direct, axis=1), atol=1e-9)
+    np.testing.assert_allclose([record["csdr"][s] for s in TABLE_STEMS], np.nanmedian(direct, axis=1), atol=1e-9)
     assert record["usdr"]["vocals"] == pytest.approx(usdr(refs[0], ests[0]))
     assert "Vocals" in result.output and "uSDR (paper" in result.output
 
 
 def test_report_tables_and_charts(tmp_path):
     def summary(c, u):
-        stems = {s: c for s in evaluate.STEMS} | {"average": c}
-        ustems = {s: u for s in evaluate.STEMS} | {"average": u}
+        stems = {s: c for s in TABLE_STEMS} | {"average": c}
+        ustems = {s: u for s in TABLE_STEMS} | {"average": u}
         return {"model": None, "tracks": 50, "csdr": stems, "usdr": ustems, "usdr_mdx": ustems, "flagged": []}
 
     paths = []
@@ -162,7 +164,7 @@ def test_report_tables_and_charts(tmp_path):
         folder.mkdir()
         s = summary(c, c - 0.3)
         s["model"] = name
-        (folder / evaluate.SUMMARY_JSON).write_text(json.dumps(s))
+        (folder / SUMMARY_JSON).write_text(json.dumps(s))
         paths.append(str(folder))
     result = runner.invoke(app, ["report", *paths, f"M2={paths[1]}", "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
@@ -186,3 +188,27 @@ def test_eval_says_clearly_that_ffmpeg_is_missing(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["eval", "--estimates", str(tmp_path), "--musdb", str(tmp_path)])
     assert result.exit_code == 1
     assert "needs ffmpeg" in result.output and "apt-get install -y ffmpeg" in result.output
+
+
+def test_damaged_eval_config_is_written_again_when_nothing_was_scored(tmp_path, monkeypatch):
+    """Issue 11: killed while writing eval_config.json (now written atomically), an older run
+    left it empty; the rerun writes it again instead of failing with a JSONDecodeError, unless
+    results exist that it can no longer vouch for."""
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One"])
+    estimates = tmp_path / "est"
+    for s in evaluate.STEMS:
+        (estimates / "A - One").mkdir(parents=True, exist_ok=True)
+        sf.write(estimates / "A - One" / f"{s}.wav", sf.read(musdb / "test" / "A - One" / f"{s}.wav")[0], SR)
+    v = {s: 1.0 for s in evaluate.STEMS}
+    monkeypatch.setattr(evaluate, "score_track", lambda name, r, e: {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}})
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / evaluate.CONFIG).write_text("")
+    args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(out), "--workers", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / evaluate.CONFIG).read_text())["subset"] == "test"
+    (out / evaluate.CONFIG).write_text('{"musdb": ')  # damaged, and results.jsonl holds a track
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "is damaged" in result.output and "JSONDecodeError" in result.output
+    assert not isinstance(result.exception, json.JSONDecodeError)

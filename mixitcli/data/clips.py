@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from mixitcli import audio
+from mixitcli.storage import WriteError
 
 SILENCE_RULES = ("clip", "track")
 
@@ -68,6 +69,10 @@ PCM_SCALE = 32768.0
 
 MIN_WINDOW = 20
 """Shortest partial window the "track" rule checks: one sample per 0.5 s chunk."""
+
+WRITE_FAILED = "write_failed"
+"""``status`` of a result whose store could not be written (then also ``errno``,
+``strerror``, ``filename``): never journaled; the run stops and the rerun decodes the file."""
 
 PARTIAL_SUFFIX = ".partial"
 """Store files are written as ``.<name>.<pid>.partial`` and renamed when complete."""
@@ -245,6 +250,45 @@ class _Cutter:
         self.kept.append((start, store_offset))
 
 
+class _StoreFile:
+    """The store's temporary file. An OS error while creating, writing or finishing it is
+    the machine's fault (full disk, read-only folder, I/O error), never the source file's:
+    it is raised as :class:`mixitcli.storage.WriteError` naming the folder, so the caller
+    stops the run instead of rejecting a good file (issue 11)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(tmp, "wb")
+        except OSError as e:
+            raise self._failure(e) from e
+
+    def _failure(self, e: OSError) -> WriteError:
+        return WriteError(e.errno, e.strerror or str(e), str(self.tmp.parent))
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as e:
+            raise self._failure(e) from e
+
+    def commit(self, final: Path) -> None:
+        """Flush, close and rename to ``final``."""
+        try:
+            self.file.close()
+            self.tmp.replace(final)
+        except OSError as e:
+            raise self._failure(e) from e
+
+    def discard(self) -> None:
+        """Close without keeping anything (the caller deletes the temporary file)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the data is thrown away anyway
+
+
 def _reject(reason: str, detail: str = "", seconds: float = 0.0) -> dict:
     return {"status": "rejected", "reason": reason, "detail": detail, "seconds": round(seconds, 3)}
 
@@ -293,6 +337,8 @@ def process_file(path: str | Path, store_path: str | Path, rules: ClipRules) -> 
     tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         return _process(path, store_path, tmp, rules)
+    except WriteError as e:  # the machine's problem: the caller stops, the file is not judged
+        return {"status": WRITE_FAILED, "errno": e.errno, "strerror": e.strerror, "filename": e.filename}
     except Exception as e:  # never fatal: report it
         return _reject("error", f"{type(e).__name__}: {e}")
     finally:
@@ -330,8 +376,8 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
     if rate != rules.sample_rate:
         resampler = soxr.ResampleStream(rate, rules.sample_rate, STORE_CHANNELS, dtype="float32", quality="HQ")
     decoded = 0
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as out:
+    out = _StoreFile(tmp)
+    try:
         cutter = _Cutter(rules, out)  # the one on_nonfinite marks
         error = None
         try:
@@ -344,7 +390,9 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
                 cutter.feed(block)
                 if cutter.failed:
                     break
-        except Exception as e:
+        except WriteError:
+            raise
+        except Exception as e:  # the decoder gave up
             error = e
         if resampler is not None and not cutter.failed:
             tail = resampler.resample_chunk(np.zeros((0, STORE_CHANNELS), np.float32), last=True)
@@ -369,7 +417,9 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
                            f"{cutter.dropped} fail the silence rule", seconds)
         if not cutter.kept:
             return _reject("silent", f"all {cutter.dropped} clips fail the silence rule", seconds)
-    tmp.replace(store_path)
+        out.commit(store_path)
+    finally:
+        out.discard()
     return {
         "status": "kept",
         "seconds": round(cutter.frames / rules.sample_rate, 3),

@@ -9,11 +9,17 @@ Pipeline (docs/method.md §2.1, issue #3):
    ``DIR/shards/<I>-of-<N>/journal.jsonl``. Re-running the same command resumes: journaled
    files are skipped, never decoded again; a file that was mid-decode when the run was
    killed is decoded from scratch (its partial store file is never renamed into place).
+   A store that cannot be written (full disk, read-only folder, I/O error) is never held
+   against the source file: the run stops with a StorageError that names the folder and
+   about how much more space the other files need, and the rerun decodes them (issue 11).
 3. :func:`merge_shards` turns the shard journals into ``manifest.jsonl``, ``rejected.jsonl``,
    ``summary.json`` and ``index.npz`` (formats in :mod:`mixitcli.data.manifest`). A plain run
    (shard 0/1) merges by itself at the end. With ``--shard I/N`` on N machines writing to
    one shared DIR, the last shard to finish merges; on separate disks, copy every
    ``DIR/shards/*`` folder into one DIR and run ``mixit prepare-fma --merge --out DIR``.
+   A merge holds the merge lock and every shard's lock (its own run's included, from the
+   decoding through the merge), so a second run on the same DIR is refused instead of
+   pulling ``done.json`` from under it.
 
 Shard membership is a hash of the file's path relative to the audio root. The train/valid
 split is FMA's own when tracks.csv is there (its set/split column, as the authors'
@@ -36,9 +42,10 @@ from pathlib import Path
 
 from mixitcli.audio import AUDIO_EXTENSIONS
 from mixitcli.data import manifest as mf
-from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, ClipRules, process_file
+from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, WRITE_FAILED, ClipRules, process_file
 from mixitcli.data.errors import DataError, LayoutError, MetadataError, PrepareError
 from mixitcli.data.parallel import Task, run_parallel, wait_for_orphans
+from mixitcli.storage import SPACE_ERRORS, StorageError, describe_os_error, remove_stale_temporaries
 
 SUBSETS = ("small", "medium", "large", "full")
 """FMA subsets, nested: small ⊂ medium ⊂ large ⊂ full."""
@@ -371,16 +378,56 @@ def _check_config(shard_dir: Path, wanted: dict) -> None:
         mf.write_json(path, wanted)
 
 
-def _lock(shard_dir: Path):
-    """Hold an exclusive lock on the shard for this process's life (released even by kill -9)."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(shard_dir / "lock", "a+")
+def _try_lock(path: Path, *, wait: bool = False):
+    """An exclusive lock on ``path`` (an open handle; closing it, or any death of this process,
+    releases it), or None when another process holds it and ``wait`` is False."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         handle.close()
+        return None
+    return handle
+
+
+def _lock(shard_dir: Path):
+    """Hold an exclusive lock on the shard for this process's life (released even by kill -9)."""
+    handle = _try_lock(shard_dir / "lock")
+    if handle is None:
         raise PrepareError(f"{shard_dir} is being prepared by another running process; wait for it or stop it")
     return handle
+
+
+def _merge_lock(out: Path):
+    """The lock every merge takes first (waiting for a merge in progress to finish)."""
+    return _try_lock(out / mf.SHARDS / "merge.lock", wait=True)
+
+
+class _WriteFailed(Exception):
+    """Internal: a store or the journal could not be written; carries the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _write_failure(error: OSError, shard_dir: Path, mine: list, done: dict[str, dict]) -> StorageError:
+    """The message for a run stopped by a write error: where, how much more space, what is kept."""
+    remaining = [f for f in mine if f.rel not in done]
+    kept = [(f.size, done[f.rel]["store_frames"]) for f in mine if done.get(f.rel, {}).get("status") == "kept"]
+    bytes_per_frame = STORE_CHANNELS * STORE_DTYPE.itemsize
+    if kept and sum(size for size, _ in kept):
+        ratio = sum(frames for _, frames in kept) * bytes_per_frame / sum(size for size, _ in kept)
+        needed = sum(f.size for f in remaining) * ratio
+    else:  # nothing kept yet: 16-bit PCM from a ~128 kbit/s MP3 is ~11x its size, from WAV/FLAC <= 1x
+        needed = sum(f.size * (1.0 if f.path.suffix.lower() in (".wav", ".flac", ".aiff", ".aif") else 11.0) for f in remaining)
+    message = describe_os_error(error, needed=int(needed) if error.errno in SPACE_ERRORS else None)
+    return StorageError(
+        f"prepare-fma stopped: {message}\n{len(mine) - len(remaining)} of {len(mine)} files are finished and "
+        f"journaled in {shard_dir}; the same command decodes the other {len(remaining)} (none of them was "
+        "rejected for this)."
+    )
 
 
 def _remove_partials(audio_dir: Path) -> int:
@@ -404,6 +451,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
     Raises:
         DataError (LayoutError, MetadataError, PrepareError): nothing usable to do; raised
         before any decoding. Broken audio files never raise: they are rejected.
+        StorageError: a store or the journal could not be written; what is journaled is kept.
     """
     out = Path(config.out).expanduser().resolve()
     others = {n for (_, n) in _shard_dirs(out)} - {config.shard[1]}
@@ -418,6 +466,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         if not wait_for_orphans(shard_dir / "workers.lock"):
             raise PrepareError(f"{shard_dir}: worker processes of an earlier run are still alive; stop them first")
         _remove_partials(shard_dir / "audio")
+        remove_stale_temporaries(shard_dir)
         journal = mf.Journal(shard_dir / "journal.jsonl")
         finished = journal.load()
         mine = [f for f in listing.files if shard_of(f.rel, config.shard[1]) == config.shard[0]]
@@ -429,12 +478,18 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
 
         def on_result(task: Task, result: dict) -> None:
             f: SourceFile = task.meta["file"]
+            if result["status"] == WRITE_FAILED:  # not journaled: the rerun decodes this file again
+                raise _WriteFailed(OSError(result["errno"], result["strerror"], result["filename"]))
             record = {"file": f.rel, "track": f.track, **result}
             if f.fma_split is not None:
                 record["fma_split"] = f.fma_split
             if result["status"] == "kept":
                 record["store"] = (shard_dir / "audio" / f"{f.rel}.s16").relative_to(out).as_posix()
-            journal.append(record)
+            try:
+                journal.append(record)
+            except OSError as e:
+                raise _WriteFailed(e) from e
+            finished[f.rel] = record
 
         def on_crash(task: Task) -> None:
             on_result(task, {"status": "rejected", "reason": "decoder_crashed", "detail": "worker process died twice", "seconds": 0.0})
@@ -445,19 +500,48 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
                 process_file, tasks, workers=config.workers, on_result=on_result, on_crash=on_crash,
                 label=label, log_path=shard_dir / "decoder.log", lock_path=shard_dir / "workers.lock", progress=config.progress,
             )
+        except _WriteFailed as e:
+            raise _write_failure(e.error, shard_dir, mine, finished) from None
         finally:
             journal.close()
         mf.write_json(
             shard_dir / "done.json",
             {"files": len(mine), "resumed": len(mine) - len(todo), "processed": len(todo), "scan": listing.stats()},
         )
+        # Merge while still holding this shard's lock (issue 11: a second run on the same folder
+        # must not delete done.json under a merge). The last shard to finish merges; a shard
+        # still locked by its own run will merge when it finishes.
+        with _merge_lock(out):
+            others = _lock_other_shards(out, config.shard)
+            if others is None:
+                return None
+            try:
+                shards = _shard_dirs(out)
+                n = config.shard[1]
+                if all((i, n) in shards and (shards[(i, n)] / "done.json").exists() for i in range(n)):
+                    return _merge_locked(out, config.valid_fraction)
+                return None
+            finally:
+                for handle in others:
+                    handle.close()
     finally:
         lock.close()
-    shards = _shard_dirs(out)
-    n = config.shard[1]
-    if all((i, n) in shards and (shards[(i, n)] / "done.json").exists() for i in range(n)):
-        return merge_shards(out, valid_fraction=config.valid_fraction)
-    return None
+
+
+def _lock_other_shards(out: Path, mine: tuple[int, int] | None) -> list | None:
+    """Locks of every shard folder in ``out`` but ``mine``; None (and no lock kept) when
+    another process is preparing one of them."""
+    held = []
+    for key, folder in sorted(_shard_dirs(out).items()):
+        if key == mine:
+            continue
+        handle = _try_lock(folder / "lock")
+        if handle is None:
+            for h in held:
+                h.close()
+            return None
+        held.append(handle)
+    return held
 
 
 # --- merging shards into the manifest ---------------------------------------------------
@@ -475,11 +559,28 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
         The summary (also written to ``DIR/summary.json``).
 
     Raises:
-        PrepareError: no shard, shards of different N, a shard not finished, or shards
-        prepared with different sources or rules.
+        PrepareError: no shard, shards of different N, a shard not finished or being prepared
+        by a running process, or shards prepared with different sources or rules.
     """
     out = Path(out).expanduser().resolve()
     _check_fraction(valid_fraction)
+    if not _shard_dirs(out):
+        raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
+    with _merge_lock(out):
+        held = _lock_other_shards(out, None)
+        if held is None:
+            raise PrepareError(f"{out}: a shard is being prepared by a running process right now; "
+                               "it merges by itself when it finishes (or run --merge after it)")
+        try:
+            return _merge_locked(out, valid_fraction)
+        finally:
+            for handle in held:
+                handle.close()
+
+
+def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
+    """:func:`merge_shards`'s work; the caller holds the merge lock and every shard's lock."""
+    remove_stale_temporaries(out)
     shards = _shard_dirs(out)
     if not shards:
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")

@@ -26,6 +26,8 @@ the kept audio's 16-bit PCM size; a 6 s crop is one ``pread`` of 1 MB.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from array import array
@@ -36,6 +38,7 @@ import numpy as np
 
 from mixitcli.data.clips import PCM_SCALE, STORE_CHANNELS, STORE_DTYPE
 from mixitcli.data.errors import PreparedDataError
+from mixitcli.storage import atomic_write_text, naming, temp_path
 
 SPLITS = ("train", "valid")
 
@@ -46,12 +49,7 @@ INDEX = "index.npz"
 SHARDS = "shards"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a whole file through a temporary name, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
+write_text_atomic = atomic_write_text  # the project's one atomic text writer (mixitcli.storage)
 
 
 def write_json(path: Path, obj) -> None:
@@ -61,11 +59,15 @@ def write_json(path: Path, obj) -> None:
 def write_jsonl(path: Path, rows) -> None:
     """Write rows (any iterable of dicts) as JSON lines, streaming, through a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+    tmp = temp_path(path)
+    try:
+        with naming(path), open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our leftovers
+        raise
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -106,10 +108,21 @@ class Journal:
         return records
 
     def append(self, record: dict) -> None:
+        """Append one record. If the write fails or is short (a full disk), the journal is
+        cut back to its last whole line and the OSError raised: the record is simply not there."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab", buffering=0)
-        self._file.write((json.dumps(record) + "\n").encode())
+        data = (json.dumps(record) + "\n").encode()
+        size = os.fstat(self._file.fileno()).st_size
+        try:
+            written = self._file.write(data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)", str(self.path))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.truncate(self._file.fileno(), size)
+            raise
 
     def close(self) -> None:
         if self._file is not None:
@@ -137,14 +150,19 @@ class IndexBuilder:
     def save(self, prep_dir: Path, sample_rate: int) -> None:
         dtypes = {"store_id": np.int32, "track_id": np.int32, "store_offset": np.int64, "length": np.int64, "split": np.int8}
         tmp = prep_dir / f".{INDEX}.{os.getpid()}.partial.npz"
-        np.savez(
-            tmp,
-            stores=np.array(list(self.stores), dtype=str),
-            tracks=np.array(list(self.tracks), dtype=str),
-            sample_rate=np.array(sample_rate),
-            **{name: np.frombuffer(col, dtype=col.typecode).astype(dtypes[name]) for name, col in self.columns.items()},
-        )
-        tmp.replace(prep_dir / INDEX)
+        try:
+            with naming(prep_dir / INDEX):
+                np.savez(
+                    tmp,
+                    stores=np.array(list(self.stores), dtype=str),
+                    tracks=np.array(list(self.tracks), dtype=str),
+                    sample_rate=np.array(sample_rate),
+                    **{name: np.frombuffer(col, dtype=col.typecode).astype(dtypes[name]) for name, col in self.columns.items()},
+                )
+            tmp.replace(prep_dir / INDEX)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 @dataclass

@@ -39,10 +39,11 @@ from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data import manifest as mf
 from mixitcli.data.errors import DataError, LayoutError, PreparedDataError
 from mixitcli.data.parallel import Task, run_parallel
+from mixitcli.stems import STEMS
+from mixitcli.storage import check_writable, remove_stale_temporaries
 
-SOURCES = ("mixture", "vocals", "drums", "bass", "other")
-STEMS = ("bass", "drums", "vocals", "other")
-"""The stem order of the official fine-tuned models (docs/method.md §8); the default everywhere."""
+SOURCES = ("mixture", *STEMS)
+"""The five WAV files of a track: the mixture and the stems (in the model order, :mod:`mixitcli.stems`)."""
 
 SUBSETS = ("train", "valid", "test")
 
@@ -374,6 +375,8 @@ def prepare_musdb(
     """
     root = Path(root).expanduser().resolve()
     out = Path(out).expanduser().resolve()
+    remove_stale_temporaries(out, out / "salient")  # of a killed run
+    check_writable(out)  # a read-only --out is found before the SAD work, not after it
     validate_musdb(root)
     how = _validation_names(root, valid_tracks)[1]  # checks --valid-tracks before the heavy work
     tracks = {s: scan_musdb(root, s, validate=False, valid_tracks=valid_tracks) for s in SUBSETS}

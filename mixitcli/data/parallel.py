@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mixitcli.progress import Progress
+
 
 @dataclass
 class Task:
@@ -92,25 +94,6 @@ def wait_for_orphans(lock_path: Path, timeout_s: float = 60.0) -> bool:
                 time.sleep(0.05)
 
 
-def _progress(label: str, total: float, n_tasks: int, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[files]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-    task_id = progress.add_task(label, total=max(total, 1e-9), files=f"0/{n_tasks} files")
-    return progress, task_id
-
-
 def run_parallel(
     fn: Callable[..., Any],
     tasks: list[Task],
@@ -135,18 +118,16 @@ def run_parallel(
         log_path: the workers' stderr goes there (appended).
         lock_path: every worker holds a shared lock on this file while it lives, so a later
             run can wait (:func:`wait_for_orphans`) until no worker of this one is left.
-        progress: show a rich progress bar with ETA on stderr.
+        progress: show the progress bar (:mod:`mixitcli.progress`) on stderr.
     """
-    bar, bar_id = _progress(label, sum(t.weight for t in tasks), len(tasks), progress)
-    finished = 0
+    display = Progress(enabled=progress)
+    bar = display.bar(label, len(tasks), unit="files", weight=sum(t.weight for t in tasks))
 
     def done(task: Task, result: Any, crashed: bool = False) -> None:
-        nonlocal finished
         on_crash(task) if crashed else on_result(task, result)
-        finished += 1
-        bar.update(bar_id, advance=task.weight, files=f"{finished}/{len(tasks)} files")
+        bar.advance(weight=task.weight)
 
-    with bar:
+    with display:
         if workers <= 0:
             for task in tasks:
                 done(task, fn(*task.args))
@@ -164,7 +145,11 @@ def run_parallel(
                 while source or inflight:
                     while source and len(inflight) < limit:
                         task = source.popleft()
-                        inflight[pool.submit(fn, *task.args)] = task
+                        try:
+                            inflight[pool.submit(fn, *task.args)] = task
+                        except BrokenProcessPool:  # a worker died since the last wait: keep the task
+                            source.appendleft(task)
+                            raise
                     ready, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     for future in ready:
                         result = future.result()  # BrokenProcessPool when a worker died

@@ -34,7 +34,8 @@ from torch.utils.data import Dataset, Sampler
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.errors import PreparedDataError
 from mixitcli.data.manifest import SegmentIndex
-from mixitcli.data.musdb import STEMS, load_prepared_tracks
+from mixitcli.data.musdb import load_prepared_tracks
+from mixitcli.stems import STEMS
 
 DEFAULT_DM_EPOCH = 110 * 32
 """Dynamic-mixing epoch: 110 steps of batch 32 (docs/method.md §5)."""

@@ -11,28 +11,22 @@ from pathlib import Path
 import torch
 
 from mixitcli.model.bslocoformer import BSLocoformer
-from mixitcli.model.config import PRESETS, STEMS, ModelConfig, default_stems
+from mixitcli.model.config import PRESETS, ModelConfig, default_stems
 from mixitcli.model.config import preset as preset_config
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
+from mixitcli.model.serialize import FORMAT, ModelLoadError, model_from_dict, model_to_dict
 
 __all__ = [
     "BSLocoformer",
     "ModelConfig",
     "ModelLoadError",
     "PRESETS",
-    "STEMS",
     "build_model",
     "load_model",
     "model_from_dict",
     "model_to_dict",
     "slice_outputs",
 ]
-
-FORMAT = "mixit-model"
-
-
-class ModelLoadError(Exception):
-    """A model could not be loaded; the message says what was expected and what was found."""
 
 
 def build_model(preset: str = "medium", n_outputs: int = 4, **overrides) -> BSLocoformer:
@@ -47,25 +41,6 @@ def build_model(preset: str = "medium", n_outputs: int = 4, **overrides) -> BSLo
         The model; it maps (b, 2, t) waveforms to (b, n_outputs, 2, t).
     """
     return BSLocoformer(preset_config(preset, n_outputs=n_outputs, **overrides))
-
-
-def model_to_dict(model: BSLocoformer) -> dict:
-    """Everything needed to rebuild ``model``: config, output names, weights (plain types only)."""
-    return {
-        "format": FORMAT,
-        "model_config": model.config.to_dict(),
-        "stems": list(model.stems),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-
-
-def model_from_dict(d: dict) -> BSLocoformer:
-    """Inverse of :func:`model_to_dict` (strict: every parameter must be present)."""
-    if d.get("format") != FORMAT:
-        raise ModelLoadError(f"not a mixit model (format {d.get('format')!r}, expected {FORMAT!r})")
-    model = BSLocoformer(ModelConfig.from_dict(d["model_config"]), stems=tuple(d["stems"]))
-    model.load_state_dict(d["state_dict"], strict=True)
-    return model
 
 
 def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:

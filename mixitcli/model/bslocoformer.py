@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mixitcli.model.attention import attention
 from mixitcli.model.config import ModelConfig, default_stems
+from mixitcli.model.dropout import Dropout
 
 
 class FrameGroupNorm(nn.Module):
@@ -78,7 +79,7 @@ class ConvSwiGLU(nn.Module):
         inner = self.pad if stride == 1 else 0
         self.conv = nn.Conv1d(d_model, 2 * hidden, kernel_size, stride=stride, padding=inner)
         self.deconv = nn.ConvTranspose1d(hidden, d_model, kernel_size, stride=stride, padding=inner)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, s, d) -> (N, s, d)."""
@@ -104,7 +105,7 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(d_model, 3 * attention_dim, bias=False)  # rows q | k | v
         self.out = nn.Linear(attention_dim, d_model, bias=False)
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, s, d) -> (N, s, d)."""
@@ -232,20 +233,66 @@ class BandMaskHead(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Per-band heads, concatenated over frequency into complex masks."""
+    """Per-band heads, concatenated over frequency into complex masks.
+
+    The parameters live in one :class:`BandMaskHead` per band (the checkpoint layout), but the
+    forward pass does not loop over the heads for the first layers: every band's norm and its
+    two linear layers (no nonlinearity between them, so one affine map) are one batched product
+    over the k bands. Only the last layer, whose width differs per band, is one batched product
+    per band (over the n outputs, so :func:`mixitcli.model.slice_outputs` stays exact), and its
+    results are written once, by a single concatenation, in the layout the iSTFT reads.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.heads = nn.ModuleList(
             BandMaskHead(cfg.d_model, w, n_outputs=cfg.n_outputs, n_channels=cfg.n_channels) for w in cfg.bands
         )
+        self.n_channels = cfg.n_channels
+
+    def hidden_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every band's norm affine, fc1 and fc2 as one affine map of the normalised input.
+
+        fc2(fc1(gamma * z + beta)) = (W2 W1 diag(gamma)) z + W2 (W1 beta + b1) + b2, computed in
+        float32 (a few products of small weight matrices per call).
+
+        Returns:
+            weight (k, 4d, d) and bias (k, 4d).
+        """
+        heads = self.heads
+        with torch.autocast(heads[0].fc1.weight.device.type, enabled=False):
+            w1 = torch.stack([h.fc1.weight for h in heads]).float()  # (k, 4d, d)
+            w2 = torch.stack([h.fc2.weight for h in heads]).float()  # (k, 4d, 4d)
+            b1 = torch.stack([h.fc1.bias for h in heads]).float()  # (k, 4d)
+            b2 = torch.stack([h.fc2.bias for h in heads]).float()
+            gamma = torch.stack([h.norm.weight for h in heads]).float()  # (k, d)
+            beta = torch.stack([h.norm.bias for h in heads]).float()
+            weight = torch.bmm(w2, w1) * gamma.unsqueeze(1)  # (k, 4d, d)
+            inner = torch.baddbmm(b1.unsqueeze(-1), w1, beta.unsqueeze(-1))  # W1 beta + b1: (k, 4d, 1)
+            bias = torch.baddbmm(b2.unsqueeze(-1), w2, inner).squeeze(-1)  # (k, 4d)
+        return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, l, k, d) -> complex masks (b, n, c, f, l), float32 (complex64)."""
-        y = torch.cat([head(x[:, :, i]) for i, head in enumerate(self.heads)], dim=-1)  # (n, b, l, 2, c, f)
-        y = y.float()
-        mask = torch.complex(y[:, :, :, 0], y[:, :, :, 1])  # (n, b, l, c, f)
-        return mask.permute(1, 0, 3, 4, 2)  # (b, n, c, f, l)
+        """(b, l, k, d) -> complex masks (b, n, c, f, l), float32 (complex64).
+
+        The result is a transposed view of a (b, n, c, l, f) tensor: frames outside bins, as
+        the STFT stores them, so masking and the iSTFT need no further copies.
+        """
+        b, l, k, d = x.shape
+        eps = self.heads[0].norm.eps
+        x = x.float().permute(2, 0, 1, 3).contiguous().view(k, b, l * d)  # (b, l, k, d) -> (k, b, l*d)
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)  # per band and item: (k, b, 1)
+        z = ((x - mean) * torch.rsqrt(var + eps)).view(k, b * l, d)
+        weight, bias = self.hidden_affine()
+        hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2)))  # (k, b*l, 4d)
+        pieces = []
+        # unbind, not hidden[i]: its backward is one stack instead of k zero-filled full-size gradients
+        for head, h in zip(self.heads, hidden.unbind(0)):
+            y = F.glu(head.fc3(h), dim=-1)  # (n, b*l, 2cw), rows (re/im, c, w)
+            y = y.view(-1, b, l, 2, self.n_channels, head.width)  # (n, b, l, 2, c, w)
+            pieces.append(y.permute(1, 0, 4, 2, 5, 3))  # (b, n, c, l, w, 2), a view
+        y = torch.cat(pieces, dim=4).float()  # one copy: (b, n, c, l, f, 2)
+        return torch.view_as_complex(y).transpose(-1, -2)  # (b, n, c, f, l)
 
 
 class BSLocoformer(nn.Module):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mixitcli.stems import STEMS
+
 # 62 bands: 24 of 2 bins, 12 of 4, 8 of 12, 8 of 24, 8 of 48, then 128 and 129 (docs/method.md §3.3).
 BANDS: tuple[int, ...] = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
-
-STEMS: tuple[str, ...] = ("bass", "drums", "vocals", "other")
-"""Output order of every 4-output model, official and ours (docs/method.md §8)."""
 
 
 @dataclass(frozen=True)

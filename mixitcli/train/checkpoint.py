@@ -17,7 +17,6 @@ reads it without executing code): ``model`` (config, stem names, weights), ``opt
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -26,7 +25,16 @@ import numpy as np
 import torch
 
 from mixitcli import __version__
-from mixitcli.model import BSLocoformer, ModelLoadError, model_from_dict
+from mixitcli.model.bslocoformer import BSLocoformer
+from mixitcli.model.serialize import ModelLoadError, model_from_dict, model_to_dict
+from mixitcli.storage import (  # atomic_write_text: config.yaml, best.json
+    SPACE_ERRORS,
+    StorageError,
+    atomic_write_text,
+    atomic_write_with,
+    describe_os_error,
+    human_bytes,
+)
 
 FORMAT = "mixit-train"
 
@@ -36,21 +44,29 @@ class CheckpointError(Exception):
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    On failure the temporary file is removed (a full disk stays no fuller), and a failed
+    write is raised as the OSError it is (torch reports it as a RuntimeError); a full disk as
+    a StorageError that says about how much room the checkpoint needs.
+    """
+    try:
+        atomic_write_with(path, lambda f: torch.save(obj, f))
+    except OSError as e:
+        if e.errno not in SPACE_ERRORS:
+            raise
+        raise StorageError(describe_os_error(e, needed=_tensor_bytes(obj))) from e
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _tensor_bytes(obj) -> int:
+    """About the size of ``obj`` saved: the bytes of the tensors it holds."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> dict:
@@ -58,13 +74,57 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it never finished (a full disk or a crash)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "no reason given"
+        raise CheckpointError(
+            f"{path} is damaged: an unreadable checkpoint of {human_bytes(size)} ({type(e).__name__}: {reason})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mixit training checkpoint")
     return ckpt
+
+
+def load_last(run: str | Path, *, stage: str, map_location: str = "cpu") -> dict:
+    """``RUN/checkpoints/last.pt``, for ``--resume``.
+
+    Raises:
+        CheckpointError: last.pt is missing, empty or damaged; the message names the newest
+            best checkpoint that reads (weights only, no optimizer state) and how to go on from it.
+    """
+    last = Path(run) / "checkpoints" / "last.pt"
+    try:
+        return load_checkpoint(last, map_location=map_location)
+    except CheckpointError as e:
+        found = newest_readable_best(run)
+        if found is None:
+            raise CheckpointError(f"{e}. No readable best-*.pt beside it either: start the run again in a new --out.") from e
+        path, ckpt = found
+        raise CheckpointError(
+            f"{e}.\nThe newest readable checkpoint is {path} (step {ckpt['step']}, epoch {ckpt['epoch']}); it holds the "
+            f"weights but not the optimizer state, so the run cannot continue exactly. To go on from those weights, "
+            f"start a new run from them: mixit {stage} --init {path} --out NEW_RUN (with the same --data and options)."
+        ) from e
+
+
+def newest_readable_best(run: str | Path) -> tuple[Path, dict] | None:
+    """The best-*.pt of a run with the highest step that loads, and its contents (or None)."""
+    candidates = []
+    for path in (Path(run) / "checkpoints").glob("best-*.pt"):
+        try:
+            candidates.append((int(path.stem.rsplit("step", 1)[1]), path))
+        except (IndexError, ValueError):
+            continue
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError:
+            continue
+    return None
 
 
 def git_commit() -> str | None:
@@ -119,8 +179,10 @@ class CheckpointManager:
         """
         written = None
         finite = valid_loss is not None and np.isfinite(valid_loss)
+        name = f"best-epoch{state['epoch']:04d}-step{state['step']:07d}.pt"
+        if finite:  # a validation made again after an interruption replaces its first try
+            self.best = [e for e in self.best if e["path"] != name]
         if finite and (len(self.best) < self.keep_best or valid_loss < self.best[-1]["valid_loss"]):
-            name = f"best-epoch{state['epoch']:04d}-step{state['step']:07d}.pt"
             entry = {"path": name, "epoch": state["epoch"], "step": state["step"], "valid_loss": float(valid_loss)}
             ranked = sorted(self.best + [entry], key=lambda e: e["valid_loss"])  # best first
             self.best, evicted = ranked[: self.keep_best], ranked[self.keep_best :]
@@ -144,8 +206,6 @@ def training_state(
     config: dict,
     counters: dict,
 ) -> dict:
-    from mixitcli.model import model_to_dict
-
     return {
         "format": FORMAT,
         "version": __version__,

@@ -26,13 +26,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mixitcli.losses import finetune_loss, mixit_loss
-from mixitcli.model import STEMS, BSLocoformer, build_model, load_model, slice_outputs
+from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.progress import Progress
+from mixitcli.stems import STEMS
+from mixitcli.storage import check_writable, naming, remove_stale_temporaries
 from mixitcli.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_write_text,
-    load_checkpoint,
+    load_last,
     rng_state,
     set_rng_state,
     training_state,
@@ -300,7 +303,7 @@ def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro:
             sums[0] += compute_loss(core, core, batch, config).item() * len(batch)
             sums[1] += len(batch)
     else:
-        from mixitcli.evaluate import usdr
+        from mixitcli.metrics import usdr
         from mixitcli.separate import separate_array
 
         for i in mine:
@@ -353,7 +356,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
+        with naming(self.path), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
@@ -363,19 +366,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _progress(console, total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:>8.3f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:6.1f} ex/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    task = progress.add_task("train", total=total, completed=done, loss=float("nan"), lr=0.0, speed=0.0)
-    return progress, task
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -396,13 +386,16 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     manager_dir = run / "checkpoints"
     if not resume and (manager_dir / "last.pt").exists():
         raise TrainingError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+    if rt.main:  # a read-only --out is found before the heavy work; leftovers of killed saves go
+        check_writable(manager_dir)
+        remove_stale_temporaries(run, manager_dir)
     if config.bf16 is None:
         config = config.replace(bf16=rt.device.type == "cuda")
     micro = micro_batch(config, rt.world)
 
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
     notes: list[str] = []
-    ckpt = load_checkpoint(manager_dir / "last.pt") if resume else None
+    ckpt = load_last(run, stage=config.stage) if resume else None
     model, origin = prepare_model(config, ckpt, source=str(manager_dir / "last.pt"), warnings=notes)
     core = model.to(rt.device)
     trainable = [p for p in core.parameters() if p.requires_grad]
@@ -450,21 +443,38 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             config=config.to_dict(), counters=counters,
         ) | ({"rng": rngs} if rngs is not None else {})
 
-    def save(valid_loss: float | None = None) -> None:
+    def save(valid_loss: float | None = None, *, pending_validation: bool = False) -> None:
         s = state()  # collective under DDP: every rank takes part
+        s["pending_validation"] = pending_validation  # interrupted before this step's validation
         if rt.main:
             manager.save(s, valid_loss=valid_loss)
+
+    def validate_and_save() -> None:
+        nonlocal validating
+        validating = True
+        metrics = validate(core, valid_set, config, rt, micro)
+        log.write({"step": step, "epoch": epoch, **metrics})
+        if rt.main:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
+            progress.print(f"epoch {epoch} step {step}: {shown}")
+        save(metrics["loss/valid"])
+        validating = False
+        summary.update(metrics)
 
     from mixitcli.data.samplers import IndexSampler
 
     per_rank = micro * config.grad_accum
     sampler = IndexSampler(len(train_set), seed=config.seed, epoch=epoch, rank=rt.rank, world_size=rt.world)
     total = config.total_steps
-    progress, task = _progress(console, total, step) if rt.main else (None, None)
+    progress = Progress(console, enabled=rt.main)
+    bar = progress.bar("train", total, done=step, unit="steps")
     started, last_log = time.time(), (time.time(), step)
     summary = {"stage": config.stage, "run": str(run), "start_step": step}
+    validating = False
     try:
-        with progress or contextlib.nullcontext():
+        with progress:
+            if ckpt is not None and ckpt.get("pending_validation"):
+                validate_and_save()  # the one an interruption cut short, as the uninterrupted run made it
             while step < total:
                 sampler.set_epoch(epoch, start=epoch_step * per_rank)
                 loader = DataLoader(
@@ -504,28 +514,25 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                             if spread != 0.0:
                                 raise TrainingError(f"ranks out of sync at step {step} (weight sums differ by {spread})")
                         log.write(record)
-                        if progress:
-                            progress.update(task, completed=step, loss=float(loss), lr=stats["lr"], speed=speed)
-                    elif progress:
-                        progress.update(task, completed=step)
-                    if config.save_every_steps and step % config.save_every_steps == 0 and epoch_step < config.steps_per_epoch:
-                        save()  # within long epochs; step-based, so every rank agrees
+                        bar.update(done=step, info=f"loss {float(loss):.3f}  lr {stats['lr']:.2e}  {speed:.1f} ex/s")
+                    else:
+                        bar.update(done=step)
+                    if (config.save_every_steps and step % config.save_every_steps == 0
+                            and epoch_step < config.steps_per_epoch and step < total):
+                        # within long epochs; step-based, so every rank agrees. Never at the last
+                        # step: its validation comes next, and a last.pt saved before it would let
+                        # a resume skip that validation and its best-k save (issue 11).
+                        save()
                 finished_epoch = epoch_step == config.steps_per_epoch
                 if finished_epoch:
                     epoch, epoch_step = epoch + 1, 0
                 if (finished_epoch and epoch % config.valid_every_epochs == 0) or step >= total:
-                    metrics = validate(core, valid_set, config, rt, micro)
-                    log.write({"step": step, "epoch": epoch, **metrics})
-                    if rt.main:
-                        shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.count("/") == 1)
-                        (progress.console if progress else console).print(f"epoch {epoch} step {step}: {shown}")
-                    save(metrics["loss/valid"])
-                    summary.update(metrics)
+                    validate_and_save()
                 else:
                     save()
     except KeyboardInterrupt:
         if not rt.distributed:  # under DDP the other ranks may be inside a collective
-            save()
+            save(pending_validation=validating)  # --resume then makes that validation first
         if rt.main:
             console.print(f"[yellow]interrupted at step {step}; continue with --resume from {manager.last}")
         raise

@@ -11,13 +11,13 @@ import pytest
 from mixitcli.data.errors import LayoutError, PreparedDataError
 from mixitcli.data.manifest import read_jsonl
 from mixitcli.data.musdb import (
-    STEMS,
     VALIDATION_TRACKS,
     load_prepared_tracks,
     salient_segments,
     scan_musdb,
     validate_musdb,
 )
+from mixitcli.stems import STEMS
 
 from .conftest import SR, noise, write
 

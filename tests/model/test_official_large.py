@@ -8,7 +8,6 @@ fixtures in tests/fixtures/official/ (test_official.py) are the proof that runs 
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
 from mixitcli.model.official import load_official, to_official_state_dict

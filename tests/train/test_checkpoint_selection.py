@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mixitcli import build_model
-from mixitcli.model import STEMS, load_model
+from mixitcli.model import load_model
+from mixitcli.stems import STEMS
 from mixitcli.selection import (
     SelectionError,
     best_assignment,

@@ -1,7 +1,7 @@
 """The demo's datasets, written from synthetic songs: `mixit make-demo-data`.
 
 Issue 6 asks for a demo that runs every stage here, with no download. This module writes the
-two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitcli.demo_synth`:
+two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitcli.demo.synth`:
 
 - unlabeled music, FMA-like (``OUT/unlabeled/<3 digits>/<6 digits>.<ext>``): mixtures only,
   in FLAC, MP3, WAV and Ogg Vorbis, mostly 44.1 kHz with every fifth file at 48 kHz so that
@@ -21,16 +21,17 @@ import json
 import math
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from mixitcli import audio
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS
-from mixitcli.demo_synth import synthesize_song
+from mixitcli.demo.synth import synthesize_song
+from mixitcli.progress import Progress
+from mixitcli.storage import atomic_write_text
 
 UNLABELED_FORMATS = (".flac", ".mp3", ".wav", ".ogg")
 """Formats of the unlabeled songs, in turn (FMA itself is MP3)."""
@@ -231,7 +232,7 @@ def make_demo_data(
             MUSDB-like songs, in about 30 s on one core.
         musdb_valid: ``n_valid`` of :func:`make_musdb` (None: min(3, musdb_train // 2), so train keeps songs).
         overwrite: replace out/unlabeled and out/musdb when a previous run left them.
-        progress: show a progress bar on stderr.
+        progress: show the progress bar (:mod:`mixitcli.progress`) on stderr.
 
     Returns:
         {"out", "seed", "seconds_per_song", "unlabeled": ..., "musdb": ..., "elapsed_s"}.
@@ -260,33 +261,23 @@ def make_demo_data(
         shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
     options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed}
-    (out / MARKER).write_text(json.dumps({"complete": False, "options": options}, indent=2))
+    atomic_write_text(out / MARKER, json.dumps({"complete": False, "options": options}, indent=2))
     began = time.perf_counter()
-    with _progress_bar(songs + musdb_train + musdb_test, progress) as advance:
+    with Progress(enabled=progress) as display:
+        bar = display.bar("synthesising", songs + musdb_train + musdb_test, unit="songs")
+
+        def advance(label: str) -> None:  # the song just written, shown until the next one
+            bar.advance(info=label)
+
         unlabeled = make_unlabeled(targets[0], songs, seconds, seed, on_song=advance)
         musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, on_song=advance)
+        bar.update(info="")  # the final line counts the songs; it names none
     summary = {
         "complete": True, "options": options, "out": str(out), "seed": seed, "seconds_per_song": seconds,
         "unlabeled": unlabeled, "musdb": musdb, "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    (out / MARKER).write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / MARKER, json.dumps(summary, indent=2))
     return summary
-
-
-@contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
-    """Yield ``advance(label)``, which moves a rich bar with ETA on stderr (a no-op when disabled)."""
-    if not enabled:
-        yield lambda label: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-               TimeRemainingColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("", total=total)
-        yield lambda label: bar.update(task, advance=1, description=label)
 
 
 def describe(summary: dict) -> str:

@@ -1,7 +1,7 @@
 """Synthetic multi-instrument songs with true stems, made with numpy from a seed.
 
 The music behind `mixit make-demo-data` (issue 6; the files are written by
-:mod:`mixitcli.demo_data`). A song has a tempo, a key (major, minor, dorian or mixolydian),
+:mod:`mixitcli.demo.data`). A song has a tempo, a key (major, minor, dorian or mixolydian),
 two chord progressions (verse and chorus) and a plan of sections (intro, verse, break, chorus,
 groove, outro) that switches stems off: no vocals or bass in the intro, no drums in a break, no
 "other" in a groove. Stems:
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixitcli.audio import SAMPLE_RATE
-from mixitcli.data.musdb import STEMS
+from mixitcli.stems import STEMS
 
 SECTION_STEMS = {
     "intro": ("other",),  # drums join with hi-hats only in some songs

@@ -1,0 +1,69 @@
+"""Dropout masks drawn as 32-bit integers: the same Bernoulli draws as ``nn.Dropout``, cheaper on CPU.
+
+On CPU, ``torch.bernoulli_`` and ``torch.rand`` cost a large share of a small model's training
+step (docs/method.md §3.5 puts dropout 0.1 in every FFN and attention). Two uniform 32-bit
+integers per 64-bit draw of the generator, compared with a threshold, give the same keep
+probability 1 - p (exact to 2^-32) at a fraction of the cost. CUDA keeps PyTorch's fused dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.device,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean mask, True with probability 1 - p, independently per element.
+
+    Args:
+        shape: mask shape.
+        p: drop probability in [0, 1).
+        device: where to draw it.
+        generator: the random generator (default: the global one, which activation
+            checkpointing saves and restores, so a recomputed pass draws the same mask).
+
+    Returns:
+        bool tensor of ``shape``.
+    """
+    numel = torch.Size(shape).numel()
+    bits = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device)
+    bits.random_(-(2**63), None, generator=generator)  # the full 64-bit range: two 32-bit draws
+    threshold = -(2**31) + round(p * 2**32)  # drops round(p * 2^32) of the 2^32 values
+    return (bits.view(torch.int32)[:numel] >= threshold).view(shape)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * mask * r, saving only the boolean mask for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, r: float) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        ctx.r = r
+        return (x * mask).mul_(r)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask).mul_(ctx.r), None, None
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout(p)`` (zero with probability p in training, scale the rest by 1 / (1 - p))."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.is_cuda:
+            return F.dropout(x, self.p, training=True)
+        return _MaskedScale.apply(x, keep_mask(x.shape, self.p, device=x.device), 1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -1,0 +1,77 @@
+"""The batched mask decoder computes what the per-band heads compute, values and gradients;
+the integer-threshold dropout behaves as nn.Dropout."""
+
+import pytest
+import torch
+
+from mixitcli import build_model
+from mixitcli.model.dropout import Dropout, keep_mask
+
+
+def per_band_masks(decoder, x):
+    """The reference: each band's head on its own, concatenated over bins -> (b, n, c, f, l)."""
+    y = torch.cat([head(x[:, :, i]) for i, head in enumerate(decoder.heads)], dim=-1)  # (n, b, l, 2, c, f)
+    return torch.complex(y[:, :, :, 0], y[:, :, :, 1]).permute(1, 0, 3, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    torch.manual_seed(0)
+    return build_model("tiny", n_outputs=3).decoder
+
+
+def test_batched_decoder_equals_per_band_heads(decoder):
+    b, l, k, d = 2, 5, 62, 16
+    x = torch.randn(b, k, l, d).transpose(1, 2)  # (b, l, k, d) laid out as the separator leaves it
+    with torch.no_grad():
+        ours, ref = decoder(x), per_band_masks(decoder, x)
+    assert ours.shape == ref.shape == (b, 3, 2, 1025, l)
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() < 1e-5
+
+
+def test_batched_decoder_gradients_equal_per_band_heads(decoder):
+    x = torch.randn(1, 2, 62, 16, requires_grad=True)
+    weights = torch.randn(1, 3, 2, 1025, 2, dtype=torch.complex64)
+    params = [decoder.heads[i].get_parameter(name) for i in (0, 40, 61)
+              for name in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight")]
+    grads = []
+    for fn in (decoder, lambda x: per_band_masks(decoder, x)):
+        loss = (fn(x) * weights).real.sum()
+        grads.append(torch.autograd.grad(loss, [x, *params]))
+    for ours, ref in zip(*grads):
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_dropout_keeps_one_minus_p_and_the_mean():
+    torch.manual_seed(0)
+    drop = Dropout(0.1).train()
+    x = torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.9, abs=0.003)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, y.detach())  # the gradient is masked and scaled as the values
+
+
+def test_dropout_is_identity_in_eval_and_follows_the_seed():
+    x = torch.randn(1000)
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    torch.manual_seed(3)
+    a = Dropout(0.3)(x)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.3)(x), a)
+
+
+def test_keep_mask_thresholds():
+    device = torch.device("cpu")
+    assert keep_mask((1000,), 0.0, device=device).all()
+    generator = torch.Generator().manual_seed(0)
+    half = keep_mask((100_001,), 0.5, device=device, generator=generator)  # odd size: the last draw half used
+    assert half.shape == (100_001,) and half.float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_dropout_rejects_bad_probability():
+    with pytest.raises(ValueError, match=r"\[0, 1\), got 1.0"):
+        Dropout(1.0)

@@ -1,0 +1,93 @@
+"""The package's import graph: every module imports on its own, and no mixitcli module reaches
+itself through its imports (top-level or inside functions), so data flows one way."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import mixitcli
+
+ROOT = Path(mixitcli.__file__).parent
+
+
+def module_names() -> dict[str, Path]:
+    """Every module of the package: dotted name -> file (a package is its __init__.py)."""
+    names = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The mixitcli modules that ``name`` imports anywhere in its file.
+
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``.
+    Parent packages that Python runs on the way (``a`` for ``a.b``) do not count: they are
+    where a package lists its parts, not a dependency of those parts. Nor does reading
+    metadata such as ``from mixitcli import __version__``.
+    """
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                if alias.name.startswith("__"):
+                    continue
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as [a, b, ..., a], or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_constructed_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_import_graph_of_mixitcli_has_no_cycle():
+    modules = module_names()
+    assert {"mixitcli.cli", "mixitcli.metrics", "mixitcli.stems", "mixitcli.progress", "mixitcli.demo.data"} <= set(modules)
+    graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
+    assert "mixitcli.metrics" in graph["mixitcli.train.loop"] and "mixitcli.evaluate" not in graph["mixitcli.train.loop"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in module_names() if not n.endswith("__main__")))  # __main__ runs the CLI
+def test_every_module_imports(name):
+    assert importlib.import_module(name).__name__ == name
