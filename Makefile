@@ -24,7 +24,7 @@ install:
 	./scripts/install.sh
 
 test:
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 tests
 
 bench:
 	$(PYTHON) bench/model.py

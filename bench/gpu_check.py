@@ -323,7 +323,7 @@ def check_resume(ctx: Context) -> dict:
     """K steps, then `--resume` for K more, against 2K uninterrupted steps: losses and weights."""
     import torch
 
-    from mixitcli.train.checkpoint import load_checkpoint
+    from mixitcli.model.checkpoints import load_checkpoint
 
     k, b = ctx.scale.resume_steps, ctx.scale.small_batch
     split, whole = ctx.work / "runs" / "resume-split", ctx.work / "runs" / "resume-whole"
@@ -384,7 +384,7 @@ def check_ddp(ctx: Context, report: Report) -> dict:
     import torch
     import yaml
 
-    from mixitcli.train.checkpoint import load_checkpoint
+    from mixitcli.model.checkpoints import load_checkpoint
 
     n = max(torch.cuda.device_count(), 1) if ctx.cuda else 2
     steps, b = ctx.scale.ddp_steps, ctx.scale.small_batch * n

@@ -215,7 +215,7 @@ _RUN_OPTIONS = {
 def _train(stage: str, options: dict) -> None:
     """Start or continue a run of ``stage`` (defaults < --config < options) and train it."""
     from mixitcli.train import ConfigError, TrainingError, plan_run, train
-    from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.model.checkpoints import CheckpointError
 
     recipe, resume, auto = options.pop("config"), options.pop("resume"), options.pop("auto_resume")
     try:
@@ -290,7 +290,7 @@ def select_channels(
     often on the MUSDB validation songs (docs/method.md §6)."""
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
-    from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.model.checkpoints import CheckpointError
     from mixitcli.data import DataError
     from mixitcli.devices import DeviceError, pick_device
     from mixitcli.storage import atomic_write_text
@@ -321,7 +321,8 @@ def average(
 ) -> None:
     """Average the weights of a run's best checkpoints (the paper evaluates this average)."""
     from mixitcli.model import model_to_dict
-    from mixitcli.train.checkpoint import CheckpointError, atomic_save, average_run, best_checkpoints
+    from mixitcli.model.checkpoints import CheckpointError, average_run, best_checkpoints
+    from mixitcli.train.checkpoint import atomic_save
 
     try:
         paths = best_checkpoints(run)[:best] if best else best_checkpoints(run)
@@ -533,7 +534,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mixitcli.registry import RegistryError
     from mixitcli.report import ReportError
     from mixitcli.separate import SeparationError
-    from mixitcli.train.checkpoint import CheckpointError
+    from mixitcli.model.checkpoints import CheckpointError
 
     return (AudioError, CheckpointError, DataError, DeviceError, EvalError, ModelLoadError, RegistryError, ReportError, SeparationError)
 

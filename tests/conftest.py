@@ -10,7 +10,8 @@ from tests.official import OfficialModels
 
 REPO = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(2)
+# two test processes (pytest-xdist, `make test`) share the machine's cores; alone, use two threads
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # The large original fixtures (97 MB, outside the repository) add one more comparison when
 # MIXIT_OFFICIAL_FIXTURES=DIR names them; the compact fixtures in the repository are the proof.

@@ -86,6 +86,12 @@ def test_import_graph_of_mixitcli_has_no_cycle():
     assert "mixitcli.metrics" in graph["mixitcli.train.loop"] and "mixitcli.evaluate" not in graph["mixitcli.train.loop"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    # loading is one straight path: the model package (loading, checkpoint reading, averaging)
+    # never reaches up into training or the registry; names are resolved before loading
+    upward = {(m, d) for m, deps in graph.items() if m.startswith("mixitcli.model") for d in deps
+              if d.startswith(("mixitcli.train", "mixitcli.registry"))}
+    assert not upward, upward
+    assert "mixitcli.model.checkpoints" in graph["mixitcli.train.checkpoint"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in module_names() if not n.endswith("__main__")))  # __main__ runs the CLI

@@ -13,6 +13,7 @@ import torch
 from mixitcli.model.bslocoformer import BSLocoformer
 from mixitcli.model.config import PRESETS, ModelConfig, default_stems
 from mixitcli.model.config import preset as preset_config
+from mixitcli.model.checkpoints import CheckpointError, average_run
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
 from mixitcli.model.serialize import FORMAT, ModelLoadError, model_from_dict, model_to_dict
 
@@ -66,9 +67,10 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:
         except OfficialCheckpointError as e:
             raise ModelLoadError(str(e)) from e
     if path.is_dir():
-        from mixitcli.train.checkpoint import average_run  # training owns run folders
-
-        return average_run(path, map_location=map_location).eval()
+        try:
+            return average_run(path, map_location=map_location).eval()
+        except CheckpointError as e:
+            raise ModelLoadError(str(e)) from e
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:

@@ -1,8 +1,7 @@
 """A model as plain types and back: its config, output names and weights (what checkpoints hold).
 
-Kept apart from :mod:`mixitcli.model`'s loader so that training's checkpoints
-(:mod:`mixitcli.train.checkpoint`) can use it while the loader reads run folders through
-training, without an import cycle.
+Kept apart from :mod:`mixitcli.model`'s loader so that :mod:`mixitcli.model.checkpoints` (reading
+and averaging, used by the loader) and :mod:`mixitcli.train.checkpoint` (writing) can both use it.
 """
 
 from __future__ import annotations

@@ -51,8 +51,10 @@ class TrainConfig:
     out: str = option("", "Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).",
                       group=DATA, required=True, resume=True, metavar="RUN")
     size: Size | None = option(None, "Model preset (default medium, or that of --init).", group=DATA)
-    init: str | None = option(None, "Start from these weights: a mixit checkpoint or run folder (averaged best), or an "
-                              "official model folder (pretrain: continue pre-training from them).", group=DATA, metavar="PATH")
+    init: str | None = option(None, "Start from these weights: a mixit checkpoint or run folder (averaged best), an "
+                              "official model folder, or the name of a published model (`mixit models`; e.g. "
+                              "mixit.fma-large.bslocoformer-medium.12outputs). Pretrain: continue pre-training from them.",
+                              group=DATA, metavar="PATH")
     selection: str | None = option(None, "select-channels JSON that picks the 4 stems among the 12 outputs of --init.",
                                    group=DATA, metavar="JSON")
     trainable: Literal["all", "encdec"] = option("all", "What trains: all, or encdec (the separator stays frozen).", group=DATA)

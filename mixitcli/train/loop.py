@@ -127,10 +127,11 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
         origin = f"random initialisation ({config.size or 'medium'}, {config.n_outputs} outputs)"
     else:
         from mixitcli.model import ModelLoadError
+        from mixitcli.registry import RegistryError, resolve_model
 
-        try:
-            model = load_model(config.init)
-        except (ModelLoadError, CheckpointError) as e:
+        try:  # a name of a published model is resolved to its folder first, then loaded
+            model = load_model(resolve_model(config.init, progress=os.environ.get("RANK", "0") == "0"))
+        except (ModelLoadError, CheckpointError, RegistryError) as e:
             raise TrainingError(f"--init: {e}") from e
         origin = f"{config.init} ({model.config.n_outputs} outputs)"
         if config.size is not None and _preset_of(model) != config.size:

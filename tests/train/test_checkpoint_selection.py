@@ -16,7 +16,8 @@ from mixitcli.selection import (
     resolve,
     select_channels,
 )
-from mixitcli.train.checkpoint import CheckpointManager, average_checkpoints, best_checkpoints, load_checkpoint, training_state
+from mixitcli.model.checkpoints import average_checkpoints, best_checkpoints, load_checkpoint
+from mixitcli.train.checkpoint import CheckpointManager, training_state
 
 
 def make_state(model, step, epoch):

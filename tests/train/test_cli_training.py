@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mixitcli.cli import app
 from mixitcli.model import load_model
-from mixitcli.train.checkpoint import load_checkpoint
+from mixitcli.model.checkpoints import load_checkpoint
 
 runner = CliRunner()
 FAST = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from mixitcli import storage
 from mixitcli.cli import app
 from mixitcli.train import loop
-from mixitcli.train.checkpoint import load_checkpoint
+from mixitcli.model.checkpoints import load_checkpoint
 
 runner = CliRunner()
 FAST = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",

@@ -10,7 +10,7 @@ import torch
 
 from mixitcli.train import TrainingError, build_config, train
 from mixitcli.train import loop as loop_module
-from mixitcli.train.checkpoint import CheckpointError, load_checkpoint
+from mixitcli.model.checkpoints import CheckpointError, load_checkpoint
 
 FAST = dict(size="tiny", segment_seconds=0.5, warmup_steps=1, workers=0, device="cpu", log_every=1, activation_checkpointing=False)
 
