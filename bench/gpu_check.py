@@ -321,8 +321,6 @@ def check_overfit(ctx: Context) -> dict:
 
 def check_resume(ctx: Context) -> dict:
     """K steps, then `--resume` for K more, against 2K uninterrupted steps: losses and weights."""
-    import torch
-
     from mixitcli.model.checkpoints import load_checkpoint
 
     k, b = ctx.scale.resume_steps, ctx.scale.small_batch

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mixitcli import audio
+from mixitcli.data.errors import with_problems
 from mixitcli.storage import StorageError, WriteError, describe_os_error
 from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
 
@@ -35,9 +36,7 @@ class PlanError(SeparationError):
 
     def __init__(self, message: str, problems: Sequence[str] = ()):
         self.problems = list(problems)
-        shown = "".join(f"\n  - {p}" for p in self.problems[:30])
-        more = f"\n  ... and {len(self.problems) - 30} more" if len(self.problems) > 30 else ""
-        super().__init__(message + shown + more)
+        super().__init__(with_problems(message, self.problems))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from mixitcli import audio
+from mixitcli.data.errors import with_problems
 from mixitcli.evaluate import CONFIG, ESTIMATES, RECORDS
 from mixitcli.listen_page import CODECS, DB_RANGE, MIXTURE, REFERENCE, stem_order
 from mixitcli.report import SUMMARY_JSON
@@ -51,9 +52,7 @@ class ListenError(Exception):
 
     def __init__(self, message: str, problems: Sequence[str] = ()):
         self.problems = list(problems)
-        shown = "".join(f"\n  - {p}" for p in self.problems[:30])
-        more = f"\n  ... and {len(self.problems) - 30} more" if len(self.problems) > 30 else ""
-        super().__init__(message + shown + more)
+        super().__init__(with_problems(message, self.problems))
 
 
 # -- inputs ----------------------------------------------------------------------------------

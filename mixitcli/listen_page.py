@@ -131,7 +131,7 @@ def _lufs(value: float | None, x_is_silent: bool) -> str:
 def summary_table(evals) -> str:
     """Rows: evaluations; columns: cSDR and uSDR per stem and average (as `mixit report`)."""
     metrics = ("csdr", "usdr")
-    heads = [f'<th data-col="0" data-type="text">model</th><th data-col="1" data-type="number">tracks</th>']
+    heads = ['<th data-col="0" data-type="text">model</th><th data-col="1" data-type="number">tracks</th>']
     col = 2
     for m in metrics:
         for c in COLUMNS:

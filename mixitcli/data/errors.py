@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def with_problems(message: str, problems: list[str], *, limit: int = 30) -> str:
+    """``message`` followed by one "  - problem" line each (at most ``limit``, then a count)."""
+    shown = "".join(f"\n  - {p}" for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return message + shown + more
+
+
 class DataError(Exception):
     """Base class: preparing or reading a dataset failed for a reason the user can fix."""
 
@@ -16,11 +23,7 @@ class LayoutError(DataError):
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
-        if self.problems:
-            shown = "\n".join(f"  - {p}" for p in self.problems[:50])
-            more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-            message = f"{message}\n{shown}{more}"
-        super().__init__(message)
+        super().__init__(with_problems(message, self.problems, limit=50))
 
 
 class MetadataError(DataError):
