@@ -38,6 +38,17 @@ SR = 44100
 REPO = Path(__file__).resolve().parents[1]
 
 
+def set_up_process(allocator: str) -> None:
+    """Set the process up as the ``mixit`` command does (if this version of the code does it)."""
+    if allocator != "mixit":
+        return
+    try:
+        from mixitcli.allocator import keep_freed_memory
+    except ImportError:  # older code: glibc's defaults, as its command had
+        return
+    keep_freed_memory()
+
+
 def measure(preset: str, stage: str, batch: int, device: str, precision: str, steps: int, seconds: float, threads: int) -> dict:
     import torch
 
@@ -172,14 +183,19 @@ def main() -> None:
     parser.add_argument("--against", default=None, metavar="REF",
                         help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)")
     parser.add_argument("--reps", type=int, default=3, help="paired mode: repetitions of each side")
+    parser.add_argument("--allocator", choices=("mixit", "default"), default="mixit",
+                        help="mixit: glibc keeps freed memory, as the mixit command sets it (code that predates "
+                             "mixitcli.allocator runs with the defaults); default: glibc's defaults on both sides")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        set_up_process(args.allocator)
         print(json.dumps(measure(args.presets, args.stages, int(args.batches), args.device, args.precisions, args.steps, args.seconds, args.threads)))
         return
     configs = [["--presets", preset, "--stages", stage, "--batches", batch, "--device", args.device, "--precisions", precision,
-                "--steps", str(args.steps), "--seconds", str(args.seconds), "--threads", str(args.threads)]
+                "--steps", str(args.steps), "--seconds", str(args.seconds), "--threads", str(args.threads),
+                "--allocator", args.allocator]
                for preset in args.presets.split(",") for stage in args.stages.split(",")
                for batch in args.batches.split(",") for precision in args.precisions.split(",")]
     if args.against:

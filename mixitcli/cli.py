@@ -78,6 +78,9 @@ def _root(
     ),
 ) -> None:
     """mixit: BS-Locoformer music source separation with MixIT pre-training."""
+    from mixitcli.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of new pages
 
 
 def fail(message: str, code: int = 1) -> None:

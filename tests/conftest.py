@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixitcli.allocator import keep_freed_memory
 from tests.official import OfficialModels
 
 REPO = Path(__file__).resolve().parents[1]
 
 # two test processes (pytest-xdist, `make test`) share the machine's cores; alone, use two threads
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+keep_freed_memory()  # as the mixit command does: large tensors reuse freed memory
 
 # The large original fixtures (97 MB, outside the repository) add one more comparison when
 # MIXIT_OFFICIAL_FIXTURES=DIR names them; the compact fixtures in the repository are the proof.
