@@ -564,7 +564,7 @@ def check_throughput(ctx: Context) -> dict:
         for stage, preset in runs:
             cfg = build_config(stage, recipe=REPO / "recipes" / stage / f"{preset}.yaml", overrides={"data": "-", "out": "-"})
             examples = cfg.epochs * cfg.steps_per_epoch * cfg.batch_size
-            total += examples * (3 + int(cfg.activation_checkpointing)) * per_example[(preset, cfg.n_outputs)][0] * 1e12
+            total += examples * (3 + int(cfg.activation_checkpointing is not False)) * per_example[(preset, cfg.n_outputs)][0] * 1e12
         tables[table] = {"runs": len(runs), "eflop": round(total / 1e18, 1),
                          "gpu_hours_this_gpu": round(total / (achieved * 1e12) / 3600),
                          f"gpu_hours_at_{README_ASSUMED_TFLOPS:.0f}_tflops": round(total / (README_ASSUMED_TFLOPS * 1e12) / 3600)}

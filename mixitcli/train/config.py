@@ -107,9 +107,10 @@ class TrainConfig:
     device: str = option("auto", "auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its "
                          "LOCAL_RANK GPU.", group=RUNTIME, resume=True)
     bf16: bool | None = option(None, "bf16 autocast (default: on for CUDA, off on CPU).", group=RUNTIME, resume=True)
-    activation_checkpointing: bool = option(
-        True, "Recompute block activations in the backward pass to save memory.", group=RUNTIME, resume=True,
-        aliases=("--checkpointing",))
+    activation_checkpointing: bool | None = option(
+        None, "Recompute block activations in the backward pass to save memory (default: on for CUDA and for the "
+        "medium and large models; off for the tiny and small models on CPU, where it only costs time).",
+        group=RUNTIME, resume=True, aliases=("--checkpointing",))
     workers: int = option(2, "DataLoader worker processes per device.", group=RUNTIME, at_least=0, resume=True)
     seed: int = option(0, "Seed of the initial weights, the data order and dropout.", group=RUNTIME, at_least=0)
     max_bad_steps: int = option(20, "Non-finite steps in a row before the run stops.", group=RUNTIME, at_least=1, resume=True)

@@ -158,8 +158,22 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
         raise TrainingError(f"fine-tuning needs outputs {STEMS}, the model has {model.stems}")
     if config.trainable == "encdec":
         model.separator.requires_grad_(False)
-    model.set_activation_checkpointing(config.activation_checkpointing)
+    model.set_activation_checkpointing(checkpointing_on(config, model))
     return model, origin
+
+
+def checkpointing_on(config: TrainConfig, model: BSLocoformer) -> bool:
+    """Whether the blocks recompute their activations in the backward pass.
+
+    The option when it is set. Unset: on for CUDA and for models of the medium size and above
+    (d_model >= 128), whose activations fill memory; off for the tiny and small models on CPU
+    and MPS, whose activations are small and whose steps the recomputation lengthens by a fifth.
+    """
+    if config.activation_checkpointing is not None:
+        return config.activation_checkpointing
+    from mixitcli.devices import pick_device
+
+    return pick_device(config.device).type == "cuda" or model.config.d_model >= 128
 
 
 def make_datasets(config: TrainConfig):
@@ -398,6 +412,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     notes: list[str] = []
     ckpt = load_last(run, stage=config.stage) if resume else None
     model, origin = prepare_model(config, ckpt, source=str(manager_dir / "last.pt"), warnings=notes)
+    config = config.replace(activation_checkpointing=checkpointing_on(config, model))  # config.yaml says which
     core = model.to(rt.device)
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)

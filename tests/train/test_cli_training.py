@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from mixitcli.cli import app
@@ -36,6 +37,13 @@ def test_pretrain_writes_a_run_folder(pretrained):
     assert (pretrained / "config.yaml").is_file() and (pretrained / "metrics.jsonl").is_file()
     assert load_checkpoint(pretrained / "checkpoints" / "last.pt")["step"] == 4
     assert len(json.loads((pretrained / "checkpoints" / "best.json").read_text())) == 2
+
+
+def test_checkpointing_default_is_resolved_and_recorded(fma_prep, tmp_path):
+    run = tmp_path / "run"
+    fast = [a for a in FAST if a != "--no-checkpointing"]
+    invoke("pretrain", "--data", fma_prep, "--out", run, *fast, "--batch-size", "2", "--max-steps", "1", "--valid-size", "2")
+    assert yaml.safe_load((run / "config.yaml").read_text())["activation_checkpointing"] is False  # tiny on CPU
 
 
 def test_resume_continues_and_extends(pretrained, fma_prep, tmp_path):

@@ -142,3 +142,22 @@ def test_finetune_from_an_official_mixit_folder(official, musdb_prep, tmp_path):
     assert start["stems"] == ["bass", "drums", "vocals", "other"]
     heads = start["state_dict"]["decoder.heads.3.fc3.weight"]
     assert torch.allclose(heads, official.decoder.heads[3].fc3.weight[[5, 1, 9, 2]], atol=1e-6)  # lr 1e-9: barely moved
+
+
+def test_activation_checkpointing_default_follows_device_and_size(monkeypatch):
+    import mixitcli.devices
+
+    def model_of(size, **over):
+        config = build_config("pretrain", overrides=dict(data="-", out="-", size=size, device="cpu", **over))
+        return config, loop_module.prepare_model(config)[0]
+
+    def on(model):
+        return all(block.activation_checkpointing for block in model.separator)
+
+    config, tiny = model_of("tiny")
+    assert config.activation_checkpointing is None and not on(tiny)
+    assert on(model_of("medium")[1])  # its activations fill memory, even on CPU
+    assert on(model_of("tiny", activation_checkpointing=True)[1])
+    assert not on(model_of("medium", activation_checkpointing=False)[1])
+    monkeypatch.setattr(mixitcli.devices, "pick_device", lambda name="auto", local_rank=0: torch.device("cuda"))
+    assert on(model_of("tiny")[1])
