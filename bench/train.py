@@ -18,6 +18,11 @@ machine was. Figures from different runs or machines are never comparable; these
 
     python bench/train.py --against main --presets tiny --stages pretrain --batches 1 --reps 5
     python bench/train.py --against ../other-checkout --presets medium --stages forward --seconds 12
+
+Each process is set up as the ``mixit`` command sets itself up (``--allocator mixit``: glibc keeps
+freed memory, where the code has ``mixitcli.allocator``); training steps use each version's
+default activation checkpointing for the preset and device unless ``--checkpointing on|off``
+fixes it for both sides.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ def set_up_process(allocator: str) -> None:
     keep_freed_memory()
 
 
-def measure(preset: str, stage: str, batch: int, device: str, precision: str, steps: int, seconds: float, threads: int) -> dict:
+def measure(preset: str, stage: str, batch: int, device: str, precision: str, steps: int, seconds: float, threads: int,
+            checkpointing: str = "default") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -60,7 +66,8 @@ def measure(preset: str, stage: str, batch: int, device: str, precision: str, st
     from mixitcli.train.schedule import make_scheduler
 
     cls = PretrainConfig if stage == "pretrain" else FinetuneConfig
-    config = cls(data="-", out="-", size=preset, batch_size=batch, bf16=precision == "bf16", warmup_steps=1)
+    fixed = {} if checkpointing == "default" else {"activation_checkpointing": checkpointing == "on"}
+    config = cls(data="-", out="-", size=preset, batch_size=batch, bf16=precision == "bf16", warmup_steps=1, device=device, **fixed)
     rt = Runtime(rank=0, world=1, local_rank=0, device=torch.device(device))
     model, _ = prepare_model(config)
     model = model.to(rt.device)
@@ -183,6 +190,9 @@ def main() -> None:
     parser.add_argument("--against", default=None, metavar="REF",
                         help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)")
     parser.add_argument("--reps", type=int, default=3, help="paired mode: repetitions of each side")
+    parser.add_argument("--checkpointing", choices=("default", "on", "off"), default="default",
+                        help="activation checkpointing in training steps: each version's default for the preset "
+                             "and device, or on / off for both")
     parser.add_argument("--allocator", choices=("mixit", "default"), default="mixit",
                         help="mixit: glibc keeps freed memory, as the mixit command sets it (code that predates "
                              "mixitcli.allocator runs with the defaults); default: glibc's defaults on both sides")
@@ -191,11 +201,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         set_up_process(args.allocator)
-        print(json.dumps(measure(args.presets, args.stages, int(args.batches), args.device, args.precisions, args.steps, args.seconds, args.threads)))
+        print(json.dumps(measure(args.presets, args.stages, int(args.batches), args.device, args.precisions, args.steps,
+                                args.seconds, args.threads, args.checkpointing)))
         return
     configs = [["--presets", preset, "--stages", stage, "--batches", batch, "--device", args.device, "--precisions", precision,
                 "--steps", str(args.steps), "--seconds", str(args.seconds), "--threads", str(args.threads),
-                "--allocator", args.allocator]
+                "--allocator", args.allocator, "--checkpointing", args.checkpointing]
                for preset in args.presets.split(",") for stage in args.stages.split(",")
                for batch in args.batches.split(",") for precision in args.precisions.split(",")]
     if args.against:
