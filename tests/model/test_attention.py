@@ -20,7 +20,7 @@ def qkv():
 CHUNKINGS = {
     "one chunk": 1 << 16,
     "sequences": 4 * 7 * 7,  # 4 sequences per chunk: chunks of 4, 4 and 2
-    "rows": 20,  # rows 0-1, 2-3, 4-5 and 6 of each sequence
+    "rows": 28,  # rows 0-3 and 4-6 of each sequence
 }
 
 
@@ -37,7 +37,15 @@ def layout(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("n, s, elements", [(10, 7, 196), (3, 7, 20), (3, 516, 1 << 16), (1032, 62, 1 << 16)])
+@pytest.fixture(params=["saved", "drawn again"])
+def masks(request, monkeypatch):
+    """The backward pass with the forward's masks, or with masks drawn again from the seed."""
+    if request.param == "drawn again":
+        monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("n, s, elements", [(10, 7, 196), (3, 7, 20), (3, 7, 28), (3, 516, 1 << 16), (1032, 62, 1 << 16)])
 def test_chunks_cover_the_scores_in_order(n, s, elements, monkeypatch):
     monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
     chunks = attn_module._chunks(n, s)
@@ -59,11 +67,12 @@ def test_without_dropout_equals_sdpa(qkv, chunking, layout):
 
 
 def test_dropout_gradients_are_exact(qkv, chunking, layout):
+    # with the saved masks; test_chunks_and_saved_masks_... checks that drawing them again changes nothing
     q, k, v = qkv
     assert torch.autograd.gradcheck(lambda q, k, v: _DropoutAttention.apply(q, k, v, 0.3, 42), (q, k, v))
 
 
-def test_dropout_equals_explicit_masked_attention(qkv, chunking, layout):
+def test_dropout_equals_explicit_masked_attention(qkv, chunking, layout, masks):
     q, k, v = qkv
     out = _DropoutAttention.apply(q, k, v, 0.5, 7)
     probs = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
@@ -73,14 +82,16 @@ def test_dropout_equals_explicit_masked_attention(qkv, chunking, layout):
     assert torch.allclose(out, (probs * keep) @ v * 2.0, atol=1e-12)
 
 
-def test_chunking_does_not_change_values_or_gradients(qkv, layout, monkeypatch):
+def test_chunks_and_saved_masks_do_not_change_values_or_gradients(qkv, layout, monkeypatch):
     q, k, v = qkv
     g = torch.randn_like(q)
     results = []
     for elements in CHUNKINGS.values():
-        monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
-        out = _DropoutAttention.apply(q, k, v, 0.3, 5)
-        results.append((out, *torch.autograd.grad(out, (q, k, v), g)))
+        for saved_bytes in (0, 1 << 20):
+            monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
+            monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", saved_bytes)
+            out = _DropoutAttention.apply(q, k, v, 0.3, 5)
+            results.append((out, *torch.autograd.grad(out, (q, k, v), g)))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.allclose(a, b, atol=1e-12)
