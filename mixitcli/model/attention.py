@@ -5,9 +5,9 @@ which stores the whole (N, h, s, s) probability matrix, its dropout mask and the
 copy for the backward pass: about 1.5 GB per time path of the medium model on 6 s of audio.
 :class:`_DropoutAttention` computes the same function (each attention probability dropped
 with probability p, the rest scaled by 1 / (1 - p)) in chunks and saves only q, k, v, the
-output and, when it is small, the dropout mask (one byte per score); larger masks are drawn
-again from a seed in the backward pass, as flash attention does. On CUDA, SDPA's fused
-kernels support dropout themselves and are used directly.
+output and, within :data:`SAVED_MASK_BYTES`, the dropout masks as bytes or bits; masks over
+that are drawn again from a seed in the backward pass, as flash attention does. On CUDA,
+SDPA's fused kernels support dropout themselves and are used directly.
 
 The (n, R, s) scores of a chunk (n whole sequences, or R query rows of one sequence) dominate
 the training time of the small presets on CPU, so the chunk loop is written for few, cheap
@@ -15,8 +15,8 @@ passes over them:
 
 - chunks of at most :data:`CHUNK_ELEMENTS` scores, in buffers reused from chunk to chunk;
 - the scale and 1 / (1 - p) folded into the (s, dh) operands, the fused softmax in place;
-- the mask drawn as 16-bit integers and written as 0/1 bytes (:func:`fill_keep_`), kept for
-  the backward pass up to :data:`SAVED_MASK_BYTES`;
+- the mask drawn as 16-bit integers and written as 0/1 bytes (:func:`fill_keep_`), which
+  multiply the probabilities 4x faster than booleans;
 - for dh < :data:`NARROW_DH`, every product with a (s, dh) result computed transposed:
   MKL's sgemm makes (dh, s) = (dh, s') (s', s) about 4x faster than (s, s') (s', dh) at dh = 8,
   so those operands are kept as (dh, s) matrices.
@@ -38,10 +38,11 @@ L2) takes 30 % longer, as every chunk costs about 17 operator calls of Python ov
 """
 
 SAVED_MASK_BYTES = 64 << 20
-"""Masks of at most this many scores (one byte each) are kept from the forward pass for the
-backward one; larger ones are drawn again. Measured on the tiny time path (1 thread, 33 MB of
-mask, 4 MB on the frequency path): the backward pass takes 0.11 s instead of 0.15 s, the
-forward pass 0.01 s longer (the mask goes to memory instead of staying in cache)."""
+"""The memory that may keep a call's masks from the forward pass for the backward one: as
+bytes if they fit (33 MB for a time path of the tiny preset on 6 s of audio), else as bits
+(17 MB for the medium preset's), else they are drawn again. Forward and backward, 1 thread:
+tiny time path 0.25 s drawing again, 0.23 s with bits, 0.22 s with bytes; medium time path
+1.52 s drawing again, 1.36 s with bits."""
 
 NARROW_DH = 16
 """Head dimensions below this are "narrow": the (s, dh) operands are stored transposed, as (dh, s)."""
@@ -80,10 +81,21 @@ def _chunks(n: int, s: int) -> list[tuple[int, int, int, int]]:
     return [(a, a + 1, r, min(r + rows, s)) for a in range(n) for r in range(0, s, rows)]
 
 
-def _buffers(like: torch.Tensor, chunks: list[tuple[int, int, int, int]], s: int, count: int) -> list[torch.Tensor]:
+def _buffers(like: torch.Tensor, chunks: list[tuple[int, int, int, int]], s: int, count: int,
+             dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """``count`` flat buffers, each large enough for the scores of the largest chunk, reused by every chunk."""
     size = max((b - a) * (r1 - r0) for a, b, r0, r1 in chunks) * s
-    return [like.new_empty(size) for _ in range(count)]
+    return [like.new_empty(size, dtype=dtype) for _ in range(count)]
+
+
+def _saved_masks(like: torch.Tensor, chunks: list[tuple[int, int, int, int]], s: int) -> torch.Tensor | None:
+    """Room to keep the masks within :data:`SAVED_MASK_BYTES`: (n, s, s) bytes, or the chunks'
+    masks one after the other as bits (:func:`_pack_bits`), flat, or None."""
+    n = chunks[-1][1]
+    if n * s * s <= SAVED_MASK_BYTES:
+        return like.new_empty(n, s, s, dtype=torch.uint8)
+    size = sum(-(-(b - a) * (r1 - r0) * s // 8) for a, b, r0, r1 in chunks)
+    return like.new_empty(size, dtype=torch.uint8) if size <= SAVED_MASK_BYTES else None
 
 
 def _operand(x: torch.Tensor, factor: float, narrow: bool) -> torch.Tensor:
@@ -109,16 +121,16 @@ def _unoperand(x: torch.Tensor, factor: float, shape: torch.Size, narrow: bool) 
 class _Products:
     """The chunk products, on operands laid out by :func:`_operand`.
 
-    A chunk is (b, a) = (sequences, query rows) of the (n, s, s) scores. ``rows(x, b, a)``
-    selects an operand's (s, dh) rows of the chunk; the products are written for the
-    (s, dh) layout and computed transposed in the narrow one.
+    A chunk is (sequences, query rows) of the (n, s, s) scores, and ``rows`` selects the
+    chunk's rows of an operand. The products are written for the (s, dh) layout and computed
+    transposed in the narrow one.
     """
 
     def __init__(self, narrow: bool):
         self.narrow = narrow
 
-    def rows(self, x: torch.Tensor, b: slice, a: slice) -> torch.Tensor:
-        return x[b, :, a] if self.narrow else x[b, a]
+    def rows(self, x: torch.Tensor, seqs: slice, rows: slice) -> torch.Tensor:
+        return x[seqs, :, rows] if self.narrow else x[seqs, rows]
 
     def scores(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = x y^T: (c, R, dh), (c, s, dh) -> (c, R, s)."""
@@ -139,6 +151,30 @@ class _Products:
             out.baddbmm_(w.transpose(1, 2), x)
 
 
+# Bit packing, 8 mask bytes (each 0 or 1) per int64 word. Packing multiplies the word, byte j
+# worth 2^(8 j), by sum_i 2^(9 i): the terms byte_j * 2^(8 j + 9 i) fall on distinct bits, so
+# nothing carries, and those with i + j = 7 make the top byte, byte j as its bit 7 - j.
+# Unpacking copies the byte into all 8 of a word (times sum_j 2^(8 j)) and keeps bit 7 - j in
+# byte j. The products overflow int64 and wrap around, as integer tensor arithmetic does.
+_GATHER = sum(1 << (9 * i) for i in range(8)) - (1 << 64)  # 0x8040201008040201, as a signed int64
+_SPREAD = sum(1 << (8 * j) for j in range(8))  # 0x0101010101010101
+_SELECT = sum(1 << (8 * j + 7 - j) for j in range(8))  # 0x0102040810204080
+
+
+def _pack_bits(keep: torch.Tensor, out: torch.Tensor) -> None:
+    """(c,) uint8 0/1 -> ``out`` (ceil(c / 8),) uint8, 8 elements per byte, the last padded with 0."""
+    if keep.numel() % 8:
+        keep = F.pad(keep, (0, -keep.numel() % 8))
+    words = keep.view(torch.int64) * _GATHER
+    out.copy_(words.bitwise_right_shift_(56))  # the top bytes (shifting into uint8 directly is slower)
+
+
+def _unpack_bits(packed: torch.Tensor, out: torch.Tensor) -> None:
+    """The inverse of :func:`_pack_bits`: (ceil(c / 8),) uint8 -> ``out`` (c,) uint8 0/1."""
+    words = packed.to(torch.int64).mul_(_SPREAD).bitwise_and_(_SELECT)
+    torch.ne(words.view(torch.uint8)[: out.numel()], 0, out=out)
+
+
 class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, p: float, seed: int):
@@ -149,19 +185,23 @@ class _DropoutAttention(torch.autograd.Function):
         qs, kk, vr = _operand(q, scale, mm.narrow), _operand(k, 1.0, mm.narrow), _operand(v, r, mm.narrow)
         out = torch.empty_like(qs)
         chunks = _chunks(n * h, s)
-        (probs_buffer,) = _buffers(q, chunks, s, 1)
-        saved = n * h * s * s <= SAVED_MASK_BYTES
-        keep_all = q.new_empty((n * h, s, s) if saved else probs_buffer.shape, dtype=torch.uint8)
+        probs_buffer, keep_buffer = _buffers(q, chunks, s, 1) + _buffers(q, chunks, s, 1, torch.uint8)
+        saved, at = _saved_masks(q, chunks, s), 0
+        as_bytes = saved is not None and saved.dim() == 3
         generator = torch.Generator(device=q.device).manual_seed(seed)
         for a, b, r0, r1 in chunks:
             seqs, rows, shape = slice(a, b), slice(r0, r1), (b - a, r1 - r0, s)
-            keep = keep_all[seqs, rows] if saved else keep_all[: shape[0] * shape[1] * s].view(shape)
+            size = shape[0] * shape[1] * s
+            keep = saved[seqs, rows] if as_bytes else keep_buffer[:size].view(shape)
             fill_keep_(keep, p, generator=generator)  # m
-            probs = mm.scores(mm.rows(qs, seqs, rows), kk[seqs], out=probs_buffer[: keep.numel()].view(shape))
+            if saved is not None and not as_bytes:
+                _pack_bits(keep.view(-1), out=saved[at : at + -(-size // 8)])
+                at += -(-size // 8)
+            probs = mm.scores(mm.rows(qs, seqs, rows), kk[seqs], out=probs_buffer[:size].view(shape))
             torch.softmax(probs, dim=-1, out=probs)  # in place: P
             mm.times(probs.mul_(keep), vr[seqs], out=mm.rows(out, seqs, rows))
         out = _unoperand(out, 1.0, q.shape, mm.narrow)
-        ctx.save_for_backward(q, k, v, out, keep_all if saved else None)
+        ctx.save_for_backward(q, k, v, out, saved)
         ctx.p, ctx.seed = p, seed
         return out
 
@@ -180,15 +220,19 @@ class _DropoutAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(qs), torch.zeros_like(kk), torch.zeros_like(vv)
         chunks = _chunks(n * h, s)
         probs_buffer, weights_buffer, grad_buffer = _buffers(q, chunks, s, 3)
-        keep_buffer = probs_buffer.new_empty(probs_buffer.shape, dtype=torch.uint8)
-        generator = torch.Generator(device=q.device).manual_seed(seed)
+        (keep_buffer,) = _buffers(q, chunks, s, 1, torch.uint8)
+        generator, at = torch.Generator(device=q.device).manual_seed(seed), 0
         for a, b, r0, r1 in chunks:  # the forward's chunks and draws, in the same order
             seqs, rows, shape = slice(a, b), slice(r0, r1), (b - a, r1 - r0, s)
             size = shape[0] * shape[1] * s
+            keep = keep_buffer[:size].view(shape)
             if saved is None:
-                keep = fill_keep_(keep_buffer[:size].view(shape), p, generator=generator)  # m
-            else:
+                fill_keep_(keep, p, generator=generator)  # m
+            elif saved.dim() == 3:  # bytes
                 keep = saved[seqs, rows]
+            else:
+                _unpack_bits(saved[at : at + -(-size // 8)], out=keep.view(-1))
+                at += -(-size // 8)
             probs = mm.scores(mm.rows(qs, seqs, rows), kk[seqs], out=probs_buffer[:size].view(shape))
             torch.softmax(probs, dim=-1, out=probs)  # in place: P
             weights = torch.mul(probs, keep, out=weights_buffer[:size].view(shape))  # P * m

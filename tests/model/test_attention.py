@@ -37,11 +37,13 @@ def layout(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["saved", "drawn again"])
+SAVED_MASKS = {"bytes": 1 << 20, "bits": 100, "drawn again": 0}  # 490 scores: bytes, or 63-70 bytes of bits
+
+
+@pytest.fixture(params=list(SAVED_MASKS))
 def masks(request, monkeypatch):
-    """The backward pass with the forward's masks, or with masks drawn again from the seed."""
-    if request.param == "drawn again":
-        monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", 0)
+    """The backward pass with the forward's masks kept as bytes or bits, or drawn again from the seed."""
+    monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", SAVED_MASKS[request.param])
     return request.param
 
 
@@ -52,6 +54,18 @@ def test_chunks_cover_the_scores_in_order(n, s, elements, monkeypatch):
     order = [(i, r) for a, b, r0, r1 in chunks for i in range(a, b) for r in range(r0, r1)]
     assert order == [(i, r) for i in range(n) for r in range(s)]
     assert max((b - a) * (r1 - r0) * s for a, b, r0, r1 in chunks) <= max(elements, s)
+
+
+def test_bits_unpack_to_what_was_packed():
+    byte = torch.arange(256)
+    keep = ((byte[:, None] >> torch.arange(8)) & 1).to(torch.uint8).flatten()  # every byte pattern
+    keep = torch.cat([keep, torch.tensor([1, 0, 1], dtype=torch.uint8)])  # and a partial byte
+    packed = torch.empty(257, dtype=torch.uint8)
+    attn_module._pack_bits(keep, out=packed)
+    assert packed[:256].unique().numel() == 256
+    unpacked = torch.empty_like(keep)
+    attn_module._unpack_bits(packed, out=unpacked)
+    assert torch.equal(unpacked, keep)
 
 
 def test_without_dropout_equals_sdpa(qkv, chunking, layout):
@@ -87,7 +101,7 @@ def test_chunks_and_saved_masks_do_not_change_values_or_gradients(qkv, layout, m
     g = torch.randn_like(q)
     results = []
     for elements in CHUNKINGS.values():
-        for saved_bytes in (0, 1 << 20):
+        for saved_bytes in SAVED_MASKS.values():
             monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
             monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", saved_bytes)
             out = _DropoutAttention.apply(q, k, v, 0.3, 5)
