@@ -4,10 +4,10 @@ Attention dropout (docs/method.md §3.5: 0.1) makes PyTorch fall back to its "ma
 which stores the whole (N, h, s, s) probability matrix, its dropout mask and the dropped
 copy for the backward pass: about 1.5 GB per time path of the medium model on 6 s of audio.
 :class:`_DropoutAttention` computes the same function (each attention probability dropped
-with probability p, the rest scaled by 1 / (1 - p)) in chunks and saves only q, k, v, the
-output and, within :data:`SAVED_MASK_BYTES`, the dropout masks as bytes or bits; masks over
-that are drawn again from a seed in the backward pass, as flash attention does. On CUDA,
-SDPA's fused kernels support dropout themselves and are used directly.
+with probability p, the rest scaled by 1 / (1 - p)) in chunks and saves only q, k and v (laid
+out for the products), the output and, within :data:`SAVED_MASK_BYTES`, the dropout masks as
+bytes or bits; masks over that are drawn again from a seed in the backward pass, as flash
+attention does. On CUDA, SDPA's fused kernels support dropout themselves and are used directly.
 
 The (n, R, s) scores of a chunk (n whole sequences, or R query rows of one sequence) dominate
 the training time of the small presets on CPU, so the chunk loop is written for few, cheap
@@ -201,27 +201,28 @@ class _DropoutAttention(torch.autograd.Function):
             torch.softmax(probs, dim=-1, out=probs)  # in place: P
             mm.times(probs.mul_(keep), vr[seqs], out=mm.rows(out, seqs, rows))
         out = _unoperand(out, 1.0, q.shape, mm.narrow)
-        ctx.save_for_backward(q, k, v, out, saved)
+        # the operands instead of q, k, v: as much memory (q, k and v are views of one tensor), less work
+        ctx.save_for_backward(qs, kk, vr, out, saved)
         ctx.p, ctx.seed = p, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        # With g the output gradient and g' = r g: dv = (P * m)^T g', and
-        # dS = P * (m * (g' v^T) - rowsum(g * out)), since rowsum(P * m * (g' v^T)) = rowsum(g * out);
+        # With g the output gradient: dv = r (P * m)^T g, and
+        # dS = P * (m * (g (r v)^T) - rowsum(g * out)), since rowsum(P * m * (g (r v)^T)) = rowsum(g * out);
         # dq = scale dS k, dk = dS^T (scale q).
-        q, k, v, out, saved = ctx.saved_tensors
+        qs, kk, vr, out, saved = ctx.saved_tensors
         p, seed = ctx.p, ctx.seed
-        n, h, s, dh = q.shape
+        n, h, s, dh = out.shape
         scale, r = dh**-0.5, 1.0 / (1.0 - p)
         mm = _Products(dh < NARROW_DH)
-        qs, kk, vv, gr = (_operand(x, f, mm.narrow) for x, f in ((q, scale), (k, 1.0), (v, 1.0), (grad_out, r)))
+        grad = _operand(grad_out, 1.0, mm.narrow)
         rowdot = torch.linalg.vecdot(grad_out, out).view(n * h, s, 1)
-        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(kk), torch.zeros_like(vv)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(kk), torch.zeros_like(vr)
         chunks = _chunks(n * h, s)
-        probs_buffer, weights_buffer, grad_buffer = _buffers(q, chunks, s, 3)
-        (keep_buffer,) = _buffers(q, chunks, s, 1, torch.uint8)
-        generator, at = torch.Generator(device=q.device).manual_seed(seed), 0
+        probs_buffer, weights_buffer, grad_buffer = _buffers(out, chunks, s, 3)
+        (keep_buffer,) = _buffers(out, chunks, s, 1, torch.uint8)
+        generator, at = torch.Generator(device=out.device).manual_seed(seed), 0
         for a, b, r0, r1 in chunks:  # the forward's chunks and draws, in the same order
             seqs, rows, shape = slice(a, b), slice(r0, r1), (b - a, r1 - r0, s)
             size = shape[0] * shape[1] * s
@@ -236,11 +237,11 @@ class _DropoutAttention(torch.autograd.Function):
             probs = mm.scores(mm.rows(qs, seqs, rows), kk[seqs], out=probs_buffer[:size].view(shape))
             torch.softmax(probs, dim=-1, out=probs)  # in place: P
             weights = torch.mul(probs, keep, out=weights_buffer[:size].view(shape))  # P * m
-            g = mm.rows(gr, seqs, rows)
+            g = mm.rows(grad, seqs, rows)
             mm.add_transposed_times(weights, g, out=dv[seqs])
-            dscores = mm.scores(g, vv[seqs], out=grad_buffer[:size].view(shape))  # g' v^T
+            dscores = mm.scores(g, vr[seqs], out=grad_buffer[:size].view(shape))  # g (r v)^T
             dscores.mul_(weights).addcmul_(probs, rowdot[seqs, rows], value=-1.0)  # dS
             mm.times(dscores, kk[seqs], out=mm.rows(dq, seqs, rows))
             mm.add_transposed_times(dscores, mm.rows(qs, seqs, rows), out=dk[seqs])
-        return (_unoperand(dq, scale, q.shape, mm.narrow), _unoperand(dk, 1.0, q.shape, mm.narrow),
-                _unoperand(dv, 1.0, q.shape, mm.narrow), None, None)
+        return (_unoperand(dq, scale, out.shape, mm.narrow), _unoperand(dk, 1.0, out.shape, mm.narrow),
+                _unoperand(dv, r, out.shape, mm.narrow), None, None)
