@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mixitcli import build_model
-from mixitcli.model.dropout import Dropout, keep_mask
+from mixitcli.model.dropout import Dropout, fill_keep_, keep_mask
 
 
 def per_band_masks(decoder, x):
@@ -70,6 +70,24 @@ def test_keep_mask_thresholds():
     generator = torch.Generator().manual_seed(0)
     half = keep_mask((100_001,), 0.5, device=device, generator=generator)  # odd size: the last draw half used
     assert half.shape == (100_001,) and half.float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_fill_keep_probability_and_values():
+    generator = torch.Generator().manual_seed(0)
+    mask = fill_keep_(torch.full((1000, 1001), 0.5), 0.25, generator=generator)  # 0.25 is a multiple of 2^-16
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask.mean().item() == pytest.approx(0.75, abs=0.002)  # 5 standard deviations
+    assert fill_keep_(torch.empty(3, 5, dtype=torch.float64), 0.0).all()
+    assert fill_keep_(torch.empty(1000), 1 - 1e-9, generator=generator).sum() <= 2  # keeps 2^-16
+
+
+def test_fill_keep_in_row_pieces_equals_at_once():
+    whole = fill_keep_(torch.empty(2, 9, 7), 0.5, generator=torch.Generator().manual_seed(1))
+    pieces = torch.empty(2, 9, 7)
+    generator = torch.Generator().manual_seed(1)
+    for seq, rows in ((0, slice(0, 4)), (0, slice(4, 9)), (1, slice(0, 1)), (1, slice(1, 9))):
+        fill_keep_(pieces[seq, rows], 0.5, generator=generator)  # odd row counts: 7 is not a multiple of 4
+    assert torch.equal(whole, pieces)
 
 
 def test_dropout_rejects_bad_probability():
