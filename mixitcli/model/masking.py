@@ -47,6 +47,27 @@ def _glu_(z: torch.Tensor) -> None:
     value.mul_(gate)
 
 
+def _interleave(t: torch.Tensor, c: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows (half, r, c, w) -> (half, c, w, r) on axis 1 of an (n, 4cw, ...) tensor, as ``dtype``.
+
+    With re/im last, the GLU's result is a complex tensor as it stands (no planes to merge).
+    """
+    n, rest = t.shape[0], t.shape[2:]
+    out = torch.empty(n, 4 * c * w, *rest, dtype=dtype, device=t.device)
+    moved = t.view(n, 2, 2, c, w, *rest).movedim(2, 4)  # (n, half, c, w, r, ...)
+    out.view(moved.shape).copy_(moved)
+    return out
+
+
+def _deinterleave(t: torch.Tensor, c: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`_interleave`: rows (half, c, w, r) -> (half, r, c, w)."""
+    n, rest = t.shape[0], t.shape[2:]
+    out = torch.empty(n, 4 * c * w, *rest, dtype=dtype, device=t.device)
+    moved = t.view(n, 2, c, w, 2, *rest).movedim(4, 2)  # (n, half, r, c, w, ...)
+    out.view(moved.shape).copy_(moved)
+    return out
+
+
 class MaskedSpectrum(torch.autograd.Function):
     """Masked spectra of n outputs from the hidden features of k bands (see the module docstring).
 
@@ -66,30 +87,26 @@ class MaskedSpectrum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, spec: torch.Tensor, n_channels: int, *params: torch.Tensor) -> torch.Tensor:
-        weights, biases = params[0::2], params[1::2]
         b, c, f, l = spec.shape
-        n, dtype = weights[0].shape[0], hidden.dtype
+        n, dtype, real = params[0].shape[0], hidden.dtype, spec.real.dtype
         keep = any(ctx.needs_input_grad)
         with torch.autocast(hidden.device.type, enabled=False):
-            # complex masks with rows grouped by frame, as z: each band's write stays local
-            masks = torch.empty(b, l, n, c, f, dtype=spec.dtype, device=spec.device)
-            weights = [w.to(dtype) for w in weights]
-            acts, start = [], 0
-            for h, weight, bias in zip(hidden.unbind(0), weights, biases):
+            # (b, c, f, l) -> (b, c, l, f): one small copy, so the products below run along bins
+            mix = spec.transpose(-1, -2).contiguous().unsqueeze(1)  # (b, 1, c, l, f)
+            out = torch.empty(b, n, c, l, f, dtype=spec.dtype, device=spec.device)
+            weights, acts, start = [], [], 0
+            for h, weight, bias in zip(hidden.unbind(0), params[0::2], params[1::2]):
                 w = weight.shape[1] // (4 * c)
-                z = per_output_affine(h, weight, bias.to(dtype))  # (n, b*l, 4cw), rows (half, r, c, w)
+                weight = _interleave(weight, c, w, dtype)  # rows (half, c, w, r)
+                z = per_output_affine(h, weight, _interleave(bias, c, w, dtype))  # (n, b*l, 4cw)
                 _glu_(z)  # z now holds the GLU (the mask) and the sigmoid, for backward
-                mask = z[..., : 2 * c * w].view(n, b, l, 2, c, w).permute(3, 1, 2, 0, 4, 5)  # (r, b, l, n, c, w)
-                mask = mask.to(spec.real.dtype)  # float32 under autocast: there is no complex bfloat16
-                torch.complex(mask[0], mask[1], out=masks[..., start : start + w])
+                mask = torch.view_as_complex(z[..., : 2 * c * w].to(real).view(n, b, l, c, w, 2))
+                band = slice(start, start + w)
+                torch.mul(mask.permute(1, 0, 3, 2, 4), mix[..., band], out=out[..., band])  # (b, n, c, l, w)
                 if keep:
+                    weights.append(weight)
                     acts.append(z)
                 start += w
-            # (b, c, f, l) -> (b, c, l, f): one small copy, so the product below runs along bins
-            mix = spec.transpose(-1, -2).contiguous()
-            out = torch.empty(b, n, c, l, f, dtype=spec.dtype, device=spec.device)
-            torch.mul(masks.permute(0, 2, 3, 1, 4), mix.unsqueeze(1), out=out)  # (b, n, c, l, f)
-            del masks
         if keep:
             ctx.save_for_backward(hidden, spec, mix, *weights, *acts)
             ctx.shape, ctx.param_dtype = (b, n, c, f, l), params[0].dtype
@@ -103,16 +120,16 @@ class MaskedSpectrum(torch.autograd.Function):
         weights, acts = rest[:k], rest[k:]
         need_hidden, need_spec = ctx.needs_input_grad[:2]
         need_params = ctx.needs_input_grad[3:]
-        dtype = hidden.dtype
+        dtype, param_dtype = hidden.dtype, ctx.param_dtype
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_spec = torch.zeros_like(spec) if need_spec else None
         grads, start = [], 0
         with torch.autocast(hidden.device.type, enabled=False):
             # dL/dmask = grad conj(spec), in the layout the gradient came in (the iSTFT's choice)
-            same = spec if grad.stride(-1) <= grad.stride(-2) else mix.transpose(-1, -2)
+            same = spec.unsqueeze(1) if grad.stride(-1) <= grad.stride(-2) else mix.transpose(-1, -2)
             conj = same.conj().resolve_conj()  # a small copy: a product with a lazy conjugate is 3x slower
             d_mask = torch.empty(b, l, n, c, f, dtype=spec.dtype, device=spec.device)  # rows by frame, as dz
-            torch.mul(grad, conj.unsqueeze(1), out=d_mask.permute(0, 2, 3, 4, 1))
+            torch.mul(grad, conj, out=d_mask.permute(0, 2, 3, 4, 1))
             d_mask = torch.view_as_real(d_mask)  # (b, l, n, c, f, r)
             for i, (h, weight, z) in enumerate(zip(hidden.unbind(0), weights, acts)):
                 w = weight.shape[1] // (4 * c)
@@ -120,17 +137,15 @@ class MaskedSpectrum(torch.autograd.Function):
                 start += w
                 value, gate = z.transpose(0, 1).chunk(2, dim=-1)  # (b*l, n, 2cw): the mask and sigmoid
                 if need_spec:
-                    mask = value.reshape(b, l, n, 2, c, w).permute(3, 0, 2, 4, 5, 1).to(spec.real.dtype)
-                    mask = torch.complex(mask[0], mask[1])  # (b, n, c, w, l)
-                    grad_spec[:, :, band] = (grad[:, :, :, band] * mask.conj()).sum(1)
+                    mask = torch.view_as_complex(value.to(spec.real.dtype).reshape(b, l, n, c, w, 2))
+                    grad_spec[:, :, band] = (grad[:, :, :, band] * mask.permute(0, 2, 3, 4, 1).conj()).sum(1)
                 if not (need_hidden or need_params[2 * i] or need_params[2 * i + 1]):
                     grads += [None, None]
                     continue
                 # dz rows grouped by frame, (b*l, n, 4cw): each product below is one matrix product
                 dz = torch.empty(b * l, n, 4 * c * w, dtype=dtype, device=hidden.device)
                 d_value, d_gate = dz.chunk(2, dim=-1)
-                # (b, l, n, c, w, r) -> (b, l, n, r, c, w): real and imaginary parts apart
-                d_value.view(b, l, n, 2, c, w).copy_(d_mask[..., band, :].permute(0, 1, 2, 5, 3, 4))
+                d_value.view(b, l, n, c, w, 2).copy_(d_mask[..., band, :])
                 torch.mul(d_value, value, out=d_gate)  # GLU: d gate = d mask * mask * (1 - sigmoid)
                 d_gate.addcmul_(d_gate, gate, value=-1)
                 d_value.mul_(gate)  # d value = d mask * sigmoid
@@ -138,8 +153,9 @@ class MaskedSpectrum(torch.autograd.Function):
                 if need_hidden:
                     torch.mm(dz2, weight.view(-1, weight.shape[-1]), out=grad_hidden[i])  # sum over outputs
                 grads += [
-                    (dz2.T @ h).view_as(weight).to(ctx.param_dtype) if need_params[2 * i] else None,  # (n, 4cw, D)
-                    dz2.sum(0, dtype=ctx.param_dtype).view(n, -1) if need_params[2 * i + 1] else None,
+                    _deinterleave((dz2.T @ h).view_as(weight), c, w, param_dtype) if need_params[2 * i] else None,
+                    _deinterleave(dz2.sum(0, dtype=param_dtype).view(n, -1), c, w, param_dtype)
+                    if need_params[2 * i + 1] else None,
                 ]
         return grad_hidden, grad_spec, None, *grads
 
