@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: peak memory, timing, subprocess isolation."""
+"""Helpers shared by the benchmark scripts: peak memory, timing, subprocess isolation, the code
+to compare with in paired mode."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_gb() -> float:
@@ -40,3 +44,32 @@ def run_isolated(script: str, args: list[str], *, pythonpath: str | None = None)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def set_up_process(allocator: str) -> None:
+    """Set the process up as the ``mixit`` command does (if this version of the code does it)."""
+    if allocator != "mixit":
+        return
+    try:
+        from mixitcli.allocator import keep_freed_memory
+    except ImportError:  # older code: glibc's defaults, as its command had
+        return
+    keep_freed_memory()
+
+
+def export_ref(ref: str, into: Path) -> Path:
+    """The code to compare with: a checkout folder as it is, or ``git archive REF`` unpacked in ``into``.
+
+    Raises:
+        SystemExit: REF is neither a folder holding ``mixitcli`` nor a ref git knows.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "mixitcli").is_dir():
+            raise SystemExit(f"--against {ref}: the folder has no mixitcli package; give a checkout of this repository")
+        return path.resolve()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--against {ref}: not a folder and not a git ref ({archive.stderr.decode().strip()})")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into

@@ -26,27 +26,14 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import Timer, peak_rss_gb, run_isolated  # noqa: E402
+from _util import REPO, Timer, export_ref, peak_rss_gb, run_isolated, set_up_process  # noqa: E402
 
 SR = 44100
-REPO = Path(__file__).resolve().parents[1]
-
-
-def set_up_process(allocator: str) -> None:
-    """Set the process up as the ``mixit`` command does (if this version of the code does it)."""
-    if allocator != "mixit":
-        return
-    try:
-        from mixitcli.allocator import keep_freed_memory
-    except ImportError:  # older code: glibc's defaults, as its command had
-        return
-    keep_freed_memory()
 
 
 def measure(preset: str, stage: str, batch: int, device: str, precision: str, steps: int, seconds: float, threads: int) -> dict:
@@ -115,24 +102,6 @@ def result(preset, stage, batch, device, precision, steps, t: Timer, cuda: bool)
             "s_per_step": round(t.wall / steps, 3), "cpu_s_per_step": round(t.cpu / steps, 3),
             "examples_per_s": round(batch * steps / t.wall, 2), "peak_gb": round(peak, 2),
             "code": str(Path(mixitcli.__file__).resolve().parents[1])}
-
-
-def export_ref(ref: str, into: Path) -> Path:
-    """The code to compare with: a checkout folder as it is, or ``git archive REF`` unpacked in ``into``.
-
-    Raises:
-        SystemExit: REF is neither a folder holding ``mixitcli`` nor a ref git knows.
-    """
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "mixitcli").is_dir():
-            raise SystemExit(f"--against {ref}: the folder has no mixitcli package; give a checkout of this repository")
-        return path.resolve()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], capture_output=True)
-    if archive.returncode != 0:
-        raise SystemExit(f"--against {ref}: not a folder and not a git ref ({archive.stderr.decode().strip()})")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def paired(args, ref_tree: Path, configs: list[list[str]]) -> list[dict]:
