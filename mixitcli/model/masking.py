@@ -71,13 +71,15 @@ def _deinterleave(t: torch.Tensor, c: int, w: int, dtype: torch.dtype) -> torch.
 class MaskedSpectrum(torch.autograd.Function):
     """Masked spectra of n outputs from the hidden features of k bands (see the module docstring).
 
-    ``apply(hidden, spec, n_channels, weight_0, bias_0, weight_1, bias_1, ...)``:
+    ``apply(hidden, spec, n_channels, keep, weight_0, bias_0, weight_1, bias_1, ...)``:
 
     Args:
         hidden: (k, b*l, D) hidden features per band, rows ordered (b, l); their dtype is the
             dtype of the last layer and the GLU (bfloat16 under autocast, as the layer it replaces).
         spec: complex (b, c, f, l) mixture spectrum.
         n_channels: c.
+        keep: save what backward needs; without, each band's activations are freed as it goes
+            (a Function's ``needs_input_grad`` says True under ``no_grad`` too).
         weight_i, bias_i: (n, 4 c w_i, D) and (n, 4 c w_i), the last layer of band i.
 
     Returns:
@@ -86,10 +88,9 @@ class MaskedSpectrum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, spec: torch.Tensor, n_channels: int, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, spec: torch.Tensor, n_channels: int, keep: bool, *params: torch.Tensor) -> torch.Tensor:
         b, c, f, l = spec.shape
         n, dtype, real = params[0].shape[0], hidden.dtype, spec.real.dtype
-        keep = any(ctx.needs_input_grad)
         with torch.autocast(hidden.device.type, enabled=False):
             # (b, c, f, l) -> (b, c, l, f): one small copy, so the products below run along bins
             mix = spec.transpose(-1, -2).contiguous().unsqueeze(1)  # (b, 1, c, l, f)
@@ -119,7 +120,7 @@ class MaskedSpectrum(torch.autograd.Function):
         k = len(rest) // 2
         weights, acts = rest[:k], rest[k:]
         need_hidden, need_spec = ctx.needs_input_grad[:2]
-        need_params = ctx.needs_input_grad[3:]
+        need_params = ctx.needs_input_grad[4:]
         dtype, param_dtype = hidden.dtype, ctx.param_dtype
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_spec = torch.zeros_like(spec) if need_spec else None
@@ -157,10 +158,11 @@ class MaskedSpectrum(torch.autograd.Function):
                     _deinterleave(dz2.sum(0, dtype=param_dtype).view(n, -1), c, w, param_dtype)
                     if need_params[2 * i + 1] else None,
                 ]
-        return grad_hidden, grad_spec, None, *grads
+        return grad_hidden, grad_spec, None, None, *grads
 
 
 def masked_spectrum(hidden: torch.Tensor, spec: torch.Tensor, weights, biases, *, n_channels: int) -> torch.Tensor:
     """:class:`MaskedSpectrum` with the last layers given as two lists; see there."""
     params = [p for pair in zip(weights, biases) for p in pair]
-    return MaskedSpectrum.apply(hidden, spec, n_channels, *params)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, spec, *params))
+    return MaskedSpectrum.apply(hidden, spec, n_channels, keep, *params)
