@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: peak memory, timing, subprocess isolation, the code to compare with."""
+"""Helpers shared by the benchmark scripts: peak memory, timing, subprocess isolation, the code
+to compare with in paired mode."""
 
 from __future__ import annotations
 

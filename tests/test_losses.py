@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mixitcli.losses import finetune_loss, mixit_loss, neg_snr
+from mixitcli.losses import finetune_loss, mixit_assignment, mixit_loss, mixit_loss_from_spectra, neg_snr
 
 
 def test_neg_snr_of_known_snr():
@@ -140,3 +140,51 @@ def test_mixit_rejects_bad_input():
         mixit_loss(torch.zeros(1, 4, 2, 100), torch.zeros(1, 2, 2, 100), solver="greedy")
     with pytest.raises(ValueError, match=r"\(b, n, c, t\)"):
         mixit_loss(torch.zeros(4, 2, 100), torch.zeros(1, 2, 2, 100))
+
+
+def istft(spectra: torch.Tensor, t: int) -> torch.Tensor:
+    """A linear synthesis for the spectral MixIT tests: (b, k, c, f, l) -> (b, k, c, t)."""
+    b, k, c, f, l = spectra.shape
+    window = torch.hann_window(2 * (f - 1))
+    wav = torch.istft(spectra.reshape(b * k * c, f, l), 2 * (f - 1), (f - 1) // 2, window=window, length=t)
+    return wav.view(b, k, c, t)
+
+
+@pytest.mark.parametrize("frames_outside", [False, True], ids=["bins-outside", "frames-outside"])
+@pytest.mark.parametrize("solver", ["exact", "efficient"])
+def test_mixit_from_spectra_equals_mixit_of_the_waveforms(solver, frames_outside):
+    """Same loss, assignment and gradients as synthesising every output first; both layouts."""
+    g = torch.Generator().manual_seed(7)
+    b, n, c, f, l, t = 3, 6, 2, 65, 40, 39 * 32
+    shape = (b, n, c, l, f) if frames_outside else (b, n, c, f, l)
+    spectra = torch.randn(*shape, generator=g, dtype=torch.complex64)
+    spectra = (spectra.transpose(-1, -2) if frames_outside else spectra).requires_grad_()
+    truth = torch.randint(0, 2, (b, n), generator=g)
+    truth[:, 0], truth[:, 1] = 0, 1
+    onehot = torch.nn.functional.one_hot(truth, 2).float()
+    with torch.no_grad():
+        mixtures = torch.einsum("bnm,bnct->bmct", onehot, istft(spectra, t))
+        mixtures += 0.3 * torch.randn(mixtures.shape, generator=g)
+    results = []
+    for fn in (lambda: mixit_loss(istft(spectra, t), mixtures, solver=solver),
+               lambda: mixit_loss_from_spectra(spectra, mixtures, lambda s: istft(s, t), solver=solver)):
+        loss, assignment = fn()
+        (grad,) = torch.autograd.grad(loss, spectra)
+        results.append((loss.detach(), assignment, grad))
+    (loss, assignment, grad), (ref_loss, ref_assignment, ref_grad) = results
+    assert torch.equal(assignment, ref_assignment) and torch.equal(assignment, truth)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_mixit_assignment_is_the_loss_assignment():
+    sources, mixtures, truth = make_partition_problem(b=2, n=5)
+    est = sources + 0.1 * torch.randn_like(sources)
+    for solver in ("exact", "efficient"):
+        assert torch.equal(mixit_assignment(est, mixtures, solver=solver), mixit_loss(est, mixtures, solver=solver)[1])
+    assert torch.equal(mixit_assignment(est, mixtures), truth)
+
+
+def test_mixit_from_spectra_rejects_waveforms():
+    with pytest.raises(ValueError, match=r"complex spectra \(b, n, c, f, l\)"):
+        mixit_loss_from_spectra(torch.zeros(1, 4, 2, 100), torch.zeros(1, 2, 2, 100), lambda s: s)

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from mixitcli.model.attention import attention
 from mixitcli.model.config import ModelConfig, default_stems
 from mixitcli.model.dropout import Dropout
+from mixitcli.model.masking import masked_spectrum, per_output_affine
 
 
 class FrameGroupNorm(nn.Module):
@@ -202,8 +203,7 @@ class PerOutputLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) -> (n, N, out)."""
-        x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)  # (n, N, in), no copy
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return per_output_affine(x, self.weight, self.bias)
 
 
 class BandMaskHead(nn.Module):
@@ -233,14 +233,15 @@ class BandMaskHead(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Per-band heads, concatenated over frequency into complex masks.
+    """Per-band heads: complex masks, applied to the mixture spectrum.
 
     The parameters live in one :class:`BandMaskHead` per band (the checkpoint layout), but the
     forward pass does not loop over the heads for the first layers: every band's norm and its
     two linear layers (no nonlinearity between them, so one affine map) are one batched product
-    over the k bands. Only the last layer, whose width differs per band, is one batched product
-    per band (over the n outputs, so :func:`mixitcli.model.slice_outputs` stays exact), and its
-    results are written once, by a single concatenation, in the layout the iSTFT reads.
+    over the k bands. The last layer, whose width differs per band, its GLU and the masking are
+    :class:`mixitcli.model.masking.MaskedSpectrum`: one batched product per band (over the n
+    outputs, so :func:`mixitcli.model.slice_outputs` stays exact), each band's masked spectrum
+    written straight into the layout the iSTFT reads.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -272,11 +273,16 @@ class MaskDecoder(nn.Module):
             bias = torch.baddbmm(b2.unsqueeze(-1), w2, inner).squeeze(-1)  # (k, 4d)
         return weight, bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, l, k, d) -> complex masks (b, n, c, f, l), float32 (complex64).
+    def forward(self, x: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+        """Masked spectra: the masks computed from ``x`` times the mixture spectrum ``spec``.
 
-        The result is a transposed view of a (b, n, c, l, f) tensor: frames outside bins, as
-        the STFT stores them, so masking and the iSTFT need no further copies.
+        Args:
+            x: (b, l, k, d) separator output.
+            spec: complex (b, c, f, l) spectrum to mask (ones give the masks themselves).
+
+        Returns:
+            complex (b, n, c, f, l) of spec's dtype, a transposed view of a (b, n, c, l, f)
+            tensor: frames outside bins, as the STFT stores them, so the iSTFT needs no copy.
         """
         b, l, k, d = x.shape
         eps = self.heads[0].norm.eps
@@ -285,14 +291,10 @@ class MaskDecoder(nn.Module):
         z = ((x - mean) * torch.rsqrt(var + eps)).view(k, b * l, d)
         weight, bias = self.hidden_affine()
         hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2)))  # (k, b*l, 4d)
-        pieces = []
-        # unbind, not hidden[i]: its backward is one stack instead of k zero-filled full-size gradients
-        for head, h in zip(self.heads, hidden.unbind(0)):
-            y = F.glu(head.fc3(h), dim=-1)  # (n, b*l, 2cw), rows (re/im, c, w)
-            y = y.view(-1, b, l, 2, self.n_channels, head.width)  # (n, b, l, 2, c, w)
-            pieces.append(y.permute(1, 0, 4, 2, 5, 3))  # (b, n, c, l, w, 2), a view
-        y = torch.cat(pieces, dim=4).float()  # one copy: (b, n, c, l, f, 2)
-        return torch.view_as_complex(y).transpose(-1, -2)  # (b, n, c, f, l)
+        last = [head.fc3 for head in self.heads]
+        return masked_spectrum(
+            hidden, spec, [p.weight for p in last], [p.bias for p in last], n_channels=self.n_channels
+        )
 
 
 class BSLocoformer(nn.Module):
@@ -365,21 +367,28 @@ class BSLocoformer(nn.Module):
             )
         return wav.view(b, n, c, length)
 
-    def masks(self, spec: torch.Tensor) -> torch.Tensor:
-        """The network: complex (b, c, f, l) normalised spectrum -> complex masks (b, n, c, f, l)."""
-        x = self.encoder(spec)  # (b, l, k, d)
+    def masked(self, spec: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The network: complex (b, c, f, l) spectrum and its (b, c, 1, 1) scale -> the outputs'
+        complex spectra (b, n, c, f, l), masks computed from ``spec / scale`` times ``spec``.
+
+        Masking the unscaled spectrum equals the official mask * (X / scale), then * scale.
+        """
+        x = self.encoder(spec / scale)  # (b, l, k, d)
         for block in self.separator:
             x = block(x)
-        return self.decoder(x)
+        return self.decoder(x, spec)
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, *, spectrum: bool = False) -> torch.Tensor:
         """Separate.
 
         Args:
             wav: (b, c, t) mixture waveform, any scale, t >= n_fft // 2 + 1.
+            spectrum: return the outputs' spectra instead of their waveforms, for a loss that
+                synthesises them itself (:meth:`synthesise` turns them into the waveforms).
 
         Returns:
-            (b, n, c, t) float32 output waveforms (outputs in the order of ``stems``).
+            (b, n, c, t) float32 output waveforms (outputs in the order of ``stems``); with
+            ``spectrum``, their complex64 spectra (b, n, c, f, l), l = t // hop_length.
 
         Raises:
             ValueError: wrong rank, channel count or a too short input.
@@ -390,7 +399,5 @@ class BSLocoformer(nn.Module):
             )
         if wav.shape[-1] < self.min_samples:
             raise ValueError(f"input of {wav.shape[-1]} samples is too short; the model needs at least {self.min_samples}")
-        spec, scale = self.analyse(wav)
-        mask = self.masks(spec / scale)
-        # Masking the unscaled spectrum equals the official mask * (X / scale), then * scale.
-        return self.synthesise(mask * spec.unsqueeze(1), wav.shape[-1])
+        spec = self.masked(*self.analyse(wav))
+        return spec if spectrum else self.synthesise(spec, wav.shape[-1])

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from mixitcli.losses import finetune_loss, mixit_loss
+from mixitcli.losses import finetune_loss, mixit_loss_from_spectra
 from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
 from mixitcli.progress import Progress
@@ -265,11 +265,13 @@ def compute_loss(model, core: BSLocoformer, batch: torch.Tensor, config: TrainCo
     mixture = batch.sum(1)  # (b, c, t)
     scale = core.input_scale(mixture)  # (b, c, 1)
     mixture, refs = mixture / scale, batch / scale.unsqueeze(1)
+    mixit = config.loss == "mixit"
     with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)):
-        est = model(mixture)  # (b, n, c, t)
-    if config.loss == "mixit":
-        return mixit_loss(est, refs, solver=config.mixit_solver)[0]
-    return finetune_loss(est, refs)
+        out = model(mixture, spectrum=mixit)  # (b, n, c, f, l) spectra for MixIT, else (b, n, c, t)
+    if mixit:  # remixed before the (linear) iSTFT, whose backward then runs on m signals, not n
+        t = mixture.shape[-1]
+        return mixit_loss_from_spectra(out, refs, lambda spectra: core.synthesise(spectra, t), solver=config.mixit_solver)[0]
+    return finetune_loss(out, refs)
 
 
 def train_step(model, core, batches, optimizer, scheduler, config: TrainConfig, rt: Runtime) -> dict:

@@ -78,6 +78,14 @@ def test_output_scales_with_input(tiny):
         assert rel_err(tiny(wav * 1e-3), tiny(wav) * 1e-3) < 1e-4
 
 
+def test_spectrum_output_synthesises_to_the_waveforms(tiny):
+    wav = torch.randn(2, 2, 8000) * 0.1
+    with torch.no_grad():
+        spec = tiny(wav, spectrum=True)
+        assert spec.shape == (2, 3, 2, 1025, 8000 // 512) and spec.dtype == torch.complex64
+        assert torch.equal(tiny.synthesise(spec, 8000), tiny(wav))
+
+
 def test_silent_input_gives_silent_finite_output(tiny):
     with torch.no_grad():
         out = tiny(torch.zeros(1, 2, 4096))
