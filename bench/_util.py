@@ -50,11 +50,19 @@ def set_up_process(allocator: str) -> None:
     """Set the process up as the ``mixit`` command does (if this version of the code does it)."""
     if allocator != "mixit":
         return
-    try:
-        from mixitcli.allocator import keep_freed_memory
-    except ImportError:  # older code: glibc's defaults, as its command had
+    import importlib.util
+
+    import mixitcli
+
+    # Look in this version's own folder: an editable install's finder would otherwise supply
+    # a submodule that older code lacks from the installed checkout.
+    path = Path(mixitcli.__file__).parent / "allocator.py"
+    if not path.is_file():  # older code: glibc's defaults, as its command had
         return
-    keep_freed_memory()
+    spec = importlib.util.spec_from_file_location("_mixit_allocator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.keep_freed_memory()
 
 
 def export_ref(ref: str, into: Path) -> Path:
