@@ -64,7 +64,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     Returns:
         (N, h, s, dh).
     """
-    if dropout_p == 0.0 or q.is_cuda:
+    if dropout_p == 0.0 or q.is_cuda or q.numel() == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from the global RNG: reproducible runs
     return _DropoutAttention.apply(q, k, v, dropout_p, seed)
