@@ -5,7 +5,8 @@ random inputs laid out as ``SelfAttention`` makes them (q, k, v: (N, h, s, dh) v
 (N, s, 3, h, dh) tensor). Each repetition is a fresh process, set up as the ``mixit`` command
 sets itself up (glibc keeps freed memory), with ``torch.set_num_threads(--threads)``: one
 warm-up call, then ``--calls`` timed ones, of which it reports the median CPU time
-(``time.process_time``) and its peak resident memory. The default shapes are those the tiny
+(``time.process_time``; ``--clock wall``: elapsed time, which says more with several
+threads) and its peak resident memory. The default shapes are those the tiny
 and medium presets' attention sees in training on 6 s examples at batch 1 (62 bands, 516
 frames): along time (N, h, s, dh) = (62, h, 516, dh), along frequency (516, h, 62, dh).
 
@@ -17,7 +18,7 @@ ratios, a measure of how noisy the machine was.
 
     python bench/attention.py                                      # this checkout
     python bench/attention.py --against 6d4e8a4 --reps 5           # paired, with the attention before this work
-    python bench/attention.py --shapes tiny-time,4x2x300x8 --threads 2
+    python bench/attention.py --shapes tiny-time,4x2x300x8 --threads 2 --clock wall
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def check(args) -> list[str]:
     return problems
 
 
-def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int) -> dict:
-    """Median CPU seconds of ``calls`` forward and forward + backward passes, after one warm-up."""
+def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int, clock: str) -> dict:
+    """Median seconds of ``calls`` forward and forward + backward passes, after one warm-up."""
     import torch
 
     import mixitcli
@@ -77,14 +78,15 @@ def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int
     n, h, s, dh = shape
     qkv = torch.randn(n, s, 3, h, dh, requires_grad=True)
     grad = torch.randn(n, h, s, dh)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     forward, total = [], []
     for _ in range(calls + 1):
-        t0 = time.process_time()
+        t0 = now()
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (N, s, 3, h, dh) -> 3 x (N, h, s, dh)
         out = attention(q, k, v, dropout_p=p)
-        t1 = time.process_time()
+        t1 = now()
         torch.autograd.grad(out, qkv, grad)
-        t2 = time.process_time()
+        t2 = now()
         forward.append(t1 - t0)
         total.append(t2 - t0)
         del out
@@ -94,7 +96,8 @@ def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int
 
 def one_side(args, shape_name: str, tree: Path) -> dict:
     """One fresh process measuring the code in ``tree``."""
-    argv = ["--shapes", shape_name, "--p", str(args.p), "--calls", str(args.calls), "--threads", str(args.threads)]
+    argv = ["--shapes", shape_name, "--p", str(args.p), "--calls", str(args.calls), "--threads", str(args.threads),
+            "--clock", args.clock]
     result = run_isolated(__file__, argv, pythonpath=str(tree))
     if "error" in result:
         raise SystemExit(f"{tree} failed on {shape_name}: {result['error']}")
@@ -105,8 +108,8 @@ def one_side(args, shape_name: str, tree: Path) -> dict:
 
 def single(args, shapes: list[str]) -> list[dict]:
     """This checkout alone: medians over ``args.reps`` processes per shape."""
-    print(f"ours={REPO}; threads={args.threads} p={args.p}, median of {args.calls} calls per process, "
-          f"{args.reps} processes per shape")
+    print(f"ours={REPO}; threads={args.threads} p={args.p}, {args.clock} seconds, median of {args.calls} calls "
+          f"per process, {args.reps} processes per shape")
     print(f"{'shape':12} {'(N, h, s, dh)':20} {'fwd s':>7} {'fwd+bwd s':>10} {'peak GB':>8}")
     rows = []
     for name in shapes:
@@ -121,8 +124,8 @@ def single(args, shapes: list[str]) -> list[dict]:
 
 def paired(args, ref_tree: Path, shapes: list[str]) -> list[dict]:
     """Alternate ours and REF ``args.reps`` times per shape; print medians and the speed-up."""
-    print(f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads} p={args.p}, "
-          f"median of {args.calls} calls per process, {args.reps} alternating repetitions")
+    print(f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads} p={args.p}, {args.clock} "
+          f"seconds, median of {args.calls} calls per process, {args.reps} alternating repetitions")
     print(f"{'shape':12} {'(N, h, s, dh)':20} {'ours fwd':>8} {'ref fwd':>8} {'ours f+b':>8} {'ref f+b':>8} "
           f"{'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}")
     rows = []
@@ -152,6 +155,7 @@ def main() -> None:
     parser.add_argument("--p", type=float, default=0.1, help="attention dropout (docs/method.md §3.5: 0.1)")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process, after one warm-up")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of the process, or elapsed time")
     parser.add_argument("--reps", type=int, default=5, help="processes per shape (and side, in paired mode)")
     parser.add_argument("--against", default=None, metavar="REF",
                         help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)")
@@ -164,7 +168,7 @@ def main() -> None:
     shapes = args.shapes.split(",")
     if args.one:
         set_up_process("mixit")
-        print(json.dumps(measure(parse_shape(shapes[0]), args.p, args.calls, args.threads)))
+        print(json.dumps(measure(parse_shape(shapes[0]), args.p, args.calls, args.threads, args.clock)))
         return
     if args.against:
         tmp = Path(tempfile.mkdtemp(prefix="mixit-bench-ref-"))

@@ -13,7 +13,7 @@ The (n, R, s) scores of a chunk (n whole sequences, or R query rows of one seque
 the training time of the small presets on CPU, so the chunk loop is written for few, cheap
 passes over them:
 
-- chunks of at most :data:`CHUNK_ELEMENTS` scores, in buffers reused from chunk to chunk;
+- chunks of :data:`CHUNK_ELEMENTS` scores per thread, in buffers reused from chunk to chunk;
 - the scale and 1 / (1 - p) folded into the (s, dh) operands, the fused softmax in place;
 - the mask drawn as 16-bit integers and written as 0/1 bytes (:func:`fill_keep_`), which
   multiply the probabilities 4x faster than booleans;
@@ -30,12 +30,17 @@ import torch.nn.functional as F
 from mixitcli.model.dropout import fill_keep_
 
 CHUNK_ELEMENTS = 1 << 19
-"""Attention scores per chunk (512 Ki floats = 2 MB per buffer, a whole time-path sequence of 6 s).
+"""Attention scores per chunk and thread (512 Ki floats = 2 MB per buffer and thread; a whole
+time-path sequence of 6 s), up to :data:`MAX_CHUNK_ELEMENTS` a chunk.
 
-Measured on the tiny time path (1 thread, AMD EPYC, 1 MB L2): 1 << 16 (buffers that fit in
-L2) takes 30 % longer, as every chunk costs about 17 operator calls of Python overhead;
-1 << 22 takes 45 % longer, out of cache.
+Measured on the tiny time path (AMD EPYC, 1 MB L2). 1 thread: 1 << 16 (buffers that fit in
+L2) takes 30 % longer, as every chunk costs about 17 operator calls of Python overhead,
+1 << 22 takes 45 % longer, out of cache. 2 threads: chunks of 1 << 20 take 0.14 s of wall
+time, of 1 << 19 0.17 s, as every operator call also costs a fork and a join of the threads.
 """
+
+MAX_CHUNK_ELEMENTS = 1 << 23
+"""At most this many scores per chunk (32 MB per buffer), whatever the number of threads."""
 
 SAVED_MASK_BYTES = 64 << 20
 """The memory that may keep a call's masks from the forward pass for the backward one: as
@@ -59,25 +64,30 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     Returns:
         (N, h, s, dh).
     """
-    if dropout_p == 0.0 or q.is_cuda:
+    if dropout_p == 0.0 or q.is_cuda or q.numel() == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from the global RNG: reproducible runs
     return _DropoutAttention.apply(q, k, v, dropout_p, seed)
 
 
-def _chunks(n: int, s: int) -> list[tuple[int, int, int, int]]:
+def _chunk_elements() -> int:
+    """Scores per chunk: :data:`CHUNK_ELEMENTS` per thread, at most :data:`MAX_CHUNK_ELEMENTS`."""
+    return min(CHUNK_ELEMENTS * torch.get_num_threads(), MAX_CHUNK_ELEMENTS)
+
+
+def _chunks(n: int, s: int, elements: int) -> list[tuple[int, int, int, int]]:
     """The chunks (first sequence, end, first query row, end) of n sequences of length s.
 
-    Whole sequences while one fits in :data:`CHUNK_ELEMENTS` scores, else rows of one
-    sequence; either way in the element order of the (n, s, s) scores, so the masks drawn
-    chunk after chunk from one generator are the mask of all the scores drawn at once
-    (:func:`fill_keep_`), whatever the chunk size.
+    Whole sequences while one fits in ``elements`` scores, else rows of one sequence;
+    either way in the element order of the (n, s, s) scores, so the masks drawn chunk after
+    chunk from one generator are the mask of all the scores drawn at once (:func:`fill_keep_`),
+    whatever the chunk size.
     """
-    if s * s <= CHUNK_ELEMENTS:
-        step = CHUNK_ELEMENTS // (s * s)
+    if s * s <= elements:
+        step = elements // (s * s)
         return [(a, min(a + step, n), 0, s) for a in range(0, n, step)]
-    parts = -(-s // max(1, CHUNK_ELEMENTS // s))
-    rows = -(-s // parts)  # at most CHUNK_ELEMENTS // s, as even as the parts can be
+    parts = -(-s // max(1, elements // s))
+    rows = -(-s // parts)  # at most elements // s, as even as the parts can be
     return [(a, a + 1, r, min(r + rows, s)) for a in range(n) for r in range(0, s, rows)]
 
 
@@ -184,7 +194,7 @@ class _DropoutAttention(torch.autograd.Function):
         mm = _Products(dh < NARROW_DH)
         qs, kk, vr = _operand(q, scale, mm.narrow), _operand(k, 1.0, mm.narrow), _operand(v, r, mm.narrow)
         out = torch.empty_like(qs)
-        chunks = _chunks(n * h, s)
+        chunks = _chunks(n * h, s, _chunk_elements())
         probs_buffer, keep_buffer = _buffers(q, chunks, s, 1) + _buffers(q, chunks, s, 1, torch.uint8)
         saved, at = _saved_masks(q, chunks, s), 0
         as_bytes = saved is not None and saved.dim() == 3
@@ -219,7 +229,7 @@ class _DropoutAttention(torch.autograd.Function):
         grad = _operand(grad_out, 1.0, mm.narrow)
         rowdot = torch.linalg.vecdot(grad_out, out).view(n * h, s, 1)
         dq, dk, dv = torch.empty_like(qs), torch.zeros_like(kk), torch.zeros_like(vr)
-        chunks = _chunks(n * h, s)
+        chunks = _chunks(n * h, s, _chunk_elements())
         probs_buffer, weights_buffer, grad_buffer = _buffers(out, chunks, s, 3)
         (keep_buffer,) = _buffers(out, chunks, s, 1, torch.uint8)
         generator, at = torch.Generator(device=out.device).manual_seed(seed), 0

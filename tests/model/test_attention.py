@@ -26,7 +26,7 @@ CHUNKINGS = {
 
 @pytest.fixture(params=list(CHUNKINGS))
 def chunking(request, monkeypatch):
-    monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", CHUNKINGS[request.param])
+    monkeypatch.setattr(attn_module, "MAX_CHUNK_ELEMENTS", CHUNKINGS[request.param])
     return request.param
 
 
@@ -48,9 +48,8 @@ def masks(request, monkeypatch):
 
 
 @pytest.mark.parametrize("n, s, elements", [(10, 7, 196), (3, 7, 20), (3, 7, 28), (3, 516, 1 << 16), (1032, 62, 1 << 16)])
-def test_chunks_cover_the_scores_in_order(n, s, elements, monkeypatch):
-    monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
-    chunks = attn_module._chunks(n, s)
+def test_chunks_cover_the_scores_in_order(n, s, elements):
+    chunks = attn_module._chunks(n, s, elements)
     order = [(i, r) for a, b, r0, r1 in chunks for i in range(a, b) for r in range(r0, r1)]
     assert order == [(i, r) for i in range(n) for r in range(s)]
     assert max((b - a) * (r1 - r0) * s for a, b, r0, r1 in chunks) <= max(elements, s)
@@ -102,7 +101,7 @@ def test_chunks_and_saved_masks_do_not_change_values_or_gradients(qkv, layout, m
     results = []
     for elements in CHUNKINGS.values():
         for saved_bytes in SAVED_MASKS.values():
-            monkeypatch.setattr(attn_module, "CHUNK_ELEMENTS", elements)
+            monkeypatch.setattr(attn_module, "MAX_CHUNK_ELEMENTS", elements)
             monkeypatch.setattr(attn_module, "SAVED_MASK_BYTES", saved_bytes)
             out = _DropoutAttention.apply(q, k, v, 0.3, 5)
             results.append((out, *torch.autograd.grad(out, (q, k, v), g)))

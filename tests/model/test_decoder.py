@@ -82,9 +82,12 @@ def test_fill_keep_probability_and_values():
     generator = torch.Generator().manual_seed(0)
     mask = fill_keep_(torch.full((1000, 1001), 0.5), 0.25, generator=generator)  # 0.25 is a multiple of 2^-16
     assert set(mask.unique().tolist()) == {0.0, 1.0}
-    assert mask.mean().item() == pytest.approx(0.75, abs=0.002)  # 5 standard deviations
+    assert mask.mean().item() == pytest.approx(0.75, abs=0.002)  # about 5 standard deviations
     assert fill_keep_(torch.empty(3, 5, dtype=torch.float64), 0.0).all()
     assert fill_keep_(torch.empty(1000), 1 - 1e-9, generator=generator).sum() <= 2  # keeps 2^-16
+    as_bytes = fill_keep_(torch.empty(30, 7, dtype=torch.uint8), 0.3, generator=torch.Generator().manual_seed(2))
+    as_floats = fill_keep_(torch.empty(30, 7), 0.3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(as_bytes.float(), as_floats)
 
 
 def test_fill_keep_in_row_pieces_equals_at_once():
