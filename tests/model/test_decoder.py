@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mixitcli import build_model
-from mixitcli.model.dropout import Dropout, fill_keep_, keep_mask
+from mixitcli.model.dropout import Dropout, fill_keep_
 
 
 def per_band_masks(decoder, x):
@@ -68,14 +68,6 @@ def test_dropout_is_identity_in_eval_and_follows_the_seed():
     a = Dropout(0.3)(x)
     torch.manual_seed(3)
     assert torch.equal(Dropout(0.3)(x), a)
-
-
-def test_keep_mask_thresholds():
-    device = torch.device("cpu")
-    assert keep_mask((1000,), 0.0, device=device).all()
-    generator = torch.Generator().manual_seed(0)
-    half = keep_mask((100_001,), 0.5, device=device, generator=generator)  # odd size: the last draw half used
-    assert half.shape == (100_001,) and half.float().mean().item() == pytest.approx(0.5, abs=0.01)
 
 
 def test_fill_keep_probability_and_values():
