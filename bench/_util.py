@@ -46,6 +46,30 @@ def run_isolated(script: str, args: list[str], *, pythonpath: str | None = None)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_in(script: str, argv: list[str], tree: Path) -> dict:
+    """``run_isolated`` with the ``mixitcli`` of ``tree``, checked.
+
+    Raises:
+        SystemExit: the process failed, or imported ``mixitcli`` from somewhere else.
+    """
+    result = run_isolated(script, argv, pythonpath=str(tree))
+    if "error" in result:
+        raise SystemExit(f"the code in {tree} failed on {' '.join(argv)}: {result['error']}")
+    if Path(result["code"]) != tree.resolve():
+        raise SystemExit(f"imported mixitcli from {result['code']}, not {tree}: is mixitcli installed non-editable?")
+    return result
+
+
+def alternate(script: str, argv: list[str], ref_tree: Path, reps: int) -> dict[str, list[dict]]:
+    """Paired mode: ``reps`` fresh processes each of this checkout ("ours") and of ``ref_tree``
+    ("ref"), alternating which goes first, so slow phases of a shared machine hit both sides."""
+    runs = {"ours": [], "ref": []}
+    for rep in range(reps):
+        for side in ("ours", "ref") if rep % 2 == 0 else ("ref", "ours"):
+            runs[side].append(run_in(script, argv, REPO if side == "ours" else ref_tree))
+    return runs
+
+
 def set_up_process(allocator: str) -> None:
     """Set the process up as the ``mixit`` command does (if this version of the code does it)."""
     if allocator != "mixit":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import REPO, export_ref, peak_rss_gb, run_isolated, set_up_process  # noqa: E402
+from _util import REPO, alternate, export_ref, peak_rss_gb, run_in, set_up_process  # noqa: E402
 
 SHAPES = {
     "tiny-time": (62, 2, 516, 8),
@@ -94,16 +94,10 @@ def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int
             "peak_gb": round(peak_rss_gb(), 3), "code": str(Path(mixitcli.__file__).resolve().parents[1])}
 
 
-def one_side(args, shape_name: str, tree: Path) -> dict:
-    """One fresh process measuring the code in ``tree``."""
-    argv = ["--shapes", shape_name, "--p", str(args.p), "--calls", str(args.calls), "--threads", str(args.threads),
+def one_argv(args, shape_name: str) -> list[str]:
+    """The arguments of one fresh process measuring one shape."""
+    return ["--shapes", shape_name, "--p", str(args.p), "--calls", str(args.calls), "--threads", str(args.threads),
             "--clock", args.clock]
-    result = run_isolated(__file__, argv, pythonpath=str(tree))
-    if "error" in result:
-        raise SystemExit(f"{tree} failed on {shape_name}: {result['error']}")
-    if Path(result["code"]) != tree.resolve():
-        raise SystemExit(f"imported mixitcli from {result['code']}, not {tree}: is mixitcli installed non-editable?")
-    return result
 
 
 def single(args, shapes: list[str]) -> list[dict]:
@@ -113,7 +107,7 @@ def single(args, shapes: list[str]) -> list[dict]:
     print(f"{'shape':12} {'(N, h, s, dh)':20} {'fwd s':>7} {'fwd+bwd s':>10} {'peak GB':>8}")
     rows = []
     for name in shapes:
-        runs = [one_side(args, name, REPO) for _ in range(args.reps)]
+        runs = [run_in(__file__, one_argv(args, name), REPO) for _ in range(args.reps)]
         row = {"shape": name, "dims": runs[0]["shape"], "forward_s": statistics.median(r["forward_s"] for r in runs),
                "total_s": statistics.median(r["total_s"] for r in runs), "peak_gb": max(r["peak_gb"] for r in runs)}
         rows.append(row)
@@ -130,10 +124,7 @@ def paired(args, ref_tree: Path, shapes: list[str]) -> list[dict]:
           f"{'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}")
     rows = []
     for name in shapes:
-        runs = {"ours": [], "ref": []}
-        for rep in range(args.reps):
-            for side in ("ours", "ref") if rep % 2 == 0 else ("ref", "ours"):
-                runs[side].append(one_side(args, name, REPO if side == "ours" else ref_tree))
+        runs = alternate(__file__, one_argv(args, name), ref_tree, args.reps)
         row = {"shape": name, "dims": runs["ours"][0]["shape"]}
         for side, values in runs.items():
             row[f"{side}_forward_s"] = statistics.median(r["forward_s"] for r in values)

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import REPO, Timer, export_ref, peak_rss_gb, run_isolated, set_up_process  # noqa: E402
+from _util import REPO, Timer, alternate, export_ref, peak_rss_gb, run_in, set_up_process  # noqa: E402
 
 SR = 44100
 CASES = {  # name: (preset, outputs, stage)
@@ -108,15 +108,10 @@ def measure(case: str, batch: int, seconds: float, steps: int, threads: int) -> 
             "code": str(Path(mixitcli.__file__).resolve().parents[1])}
 
 
-def run_side(args, case: str, tree: Path) -> dict:
-    argv = ["--cases", case, "--batch", str(args.batch), "--seconds", str(args.seconds),
+def one_argv(args, case: str) -> list[str]:
+    """The arguments of one fresh process measuring one case."""
+    return ["--cases", case, "--batch", str(args.batch), "--seconds", str(args.seconds),
             "--steps", str(args.steps), "--threads", str(args.threads)]
-    r = run_isolated(__file__, argv, pythonpath=str(tree))
-    if "error" in r:
-        raise SystemExit(f"{case} failed with the code in {tree}: {r['error']}")
-    if Path(r["code"]) != tree.resolve():
-        raise SystemExit(f"imported mixitcli from {r['code']}, not {tree}: is mixitcli installed non-editable?")
-    return r
 
 
 def paired(args, ref_tree: Path) -> list[dict]:
@@ -125,10 +120,7 @@ def paired(args, ref_tree: Path) -> list[dict]:
     print(f"{'case':16} {'ours cpu s':>10} {'ref cpu s':>10} {'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}")
     rows = []
     for case in args.cases.split(","):
-        runs = {"ours": [], "ref": []}
-        for rep in range(args.reps):
-            for side in ("ours", "ref") if rep % 2 == 0 else ("ref", "ours"):
-                runs[side].append(run_side(args, case, REPO if side == "ours" else ref_tree))
+        runs = alternate(__file__, one_argv(args, case), ref_tree, args.reps)
         cpu = {side: [r["cpu_s"] for r in runs[side]] for side in runs}
         ratios = [ref / ours for ours, ref in zip(cpu["ours"], cpu["ref"])]
         row = {"case": case, "batch": args.batch, "seconds": args.seconds,
@@ -170,7 +162,7 @@ def main() -> None:
     else:
         print(f"ours={REPO}; threads={args.threads}, batch {args.batch}, {args.seconds} s stereo, median of {args.steps} steps")
         print(f"{'case':16} {'cpu s':>8} {'wall s':>8} {'peak GB':>8}")
-        results = [run_side(args, case, REPO) for case in args.cases.split(",")]
+        results = [run_in(__file__, one_argv(args, case), REPO) for case in args.cases.split(",")]
         for r in results:
             print(f"{r['case']:16} {r['cpu_s']:8.3f} {r['wall_s']:8.3f} {r['peak_gb']:8.2f}")
     if args.json:

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import REPO, Timer, export_ref, peak_rss_gb, run_isolated, set_up_process  # noqa: E402
+from _util import REPO, Timer, alternate, export_ref, peak_rss_gb, run_isolated, set_up_process  # noqa: E402
 
 SR = 44100
 
@@ -119,17 +119,7 @@ def paired(args, ref_tree: Path, configs: list[list[str]]) -> list[dict]:
           f"{'ratio range':>13} {'cpu ratio':>9}")
     rows = []
     for argv in configs:
-        runs = {"ours": [], "ref": []}
-        for rep in range(args.reps):
-            order = ("ours", "ref") if rep % 2 == 0 else ("ref", "ours")
-            for side in order:
-                r = run_isolated(__file__, argv, pythonpath=str(REPO if side == "ours" else ref_tree))
-                if "error" in r:
-                    raise SystemExit(f"{side} failed on {' '.join(argv)}: {r['error']}")
-                expected = REPO if side == "ours" else ref_tree
-                if Path(r["code"]) != expected.resolve():
-                    raise SystemExit(f"{side} imported mixitcli from {r['code']}, not {expected}: is mixitcli installed non-editable?")
-                runs[side].append(r)
+        runs = alternate(__file__, argv, ref_tree, args.reps)
         wall = {s: [r["s_per_step"] for r in runs[s]] for s in runs}
         cpu = {s: [r["cpu_s_per_step"] for r in runs[s]] for s in runs}
         ratios = [b / a for a, b in zip(wall["ours"], wall["ref"])]
