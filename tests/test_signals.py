@@ -1,0 +1,61 @@
+"""Stop signals (mixitcli/signals.py): deferred until asked, or raised where the program is;
+the previous handlers come back; the CLI exits with 128 + the signal's number."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mixitcli.signals import STOP_SIGNALS, Interrupted, deferred_stop, raise_on_stop, signal_name
+
+
+def test_stop_signals_are_int_term_and_usr1():
+    assert set(STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+    assert signal_name(signal.SIGTERM) == "SIGTERM" and signal_name(250) == "signal 250"
+    assert Interrupted(signal.SIGTERM).exit_code == 143 and Interrupted(signal.SIGINT).exit_code == 130
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_deferred_stop_records_the_first_and_raises_on_the_second(signum):
+    before = signal.getsignal(signum)
+    with deferred_stop() as request:
+        assert not request
+        os.kill(os.getpid(), signum)
+        assert request and request.signum == signum and request.name == signal_name(signum)
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert caught.value.signum == signal.SIGTERM
+        assert request.signum == signum  # the first one stays the answer
+    assert signal.getsignal(signum) is before
+
+
+def test_raise_on_stop_raises_where_the_program_is_and_restores():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as caught:
+        with raise_on_stop():
+            os.kill(os.getpid(), signal.SIGTERM)
+            pytest.fail("the signal should have stopped the block")
+    assert caught.value.signum == signal.SIGTERM and not isinstance(caught.value, Exception)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_cli_exits_with_128_plus_the_signal_number():
+    from mixitcli import cli
+
+    app = typer.Typer(cls=cli._Commands)
+
+    @app.command()
+    def work() -> None:
+        raise Interrupted(signal.SIGUSR1, "SIGUSR1: saved step 7 to RUN/checkpoints/last.pt")
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["work"])
+    assert result.exit_code == 128 + signal.SIGUSR1
+    assert "saved step 7" in result.output and "Traceback" not in result.output
