@@ -11,6 +11,12 @@
 #        prepare-fma takes FMA's own training/validation split from fma_metadata/tracks.csv
 # MUSDB: the MUSDB18-HQ folder holding train/ and test/
 # GPUS:  processes per training run (torchrun); 1 runs `mixit` directly
+# PRETRAIN_BATCH: mixtures of mixtures per pre-training step over all GPUs (default 128 = 256
+#        clips, the authors' 32 clips per GPU on 8 GPUs; PRETRAIN_BATCH=64 is the 4-GPU reading,
+#        docs/method.md "The paper, the authors' code and us", row 3)
+# PRETRAIN_ACCUM: gradient accumulation of pre-training; by default PRETRAIN_BATCH / (16 x GPUS),
+#        at least 1, so that each GPU's forward pass holds the authors' 16 mixtures of
+#        mixtures (32 clips): 1 on 8 GPUs, 2 on 4, 8 on one
 
 FMA ?= /path/to/fma
 MUSDB ?= /path/to/musdb18hq
@@ -20,6 +26,8 @@ PREP_WORKERS ?= 8
 EVAL_WORKERS ?= 4
 MIXIT ?= mixit
 TRAIN ?= $(if $(filter 1,$(GPUS)),$(MIXIT),torchrun --standalone --nproc_per_node=$(GPUS) -m mixitcli)
+PRETRAIN_BATCH ?= 128
+PRETRAIN_ACCUM ?= $(shell echo $$(( $(PRETRAIN_BATCH) >= 16 * $(GPUS) ? $(PRETRAIN_BATCH) / (16 * $(GPUS)) : 1 )))
 
 DATA := $(WORK)/data
 RUNS := $(WORK)/runs
@@ -50,7 +58,8 @@ pretrain_recipe = recipes/pretrain/$(1)$(if $(filter large,$(2)),,-fma-$(2)).yam
 
 define pretrain_run
 $(RUNS)/pre-$(1)-$(2)/DONE: $(DATA)/fma-$(2)/summary.json
-	$(TRAIN) pretrain --config $(call pretrain_recipe,$(1),$(2)) --data $(DATA)/fma-$(2) --out $$(@D) --auto-resume
+	$(TRAIN) pretrain --config $(call pretrain_recipe,$(1),$(2)) --data $(DATA)/fma-$(2) --out $$(@D) \
+		--batch-size $(PRETRAIN_BATCH) --grad-accum $(PRETRAIN_ACCUM) --auto-resume
 	touch $$@
 
 $(RUNS)/pre-$(1)-$(2)/selection.json: $(RUNS)/pre-$(1)-$(2)/DONE $(DATA)/musdb/summary.json

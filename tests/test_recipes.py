@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixitcli.train.config import STAGE_CONFIGS, build_config
+from mixitcli.train.config import STAGE_CONFIGS, ConfigError, TrainConfig as Config, build_config
+from mixitcli.train.loop import micro_batch
 from mixitcli.train.options import convert, options_of
 from mixitcli.train.schedule import lr_factor
 
@@ -33,7 +34,7 @@ def test_recipe_is_a_valid_configuration(recipe):
         size = recipe.stem.split("-")[0]  # medium-fma-small.yaml: the medium model on FMA small
         assert config.size == size
         assert config.lr == (5e-4 if size == "large" else 1e-3)
-        assert config.batch_size == (64 if stage == "pretrain" else 32)  # pre-training: 64 MoMs = 128 clips
+        assert config.batch_size == (128 if stage == "pretrain" else 32)  # pre-training: 128 MoMs = 256 clips
         assert config.stem_norm == ("mean_abs" if stage != "pretrain" else "rms")  # as the published models
 
 
@@ -46,8 +47,9 @@ def test_recipe_states_only_what_differs_from_the_stage_defaults(recipe):
     assert not restated, f"{recipe.name} restates the stage's defaults of {restated}; leave them out"
 
 
-def plan(target: str) -> str:
-    cmd = ["make", "-n", "--no-print-directory", "-C", str(REPO), target, "FMA=/data/fma", "MUSDB=/data/musdb18hq", "GPUS=8", "WORK=w"]
+def plan(target: str, **variables: object) -> str:
+    settings = {"FMA": "/data/fma", "MUSDB": "/data/musdb18hq", "GPUS": 8, "WORK": "w"} | variables
+    cmd = ["make", "-n", "--no-print-directory", "-C", str(REPO), *target.split(), *(f"{k}={v}" for k, v in settings.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -95,20 +97,56 @@ def authors_lr(step: int, *, peak: float, warmup: int = 4000, decay_start: int =
 AUTHORS_STEPS = {"large": 150 * 2038, "small": 152_850, "medium": 152_850, "full": 150 * 2038}
 
 
+def pretraining_runs(text: str) -> dict[str, Config]:
+    """Each pre-training run of a `make -n` plan: its --out and the configuration its command
+    line gives (the recipe, then the options the plan passes), as `mixit pretrain` builds it."""
+    runs = {}
+    for line in text.splitlines():
+        if " pretrain --config " in line:
+            words = line.split()
+            given = {"data": "d", "out": "o"}
+            for flag, field in (("--batch-size", "batch_size"), ("--grad-accum", "grad_accum")):
+                if flag in words:
+                    given[field] = int(words[words.index(flag) + 1])
+            runs[words[words.index("--out") + 1]] = build_config(
+                "pretrain", recipe=REPO / words[words.index("--config") + 1], overrides=given)
+    return runs
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")
+@pytest.mark.parametrize("gpus", [8, 4, 1])
+def test_every_pretraining_run_steps_with_128_mixtures_of_mixtures(gpus):
+    """The authors' batch (128 MoMs = 256 clips per step; docs/method.md, row 3 of the
+    differences table) in every pre-training run of the three tables, whatever the GPU count:
+    the plan shows it, and --grad-accum keeps each GPU's forward at their 16 MoMs."""
+    text = plan("table1 table2 table3", GPUS=gpus)
+    runs = pretraining_runs(text)
+    assert len(runs) == 6 and text.count(" pretrain --config ") == 6  # one line per run
+    for out, config in runs.items():
+        assert config.batch_size == 128, out
+        assert micro_batch(config, gpus) == 16 and config.grad_accum == 8 // gpus, out
+    # the 4-GPU reading of the authors' files comes back with one variable
+    four = pretraining_runs(plan("table1", GPUS=4, PRETRAIN_BATCH=64))
+    assert all(c.batch_size == 64 and micro_batch(c, 4) == 16 and c.grad_accum == 1 for c in four.values())
+
+
+def test_grad_accum_reaches_the_global_batch_on_fewer_devices():
+    config = build_config("pretrain", overrides={"data": "d", "out": "o"})
+    assert config.batch_size == 128  # the stage's default is the authors' batch too
+    for world, accum in ((8, 1), (4, 2), (2, 4), (1, 8), (1, 128)):
+        assert micro_batch(config.replace(grad_accum=accum), world) * world * accum == 128
+    with pytest.raises(ConfigError, match="keep the batch with --grad-accum 1 or 2 or 4 or 8"):  # 3 does not divide 128
+        micro_batch(config.replace(grad_accum=3), 8)
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")
 def test_pretraining_runs_follow_the_authors_schedule():
-    runs = {}
-    for table in ("table1", "table3"):
-        for line in plan(table).splitlines():
-            if " pretrain --config " in line:
-                words = line.split()
-                runs[words[words.index("--out") + 1]] = words[words.index("--config") + 1]
+    runs = pretraining_runs(plan("table1") + plan("table3"))
     assert sorted(runs) == [f"w/runs/pre-{r}" for r in ("large-large", "medium-full", "medium-large", "medium-medium", "medium-small", "small-large")]
-    for out, recipe in runs.items():
+    for out, config in runs.items():
         size, subset = out.split("/pre-")[1].split("-")
-        config = build_config("pretrain", recipe=REPO / recipe, overrides={"data": "d", "out": "o"})
         assert config.total_steps == AUTHORS_STEPS[subset], out
-        assert config.batch_size == 64 and config.decay_stop_epoch * config.steps_per_epoch == 152_850
+        assert config.batch_size == 128 and config.decay_stop_epoch * config.steps_per_epoch == 152_850
         last = config.total_steps - 1
         for step in (4000, 50_000, 152_850, last, 1, 2, 3999, 4001, 6038, 6039, 152_849, 152_851):
             assert config.lr * lr_factor(step, config) == pytest.approx(authors_lr(step, peak=config.lr), rel=1e-12, abs=0), (out, step)

@@ -166,13 +166,14 @@ class TrainConfig:
 @dataclass
 class PretrainConfig(TrainConfig):
     """MixIT pre-training on FMA with the authors' FMA-large schedule (docs/method.md §5): 12
-    outputs, 64 mixtures of mixtures per step (their 32 clips per GPU on 4 GPUs, paired into
-    MoMs), 150 epochs of 2,038 steps, warm-up 4,000 steps, then x0.965 every epoch from step
-    4,001 until epoch 75 (step 152,850)."""
+    outputs, 128 mixtures of mixtures (256 clips) per step (their 32 clips per GPU, paired into
+    MoMs, on 8 GPUs: inferred, docs/method.md "The paper, the authors' code and us", row 3),
+    150 epochs of 2,038 steps, warm-up 4,000 steps, then x0.965 every epoch from step 4,001
+    until epoch 75 (step 152,850)."""
 
     stage: Stage = "pretrain"
     loss: str = "mixit"
-    batch_size: int = 64
+    batch_size: int = 128
     epochs: int = 150
     steps_per_epoch: int = 2038
     warmup_steps: int = 4000

@@ -248,9 +248,12 @@ def _make_datasets(config: TrainConfig):
 def micro_batch(config: TrainConfig, world: int) -> int:
     """Examples per forward pass on each device; the global batch must divide evenly."""
     if config.batch_size % (world * config.grad_accum):
+        fits = [a for a in range(1, config.batch_size + 1) if config.batch_size % (world * a) == 0][:4]
+        keep = (f"keep the batch with --grad-accum {' or '.join(map(str, fits))}" if fits
+                else f"no --grad-accum splits it over {world} device(s): use a device count that divides it")
         raise ConfigError(
             f"batch size {config.batch_size} does not split over {world} device(s) x {config.grad_accum} "
-            f"accumulation step(s); use a multiple of {world * config.grad_accum}"
+            f"accumulation step(s): {keep}, or give --batch-size a multiple of {world * config.grad_accum}"
         )
     return config.batch_size // (world * config.grad_accum)
 

@@ -16,7 +16,7 @@ from mixitcli.train.schedule import lr_factor
 
 def test_stage_defaults_follow_the_paper():
     pre, fine, freeze = PretrainConfig(), FinetuneConfig(), FreezeFinetuneConfig()
-    assert (pre.n_outputs, pre.batch_size, pre.epochs, pre.steps_per_epoch, pre.decay_factor, pre.loss) == (12, 64, 150, 2038, 0.965, "mixit")
+    assert (pre.n_outputs, pre.batch_size, pre.epochs, pre.steps_per_epoch, pre.decay_factor, pre.loss) == (12, 128, 150, 2038, 0.965, "mixit")
     assert (pre.warmup_steps, pre.decay_stop_epoch * pre.steps_per_epoch) == (4000, 152_850)  # the authors' FMA-large config
     assert (fine.n_outputs, fine.batch_size, fine.epochs, fine.steps_per_epoch, fine.decay_start_epoch) == (4, 32, 900, 110, 550)
     assert (freeze.trainable, freeze.epochs) == ("encdec", 200)
