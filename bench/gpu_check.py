@@ -65,11 +65,12 @@ README_FORWARD_TFLOP = {
     ("small", 4): 0.37, ("medium", 4): 1.05, ("large", 4): 3.13,
 }
 README_ASSUMED_TFLOPS = 100.0
-# The training runs behind each table (recipes/tables.mk): (stage, preset).
+# The training runs behind each table (recipes/tables.mk): (stage, recipe name); the preset is
+# the recipe name's first word.
 TABLE_RUNS = {
     "table1": [("pretrain", p) for p in ("small", "medium", "large")] + [("finetune", p) for p in ("small", "medium", "large")] * 2,
     "table2": [("freeze-finetune", "medium")] * 2,  # shares Table 1's medium pre-training
-    "table3": [("pretrain", "medium")] * 3 + [("finetune", "medium")] * 3,  # FMA small/medium/full
+    "table3": [("pretrain", f"medium-fma-{s}") for s in ("small", "medium", "full")] + [("finetune", "medium")] * 3,
 }
 
 
@@ -94,8 +95,9 @@ class Scale:
 
 
 SCALES = {
-    # Per-GPU batches of the official recipes (docs/method.md §5): 32 MoMs, 4 fine-tuning examples.
-    "paper": Scale(crop_s=6.0, pretrain_batch=32, finetune_batch=4, small_batch=2, steps=30, resume_steps=5, ddp_steps=10,
+    # Per-GPU batches of the official recipes (docs/method.md §5): 16 MoMs (their 32 clips,
+    # paired), 4 fine-tuning examples.
+    "paper": Scale(crop_s=6.0, pretrain_batch=16, finetune_batch=4, small_batch=2, steps=30, resume_steps=5, ddp_steps=10,
                    model_input_s=6.0, song_s=60.0, data_s=20.0, data_songs=8),
     # Tiny: enough steps to time and to see the loss fall; 4 songs give 2 training and 2
     # validation tracks with --valid-fraction 0.5 (the split is a hash of the track id).
@@ -561,9 +563,10 @@ def check_throughput(ctx: Context) -> dict:
     tables = {}
     for table, runs in TABLE_RUNS.items():
         total = 0.0
-        for stage, preset in runs:
-            cfg = build_config(stage, recipe=REPO / "recipes" / stage / f"{preset}.yaml", overrides={"data": "-", "out": "-"})
-            examples = cfg.epochs * cfg.steps_per_epoch * cfg.batch_size
+        for stage, recipe in runs:
+            preset = recipe.split("-")[0]
+            cfg = build_config(stage, recipe=REPO / "recipes" / stage / f"{recipe}.yaml", overrides={"data": "-", "out": "-"})
+            examples = cfg.total_steps * cfg.batch_size
             total += examples * (3 + int(cfg.activation_checkpointing is not False)) * per_example[(preset, cfg.n_outputs)][0] * 1e12
         tables[table] = {"runs": len(runs), "eflop": round(total / 1e18, 1),
                          "gpu_hours_this_gpu": round(total / (achieved * 1e12) / 3600),
@@ -646,7 +649,7 @@ def parse_args(argv=None):
     parser.add_argument("--crop-s", type=float, help="training crop in seconds (default 6; tiny 0.5)")
     parser.add_argument("--song-s", type=float, help="length of the separated song (default 60; tiny 12)")
     parser.add_argument("--input-s", type=float, help="model input of item 1 in seconds (default 6; tiny 2)")
-    parser.add_argument("--pretrain-batch", type=int, help="pretrain batch per device (default 32, the official per-GPU batch; halved on OOM)")
+    parser.add_argument("--pretrain-batch", type=int, help="pretrain batch per device in mixtures of mixtures (default 16 = 32 clips, the official per-GPU batch; halved on OOM)")
     parser.add_argument("--finetune-batch", type=int, help="finetune batch per device (default 4, the official per-GPU batch)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 training (default: on CUDA)")
     parser.add_argument("--workers", type=int, help="DataLoader and preparation workers (default: min(8, CPUs/2); 0 for tiny)")
