@@ -10,12 +10,13 @@ endif
 endif
 PYTHON ?= $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),python,python3)
 
-.PHONY: install test bench gpu-check help
+.PHONY: install test bench gpu-check docs help
 
 help:
 	@echo "make install   ffmpeg and Chromium (apt), then torch and mixit (editable) with test tools, in .venv unless an environment is active"
 	@echo "make test      run the test suite"
 	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
+	@echo "make docs      regenerate docs/commands.md from the command-line app"
 	@echo "make gpu-check the whole CUDA path in one run, one JSON report (bench/gpu_check.py; about 8 min on a GPU)"
 	@echo "make demo      the whole pipeline on synthesised music with the tiny model (about 20 min on 2 CPU cores)"
 	@echo "make table1 FMA=... MUSDB=... GPUS=N   (also table2, table3): reproduce the paper's tables"
@@ -31,6 +32,9 @@ bench:
 	$(PYTHON) bench/mixit.py
 	$(PYTHON) bench/prepare.py
 	$(PYTHON) bench/dataloader.py
+
+docs:
+	$(PYTHON) scripts/commands_doc.py
 
 gpu-check:
 	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)

@@ -115,7 +115,7 @@ def prepare_fma(
     subset: Optional[str] = typer.Option(None, help="FMA subset: small, medium, large or full (needed with ROOT)."),
     audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Instead of ROOT: any folder tree of audio files (mp3, flac, ogg, wav, ...)."),
     metadata: Optional[Path] = typer.Option(None, help="Folder holding tracks.csv (default: fma_metadata/ beside the audio). Without one, every audio file is used."),
-    workers: int = typer.Option(os.cpu_count() or 1, help="Worker processes (0: run in this process)."),
+    workers: int = typer.Option(os.cpu_count() or 1, help="Worker processes (0: run in this process).", show_default="the number of CPU cores"),
     shard: str = typer.Option("0/1", help="I/N: process only shard I (0-based) of N; see above."),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of tracks (not clips) held out for validation, chosen by a hash of the track key; rounded up to at least 2 tracks whenever 4 or more are kept. Default: FMA's own split when tracks.csv is there (training -> train, validation -> valid, test left out), else 0.01. With --merge: re-split by hash."),
     silence_rule: str = typer.Option("clip", help="clip: drop clips with more than 5 of ten 1 s intervals silent (paper). track: the official script's rule (0.5 s chunks; one bad clip drops the whole track)."),
@@ -153,7 +153,7 @@ def prepare_fma(
 def prepare_musdb(
     root: Path = typer.Argument(..., help="The MUSDB18-HQ folder holding train/ and test/ (WAV stems; .stem.mp4 is refused)."),
     out: Path = typer.Option(..., "--out", help="Output folder DIR."),
-    workers: int = typer.Option(min(os.cpu_count() or 1, 8), help="Worker processes for the activity detection (0: in this process)."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 8), help="Worker processes for the activity detection (0: in this process).", show_default="CPU cores, at most 8"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
     valid_tracks: Optional[int] = typer.Option(None, "--valid-tracks", help="Only for a tree without the standard validation tracks (your own stems): hold out N training tracks for validation, chosen by a hash of the name (default: about 10 %, at least 2)."),
 ) -> None:
