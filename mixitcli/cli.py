@@ -31,27 +31,43 @@ here, where it belongs in the pipeline; a command not listed comes last."""
 
 class _Commands(TyperGroup):
     """The app's command group. `mixit --help` lists the commands in :data:`COMMAND_ORDER`; in
-    every command, an OS error (full disk, read-only or unwritable folder, I/O error) or a
-    StorageError becomes one clear message and exit code 1, never a traceback (issue 11), and
-    a stop signal (:class:`mixitcli.signals.Interrupted`) its message and 128 + its number."""
+    every command, an OS error (full disk, read-only or unwritable folder, I/O error), a
+    StorageError or a folder locked by another command (:class:`mixitcli.lock.LockError`)
+    becomes one clear message and exit code 1, never a traceback (issue 11), a stop signal
+    (:class:`mixitcli.signals.Interrupted`) its message and 128 + its number, and a
+    :class:`mixitcli.storage.StorageWarning` of the library a ``warning:`` line."""
 
     def list_commands(self, ctx) -> list[str]:
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
     def invoke(self, ctx):
-        from mixitcli.signals import Interrupted
-        from mixitcli.storage import StorageError, describe_os_error
+        import warnings
 
-        try:
-            return super().invoke(ctx)
-        except StorageError as e:
-            fail(str(e))
-        except OSError as e:
-            fail(describe_os_error(e))
-        except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
-            console.print(f"[yellow]stopped:[/] {e}", highlight=False)
-            raise typer.Exit(e.exit_code)
+        from mixitcli.lock import LockError
+        from mixitcli.signals import Interrupted
+        from mixitcli.storage import StorageError, StorageWarning, describe_os_error
+
+        default = warnings.showwarning
+
+        def show(message, category, *where) -> None:
+            if issubclass(category, StorageWarning):
+                console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            else:
+                default(message, category, *where)
+
+        with warnings.catch_warnings():  # the library's StorageWarnings, every time, as warning lines
+            warnings.simplefilter("always", StorageWarning)
+            warnings.showwarning = show
+            try:
+                return super().invoke(ctx)
+            except (StorageError, LockError) as e:
+                fail(str(e))
+            except OSError as e:
+                fail(describe_os_error(e))
+            except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
+                console.print(f"[yellow]stopped:[/] {e}", highlight=False)
+                raise typer.Exit(e.exit_code)
 
 
 app = typer.Typer(
