@@ -181,9 +181,11 @@ def prepare_musdb(
     """
     from mixitcli.data import DataError
     from mixitcli.data.musdb import describe, prepare_musdb as run
+    from mixitcli.lock import folder_lock
 
     try:
-        summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
+        with folder_lock(out):  # one writer per folder (a LockError names the other one)
+            summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
     except DataError as e:
         fail(str(e))
     console.print(describe(summary), highlight=False)

@@ -167,6 +167,7 @@ class Lock:
         self.path = Path(path)
         self.what = str(what)
         self.me: Holder | None = None
+        self._created: list[Path] = []  # folders made for the lock file, deepest first
 
     # -- taking and giving back ------------------------------------------------------------
     def acquire(self) -> Holder | None:
@@ -179,6 +180,11 @@ class Lock:
             LockError: a running process, or one on another host, holds it.
             OSError: the folder cannot be written (read-only, full, ...).
         """
+        self._created = []
+        for folder in (self.path.parent, *self.path.parent.parents):
+            if folder.exists():
+                break
+            self._created.append(folder)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = Holder.this_process()
         stale = None
@@ -201,7 +207,8 @@ class Lock:
         raise LockError(f"{self.what}: could not take its lock {self.path} (other processes keep taking it); try again")
 
     def release(self) -> None:
-        """Remove the lock file if it is still ours."""
+        """Remove the lock file if it is still ours, and the folders made for it that stayed
+        empty (a command refused or failed before writing anything leaves no folder behind)."""
         if self.me is None:
             return
         holder = self._read()
@@ -209,6 +216,11 @@ class Lock:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         self.me = None
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
 
     def __enter__(self) -> "Lock":
         taken = self.acquire()
