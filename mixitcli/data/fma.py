@@ -25,6 +25,11 @@ Shard membership is a hash of the file's path relative to the audio root. The tr
 split is FMA's own when tracks.csv is there (its set/split column, as the authors'
 ``fma_split.py``; test tracks are left out at the scan), otherwise a hash of the track key.
 Both are deterministic and independent of the number of shards or workers.
+
+File names whose bytes are not UTF-8 (issue 20) are prepared like any other: the journal, the
+manifest and the store name them by :func:`printable` (the undecodable bytes written as
+``\\xNN``), and only the decoder sees the real name. A store file found shorter than its
+journal says when a run resumes (a disk that failed, a copy cut short) is decoded again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from mixitcli.data import manifest as mf
 from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, WRITE_FAILED, ClipRules, process_file
 from mixitcli.data.errors import DataError, LayoutError, MetadataError, PrepareError
 from mixitcli.data.parallel import Task, run_parallel, wait_for_orphans
-from mixitcli.storage import SPACE_ERRORS, StorageError, describe_os_error, remove_stale_temporaries
+from mixitcli.storage import SPACE_ERRORS, StorageError, StorageWarning, describe_os_error, remove_stale_temporaries
 
 SUBSETS = ("small", "medium", "large", "full")
 """FMA subsets, nested: small ⊂ medium ⊂ large ⊂ full."""
@@ -266,6 +273,17 @@ def read_tracks(tracks_csv: Path, subset: str) -> dict[int, str | None]:
     return tracks
 
 
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes, which UTF-8 encoding, hashes and JSON readers refuse) gets each such
+    byte written as ``\\xNN``; any other name is returned as it is."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def scan(source: AudioSource) -> Scan:
     """List the audio files to process, sorted by relative path.
 
@@ -285,9 +303,9 @@ def scan(source: AudioSource) -> Scan:
                 result.other_files += 1
                 continue
             n_audio += 1
-            rel = path.relative_to(source.audio_root).as_posix()
+            rel = printable(path.relative_to(source.audio_root).as_posix())  # journal, store and manifest name
             if source.kind == "fma":
-                track = path.stem
+                track = printable(path.stem)
                 if ids is not None:
                     if not (track.isdigit() and int(track) in ids):
                         result.not_in_subset += 1
@@ -469,6 +487,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         remove_stale_temporaries(shard_dir)
         journal = mf.Journal(shard_dir / "journal.jsonl")
         finished = journal.load()
+        _forget_damaged_stores(out, finished)
         mine = [f for f in listing.files if shard_of(f.rel, config.shard[1]) == config.shard[0]]
         todo = [f for f in mine if f.rel not in finished]
         tasks = [
@@ -526,6 +545,62 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
                     handle.close()
     finally:
         lock.close()
+
+
+def _forget_damaged_stores(out: Path, finished: dict[str, dict]) -> None:
+    """Drop from ``finished`` (and delete) every kept file whose store is missing or not the
+    size its journal record says, so this run decodes it again; warn about them."""
+    frame_bytes = STORE_CHANNELS * STORE_DTYPE.itemsize
+    damaged = []
+    for rel, record in list(finished.items()):
+        if record.get("status") != "kept":
+            continue
+        store = out / record["store"]
+        try:
+            size = store.stat().st_size
+        except OSError:
+            size = None
+        if size != record["store_frames"] * frame_bytes:
+            damaged.append(f"{store} ({'missing' if size is None else f'{size} bytes'}, journaled {record['store_frames'] * frame_bytes})")
+            store.unlink(missing_ok=True)
+            del finished[rel]
+    if damaged:
+        shown = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        warnings.warn(f"{len(damaged)} store file(s) are damaged, so their sources are decoded again: {shown}", StorageWarning, stacklevel=3)
+
+
+def prepare_command(out: str | Path) -> str:
+    """The `mixit prepare-fma` command that prepared ``out`` (from its shards' config.json), for
+    messages that ask to run it again: it resumes, decodes damaged store files again and
+    writes the manifest and index anew. With several shards, one command per shard (``--shard I/N``)."""
+    out = Path(out)
+    shards = _shard_dirs(out)
+    if not shards:
+        return f"mixit prepare-fma ... --out {out}"
+    try:
+        config = json.loads((sorted(shards.items())[0][1] / "config.json").read_text())
+        source, rules = config["source"], config["rules"]
+    except (OSError, ValueError, KeyError):
+        return f"mixit prepare-fma ... --out {out}"
+    root = Path(source["audio_root"])
+    if source["kind"] == "dir":
+        args = ["--audio-dir", str(root)]
+    else:
+        holder = root.parent if root.name.startswith("fma_") else root
+        args = [str(holder), "--subset", str(source["subset"])]
+        defaults = {str(holder / "fma_metadata" / "tracks.csv"), str(root.parent / "fma_metadata" / "tracks.csv")}
+        if source.get("metadata") and source["metadata"] not in defaults:
+            args += ["--metadata", source["metadata"]]
+    if rules.get("silence_rule", "clip") != "clip":
+        args += ["--silence-rule", rules["silence_rule"]]
+    if rules.get("silence_db") is not None:
+        args += ["--silence-db", f"{rules['silence_db']:g}"]
+    if rules.get("keep_mono"):
+        args.append("--keep-mono")
+    n = sorted(shards)[0][1]
+    if n > 1:
+        args += ["--shard", f"I/{n}"]
+    return shlex.join(["mixit", "prepare-fma", *args, "--out", str(out)]) + (f" (for each I of 0 ... {n - 1})" if n > 1 else "")
 
 
 def _lock_other_shards(out: Path, mine: tuple[int, int] | None) -> list | None:
@@ -633,9 +708,9 @@ def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
         {"file": str(roots[rel] / rel), "track": r["track"], "reason": r["reason"], "detail": r.get("detail", "")}
         for rel, r in sorted(records.items()) if r["status"] != "kept"
     )
-    mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
+    manifest_sha256 = mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
     mf.write_jsonl(out / mf.REJECTED, rejected)
-    index.save(out, rules.sample_rate)
+    index.save(out, rules.sample_rate, manifest_sha256=manifest_sha256)
     splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
               "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()},
               "valid_tracks_raised": len(raised)}
