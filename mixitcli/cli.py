@@ -432,6 +432,8 @@ def separate_command(
     """Separate songs into bass, drums, vocals and other: INPUT... -> OUT/<track>/<stem>.wav.
 
     Songs are read and stems written in blocks, so memory does not grow with the song's length. A file that fails is reported and the others are still separated; the exit code is then 1. Input files are never overwritten.
+
+    Each stem file is locked while it is written: another `mixit separate` writing the same stems fails that song, naming this one (docs/reliability.md). Ctrl-C, SIGTERM or SIGUSR1 stop at once, leaving no partial file; run again with --skip-existing to go on.
     """
     from mixitcli.batch import separate_many
     from mixitcli.separate import ChunkOptions
@@ -474,7 +476,9 @@ def eval_command(
 ) -> None:
     """Score separations on MUSDB18-HQ: cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean), as the paper's Table 1.
 
-    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged.
+    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged; so are estimates of another length than the reference (scored on the reference's length).
+
+    One command writes a results folder at a time: a second one is refused, naming the first (docs/reliability.md). Ctrl-C, SIGTERM or SIGUSR1 stop at once, leaving no partial file.
     """
     from mixitcli.evaluate import evaluate_musdb
 
@@ -540,7 +544,10 @@ def listen_command(
     musdb: Optional[Path] = typer.Option(None, "--musdb", help="Where MUSDB18-HQ is now, if it moved since `mixit eval` (the references come from there)."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the inputs' labels)."),
 ) -> None:
-    """Write a static listening page: players, spectrograms and loudness of every stem, side by side, with the per-track scores of evaluations (sortable). Opens from file:// or any static web host."""
+    """Write a static listening page: players, spectrograms and loudness of every stem, side by side, with the per-track scores of evaluations (sortable). Opens from file:// or any static web host.
+
+    One command writes a page folder at a time: a second one is refused, naming the first. A page whose writing failed (a full disk) or was stopped (Ctrl-C, SIGTERM, SIGUSR1) leaves no partial file, and the same command writes it again (docs/reliability.md).
+    """
     from mixitcli.listen import ListenError, write_page
 
     try:

@@ -199,11 +199,11 @@ class Lock:
                 if self._age() < 5.0:
                     time.sleep(0.05)  # being written through the O_EXCL fallback
                     continue
-                holder = "damaged"
+                # unreadable for seconds: its writer died while writing it
             elif holder.state() != "gone":
                 raise LockError(self._refusal(holder), holder)
-            if self._take_over(holder):
-                stale = holder if isinstance(holder, Holder) else stale
+            if self._take_over(holder) and holder is not None:
+                stale = holder
         raise LockError(f"{self.what}: could not take its lock {self.path} (other processes keep taking it); try again")
 
     def release(self) -> None:
@@ -279,8 +279,9 @@ class Lock:
         except OSError:
             return 0.0
 
-    def _take_over(self, stale: "Holder | str") -> bool:
-        """Remove the lock file if it still is ``stale``'s; one process at a time does this."""
+    def _take_over(self, stale: Holder | None) -> bool:
+        """Remove the lock file if it still is ``stale``'s (None: still unreadable); one
+        process at a time does this."""
         breaker = self.path.with_name(self.path.name + ".break")
         deadline = time.monotonic() + BREAK_WAIT_S
         while True:
@@ -299,7 +300,7 @@ class Lock:
                 time.sleep(0.02)
         try:
             current = self._read()
-            same = (current is None and stale == "damaged") or (isinstance(stale, Holder) and current is not None and current.token == stale.token)
+            same = current is None if stale is None else (current is not None and current.token == stale.token)
             if same:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()

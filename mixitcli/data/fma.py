@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import warnings
 import zlib
 from collections import Counter
@@ -372,15 +371,6 @@ def _shard_dir(out: Path, shard: tuple[int, int]) -> Path:
     return out / mf.SHARDS / f"{shard[0]}-of-{shard[1]}"
 
 
-def _shard_dirs(out: Path) -> dict[tuple[int, int], Path]:
-    found = {}
-    for p in (out / mf.SHARDS).glob("*-of-*"):
-        m = re.fullmatch(r"(\d+)-of-(\d+)", p.name)
-        if m and p.is_dir():
-            found[(int(m.group(1)), int(m.group(2)))] = p
-    return found
-
-
 def _check_config(shard_dir: Path, wanted: dict) -> None:
     path = shard_dir / "config.json"
     if path.exists():
@@ -472,7 +462,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         StorageError: a store or the journal could not be written; what is journaled is kept.
     """
     out = Path(config.out).expanduser().resolve()
-    others = {n for (_, n) in _shard_dirs(out)} - {config.shard[1]}
+    others = {n for (_, n) in mf.shard_dirs(out)} - {config.shard[1]}
     if others:
         raise PrepareError(f"{out} already holds a {sorted(others)[0]}-way sharded run; use the same N or a new --out")
     listing = scan(source)
@@ -535,7 +525,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
             if others is None:
                 return None
             try:
-                shards = _shard_dirs(out)
+                shards = mf.shard_dirs(out)
                 n = config.shard[1]
                 if all((i, n) in shards and (shards[(i, n)] / "done.json").exists() for i in range(n)):
                     return _merge_locked(out, config.valid_fraction)
@@ -569,45 +559,11 @@ def _forget_damaged_stores(out: Path, finished: dict[str, dict]) -> None:
         warnings.warn(f"{len(damaged)} store file(s) are damaged, so their sources are decoded again: {shown}", StorageWarning, stacklevel=3)
 
 
-def prepare_command(out: str | Path) -> str:
-    """The `mixit prepare-fma` command that prepared ``out`` (from its shards' config.json), for
-    messages that ask to run it again: it resumes, decodes damaged store files again and
-    writes the manifest and index anew. With several shards, one command per shard (``--shard I/N``)."""
-    out = Path(out)
-    shards = _shard_dirs(out)
-    if not shards:
-        return f"mixit prepare-fma ... --out {out}"
-    try:
-        config = json.loads((sorted(shards.items())[0][1] / "config.json").read_text())
-        source, rules = config["source"], config["rules"]
-    except (OSError, ValueError, KeyError):
-        return f"mixit prepare-fma ... --out {out}"
-    root = Path(source["audio_root"])
-    if source["kind"] == "dir":
-        args = ["--audio-dir", str(root)]
-    else:
-        holder = root.parent if root.name.startswith("fma_") else root
-        args = [str(holder), "--subset", str(source["subset"])]
-        defaults = {str(holder / "fma_metadata" / "tracks.csv"), str(root.parent / "fma_metadata" / "tracks.csv")}
-        if source.get("metadata") and source["metadata"] not in defaults:
-            args += ["--metadata", source["metadata"]]
-    if rules.get("silence_rule", "clip") != "clip":
-        args += ["--silence-rule", rules["silence_rule"]]
-    if rules.get("silence_db") is not None:
-        args += ["--silence-db", f"{rules['silence_db']:g}"]
-    if rules.get("keep_mono"):
-        args.append("--keep-mono")
-    n = sorted(shards)[0][1]
-    if n > 1:
-        args += ["--shard", f"I/{n}"]
-    return shlex.join(["mixit", "prepare-fma", *args, "--out", str(out)]) + (f" (for each I of 0 ... {n - 1})" if n > 1 else "")
-
-
 def _lock_other_shards(out: Path, mine: tuple[int, int] | None) -> list | None:
     """Locks of every shard folder in ``out`` but ``mine``; None (and no lock kept) when
     another process is preparing one of them."""
     held = []
-    for key, folder in sorted(_shard_dirs(out).items()):
+    for key, folder in sorted(mf.shard_dirs(out).items()):
         if key == mine:
             continue
         handle = _try_lock(folder / "lock")
@@ -639,7 +595,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
     """
     out = Path(out).expanduser().resolve()
     _check_fraction(valid_fraction)
-    if not _shard_dirs(out):
+    if not mf.shard_dirs(out):
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
     with _merge_lock(out):
         held = _lock_other_shards(out, None)
@@ -656,7 +612,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
 def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
     """:func:`merge_shards`'s work; the caller holds the merge lock and every shard's lock."""
     remove_stale_temporaries(out)
-    shards = _shard_dirs(out)
+    shards = mf.shard_dirs(out)
     if not shards:
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
     ns = sorted({n for _, n in shards})

@@ -40,6 +40,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shlex
 import warnings
 from array import array
 from dataclasses import dataclass
@@ -224,6 +226,50 @@ def _sample_rate_of(root: Path) -> int:
         return SAMPLE_RATE
 
 
+def shard_dirs(out: Path) -> dict[tuple[int, int], Path]:
+    """The shard folders ``DIR/shards/<I>-of-<N>`` of a prepared folder: (I, N) -> folder."""
+    found = {}
+    for p in (Path(out) / SHARDS).glob("*-of-*"):
+        m = re.fullmatch(r"(\d+)-of-(\d+)", p.name)
+        if m and p.is_dir():
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    return found
+
+
+def prepare_command(out: str | Path) -> str:
+    """The `mixit prepare-fma` command that prepared ``out`` (from its shards' config.json), for
+    messages that ask to run it again: it resumes, decodes damaged store files again and
+    writes the manifest and index anew. With several shards, one command per shard (``--shard I/N``)."""
+    out = Path(out)
+    shards = shard_dirs(out)
+    if not shards:
+        return f"mixit prepare-fma ... --out {out}"
+    try:
+        config = json.loads((sorted(shards.items())[0][1] / "config.json").read_text())
+        source, rules = config["source"], config["rules"]
+    except (OSError, ValueError, KeyError):
+        return f"mixit prepare-fma ... --out {out}"
+    root = Path(source["audio_root"])
+    if source["kind"] == "dir":
+        args = ["--audio-dir", str(root)]
+    else:
+        holder = root.parent if root.name.startswith("fma_") else root
+        args = [str(holder), "--subset", str(source["subset"])]
+        defaults = {str(holder / "fma_metadata" / "tracks.csv"), str(root.parent / "fma_metadata" / "tracks.csv")}
+        if source.get("metadata") and source["metadata"] not in defaults:
+            args += ["--metadata", source["metadata"]]
+    if rules.get("silence_rule", "clip") != "clip":
+        args += ["--silence-rule", rules["silence_rule"]]
+    if rules.get("silence_db") is not None:
+        args += ["--silence-db", f"{rules['silence_db']:g}"]
+    if rules.get("keep_mono"):
+        args.append("--keep-mono")
+    n = sorted(shards)[0][1]
+    if n > 1:
+        args += ["--shard", f"I/{n}"]
+    return shlex.join(["mixit", "prepare-fma", *args, "--out", str(out)]) + (f" (for each I of 0 ... {n - 1})" if n > 1 else "")
+
+
 def restore_command(root: Path) -> str:
     """The command that writes manifest.jsonl and index.npz of ``root`` again from the shard
     journals, without decoding (with the folder's own --valid-fraction, so the split stays)."""
@@ -382,8 +428,6 @@ class SegmentIndex:
             got = "missing" if size is None else f"{size} bytes"
             problems.append(f"{path}: {got}, but {MANIFEST} needs {need[s] * frame_bytes} bytes (line {line} and later read beyond its end)")
         if problems:
-            from mixitcli.data.fma import prepare_command
-
             raise PreparedDataError(with_problems(
                 f"{self.root}: audio store file(s) shorter than {MANIFEST} says (truncated or damaged). Run the "
                 f"command that prepared the folder again; it decodes those files again and rewrites the manifest: "
