@@ -324,8 +324,8 @@ def run_jobs(
     try:
         for job in jobs:
             if skip_existing and job.done():
-                with contextlib.suppress(LockError), claimed(job):
-                    pass  # only clears what killed runs left beside finished stems
+                with contextlib.suppress(LockError, OSError), claimed(job):
+                    pass  # only clears what killed runs left beside finished stems (when it can)
                 summary.skipped.append(job)
                 reporter.file_skipped(job)
                 continue
