@@ -12,6 +12,7 @@ them (:class:`NonFiniteCount`) and warn, naming the file (:func:`nonfinite_messa
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mixitcli.storage import WriteError, diagnose_write_failure
+from mixitcli.storage import WriteError, diagnose_write_failure, partial_path
 
 SAMPLE_RATE = 44100
 """The model's sample rate (docs/method.md §2): everything is resampled to it."""
@@ -59,6 +60,13 @@ class AudioInfo:
     @property
     def seconds(self) -> float:
         return self.frames / self.sample_rate
+
+
+def sf_name(path: str | Path) -> bytes:
+    """The name to give soundfile for ``path``: bytes, because soundfile encodes a str as strict
+    UTF-8, and a file name that is not UTF-8 (Python holds its bytes as surrogate escapes)
+    would then fail to open (issue 20)."""
+    return os.fsencode(path)
 
 
 def _readable(path: str | Path) -> Path:
@@ -124,7 +132,7 @@ def info(path: str | Path) -> AudioInfo:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
-        i = sf.info(str(path))
+        i = sf.info(sf_name(path))
         return AudioInfo(frames=int(i.frames), sample_rate=int(i.samplerate), channels=int(i.channels))
     except Exception as sf_error:  # libsndfile cannot open it: try ffprobe
         if not have_ffmpeg():
@@ -159,7 +167,7 @@ def read(
 
     path = _readable(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(sf_name(path)) as f:
             rate = f.samplerate
             if start:
                 f.seek(start)
@@ -224,9 +232,11 @@ def write(path: str | Path, audio: np.ndarray, sample_rate: int, *, bits: str = 
 class BlockWriter:
     """Write (c, t) audio block by block, so memory stays bounded by the block, not the file.
 
-    The data goes to a hidden temporary file beside ``path`` (``.NAME.partial``), renamed to
-    ``path`` by :meth:`close`; :meth:`abort` (or leaving the ``with`` block on an exception)
-    deletes it. So a crash never leaves half a file under the final name.
+    The data goes to a hidden temporary file beside ``path`` (``.NAME.<pid>.partial``), renamed
+    to ``path`` by :meth:`close`; :meth:`abort` (or leaving the ``with`` block on an exception
+    or a stop signal) deletes it. So a crash never leaves half a file under the final name, and
+    the pid tells the leftovers of a ``kill -9`` (:func:`mixitcli.storage.remove_stale_temporaries`)
+    from the file of a writer that still runs.
 
     Integer formats clip to [-1, 1]; ``bits="float"`` WAV keeps any value.
 
@@ -253,13 +263,13 @@ class BlockWriter:
         self.clip = subtype != "FLOAT"
         self.limit = limit
         self.frames = 0
-        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.tmp = partial_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise WriteError(e.errno, e.strerror or str(e), e.filename or str(self.path.parent)) from e
         try:
-            self._file = sf.SoundFile(str(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype)
+            self._file = sf.SoundFile(sf_name(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype)
         except Exception as e:
             raise diagnose_write_failure(self.tmp) or AudioError(f"{self.path}: cannot create ({e})") from e
 
@@ -334,7 +344,7 @@ def _decoded_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
     import soundfile as sf
 
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(sf_name(path))
     except Exception as sf_error:
         if not have_ffmpeg():
             raise AudioError(f"{path}: cannot decode ({sf_error}); {FFMPEG_HINT}") from sf_error

@@ -5,20 +5,34 @@ here: :func:`plan` turns inputs and a filename template into :class:`Job` s, and
 (all at once, before any separation) templates whose outputs collide or would overwrite an
 input. :func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
 a file that fails is reported and the others go on.
+
+One writer per output file (issue 20): while a job is separated, the lock of each of its stem
+files is held (``.NAME.lock`` beside it, :func:`mixitcli.lock.file_lock`). Two runs into the
+same ``--out`` are a normal use (one per album, one per machine), so ``--out`` itself is not
+locked; two runs that would write the same stem (the same song, or two songs whose names give
+the same ``OUT/<track>/``) cannot both write it: the second fails that song, naming the first,
+and goes on with its others. Per file rather than per folder, so any ``--filename`` template
+(``{track}_{stem}.{ext}`` puts every song in one folder) locks exactly what it writes. Under
+those locks, temporaries left by killed runs are removed, whatever their pid. A stop signal
+(SIGINT, SIGTERM, SIGUSR1) stops at once: the stem files being written are deleted, finished
+songs are kept, and ``--skip-existing`` goes on later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mixitcli import audio
 from mixitcli.data.errors import with_problems
-from mixitcli.storage import StorageError, WriteError, describe_os_error
+from mixitcli.lock import LockError, file_lock, holding
+from mixitcli.signals import Interrupted, raise_on_stop
+from mixitcli.storage import StorageError, WriteError, describe_os_error, remove_temporaries_of
 from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
@@ -250,6 +264,43 @@ class BatchSummary:
         )
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+@contextlib.contextmanager
+def claimed(job: Job) -> Iterator[None]:
+    """Hold the locks of ``job``'s output files for the block and remove the temporaries that
+    killed runs left of them; afterwards, remove the folders the block created that are still
+    empty (a song that failed leaves no empty ``OUT/<track>/`` behind).
+
+    Raises:
+        LockError: another process is writing one of the outputs (nothing was changed).
+        WriteError: the lock files cannot be written (full disk, read-only folder, ...).
+    """
+    created = {f for p in job.outputs.values() for f in _missing_folders(p.parent)}
+    folders = sorted({str(p.parent) for p in job.outputs.values()})
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(holding(*(file_lock(p) for p in job.outputs.values()), what=", ".join(folders)))
+            except OSError as e:  # the machine's problem, as when the stems are written
+                raise WriteError(e.errno, e.strerror or str(e), e.filename) from e
+            for path in job.outputs.values():
+                remove_temporaries_of(path)
+            yield
+    finally:
+        for folder in sorted(created, key=lambda f: len(f.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+
 def run_jobs(
     model,
     jobs: Sequence[Job],
@@ -262,22 +313,34 @@ def run_jobs(
     skip_existing: bool = False,
     reporter: Reporter | None = None,
 ) -> BatchSummary:
-    """Separate every job; a failing file is recorded in the summary and the others go on."""
+    """Separate every job; a failing file is recorded in the summary and the others go on.
+
+    Each job holds the locks of its output files while it runs (see :func:`claimed`); a job
+    whose outputs another process is writing fails with that process's name.
+    """
     reporter = reporter or Reporter()
     summary = BatchSummary()
     reporter.start(len(jobs), str(device or next(model.parameters()).device), dtype_name(bf16))
     try:
         for job in jobs:
             if skip_existing and job.done():
+                with contextlib.suppress(LockError, OSError), claimed(job):
+                    pass  # only clears what killed runs left beside finished stems (when it can)
                 summary.skipped.append(job)
                 reporter.file_skipped(job)
                 continue
             try:
-                reporter.file_started(job, audio.info(job.input).seconds)
-                result = separate_file(
-                    model, job.input, job.outputs, options=options, device=device, bf16=bf16,
-                    sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
-                )
+                with claimed(job):
+                    reporter.file_started(job, audio.info(job.input).seconds)
+                    result = separate_file(
+                        model, job.input, job.outputs, options=options, device=device, bf16=bf16,
+                        sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
+                    )
+            except LockError as e:
+                message = f"{e} This song was left out; run the same command with --skip-existing once that one has finished."
+                summary.failed.append((job.input, message))
+                reporter.file_failed(job, message)
+                continue
             except WriteError as e:  # the machine's problem: every other file would fail too
                 raise StorageError(
                     f"{describe_os_error(e)}\nStopped after {len(summary.done)} separated file(s); "
@@ -329,7 +392,20 @@ def separate_many(
 
     Raises:
         PlanError, SeparationError, RegistryError, ModelLoadError: before any work is done.
+        Interrupted: a stop signal arrived; the stems being written were deleted.
     """
+    with raise_on_stop():
+        try:
+            return _separate_many(
+                inputs, out_dir, model=model, stems=stems, template=template, ext=ext, bits=bits, sample_rate=sample_rate,
+                skip_existing=skip_existing, options=options, device=device, bf16=bf16, console=console,
+            )
+        except Interrupted as e:
+            raise Interrupted(e.signum, f"{e}. No partial stem file is left and finished songs are kept: run the same "
+                                        "command with --skip-existing to separate the rest.") from None
+
+
+def _separate_many(inputs, out_dir, *, model, stems, template, ext, bits, sample_rate, skip_existing, options, device, bf16, console) -> BatchSummary:
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
 

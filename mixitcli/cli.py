@@ -31,27 +31,43 @@ here, where it belongs in the pipeline; a command not listed comes last."""
 
 class _Commands(TyperGroup):
     """The app's command group. `mixit --help` lists the commands in :data:`COMMAND_ORDER`; in
-    every command, an OS error (full disk, read-only or unwritable folder, I/O error) or a
-    StorageError becomes one clear message and exit code 1, never a traceback (issue 11), and
-    a stop signal (:class:`mixitcli.signals.Interrupted`) its message and 128 + its number."""
+    every command, an OS error (full disk, read-only or unwritable folder, I/O error), a
+    StorageError or a folder locked by another command (:class:`mixitcli.lock.LockError`)
+    becomes one clear message and exit code 1, never a traceback (issue 11), a stop signal
+    (:class:`mixitcli.signals.Interrupted`) its message and 128 + its number, and a
+    :class:`mixitcli.storage.StorageWarning` of the library a ``warning:`` line."""
 
     def list_commands(self, ctx) -> list[str]:
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
     def invoke(self, ctx):
-        from mixitcli.signals import Interrupted
-        from mixitcli.storage import StorageError, describe_os_error
+        import warnings
 
-        try:
-            return super().invoke(ctx)
-        except StorageError as e:
-            fail(str(e))
-        except OSError as e:
-            fail(describe_os_error(e))
-        except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
-            console.print(f"[yellow]stopped:[/] {e}", highlight=False)
-            raise typer.Exit(e.exit_code)
+        from mixitcli.lock import LockError
+        from mixitcli.signals import Interrupted
+        from mixitcli.storage import StorageError, StorageWarning, describe_os_error
+
+        default = warnings.showwarning
+
+        def show(message, category, *where) -> None:
+            if issubclass(category, StorageWarning):
+                console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            else:
+                default(message, category, *where)
+
+        with warnings.catch_warnings():  # the library's StorageWarnings, every time, as warning lines
+            warnings.simplefilter("always", StorageWarning)
+            warnings.showwarning = show
+            try:
+                return super().invoke(ctx)
+            except (StorageError, LockError) as e:
+                fail(str(e))
+            except OSError as e:
+                fail(describe_os_error(e))
+            except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
+                console.print(f"[yellow]stopped:[/] {e}", highlight=False)
+                raise typer.Exit(e.exit_code)
 
 
 app = typer.Typer(
@@ -165,9 +181,11 @@ def prepare_musdb(
     """
     from mixitcli.data import DataError
     from mixitcli.data.musdb import describe, prepare_musdb as run
+    from mixitcli.lock import folder_lock
 
     try:
-        summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
+        with folder_lock(out):  # one writer per folder (a LockError names the other one)
+            summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
     except DataError as e:
         fail(str(e))
     console.print(describe(summary), highlight=False)
@@ -414,6 +432,8 @@ def separate_command(
     """Separate songs into bass, drums, vocals and other: INPUT... -> OUT/<track>/<stem>.wav.
 
     Songs are read and stems written in blocks, so memory does not grow with the song's length. A file that fails is reported and the others are still separated; the exit code is then 1. Input files are never overwritten.
+
+    Each stem file is locked while it is written: another `mixit separate` writing the same stems fails that song, naming this one (docs/reliability.md). Ctrl-C, SIGTERM or SIGUSR1 stop at once, leaving no partial file; run again with --skip-existing to go on.
     """
     from mixitcli.batch import separate_many
     from mixitcli.separate import ChunkOptions
@@ -456,7 +476,9 @@ def eval_command(
 ) -> None:
     """Score separations on MUSDB18-HQ: cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean), as the paper's Table 1.
 
-    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged.
+    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged; so are estimates of another length than the reference (scored on the reference's length).
+
+    One command writes a results folder at a time: a second one is refused, naming the first (docs/reliability.md). Ctrl-C, SIGTERM or SIGUSR1 stop at once, leaving no partial file.
     """
     from mixitcli.evaluate import evaluate_musdb
 
@@ -522,7 +544,10 @@ def listen_command(
     musdb: Optional[Path] = typer.Option(None, "--musdb", help="Where MUSDB18-HQ is now, if it moved since `mixit eval` (the references come from there)."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the inputs' labels)."),
 ) -> None:
-    """Write a static listening page: players, spectrograms and loudness of every stem, side by side, with the per-track scores of evaluations (sortable). Opens from file:// or any static web host."""
+    """Write a static listening page: players, spectrograms and loudness of every stem, side by side, with the per-track scores of evaluations (sortable). Opens from file:// or any static web host.
+
+    One command writes a page folder at a time: a second one is refused, naming the first. A page whose writing failed (a full disk) or was stopped (Ctrl-C, SIGTERM, SIGUSR1) leaves no partial file, and the same command writes it again (docs/reliability.md).
+    """
     from mixitcli.listen import ListenError, write_page
 
     try:

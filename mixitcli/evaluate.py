@@ -9,6 +9,16 @@ Records and the CSV list stems in the paper's table order (:data:`mixitcli.repor
 Non-finite samples (NaN, infinity) in a reference, an estimate or a mixture to separate are
 replaced by 0 as they are read (:func:`mixitcli.audio.read_blocks`); each file that had any is
 named with its count in the record's ``nonfinite``, in the summary and in a warning.
+
+An estimate of another length than its reference is scored on the reference's length (cut,
+or padded with zeros at the end), never silently: the record's ``length_mismatch`` gives both
+lengths per stem, the summary lists them and a warning names the track (issue 20).
+
+One writer per results folder (issue 20): the command holds OUT's lock
+(:func:`mixitcli.lock.folder_lock`) from start to end, so a second `mixit eval` into it is
+refused, naming the first. A stop signal (SIGINT, SIGTERM, SIGUSR1) stops at once: the stems
+being separated are deleted, the scoring processes (which ignore stop signals, so that only
+this process decides) are ended, and every scored track stays in results.jsonl for the rerun.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mixitcli.audio import require_ffmpeg
+from mixitcli.lock import folder_lock
 from mixitcli.metrics import METRICS, MUSEVAL_NEEDS, score_arrays
 from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, fmt, markdown_table, print_table, summarise
+from mixitcli.signals import STOP_SIGNALS, Interrupted, raise_on_stop
 from mixitcli.stems import STEMS
 from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
 
@@ -48,6 +60,7 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
     started = time.perf_counter()
     refs, ests, rate = [], [], None
     nonfinite: dict[str, int] = {}
+    lengths: dict[str, dict[str, int]] = {}
     for stem in TABLE_STEMS:
         pair = []
         for path in (references[stem], estimates[stem]):
@@ -58,14 +71,18 @@ def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[st
             pair.append(data)
         if pair[0].shape[0] != pair[1].shape[0]:
             raise EvalError(f"{estimates[stem]}: {pair[1].shape[0]} channel(s), the reference has {pair[0].shape[0]}")
+        if pair[1].shape[1] != pair[0].shape[1]:
+            lengths[stem] = {"estimate_samples": pair[1].shape[1], "reference_samples": pair[0].shape[1]}
         refs.append(pair[0])
         ests.append(pair[1][:, : pair[0].shape[1]])
     t = refs[0].shape[1]
-    ests = [np.pad(e, ((0, 0), (0, t - e.shape[1]))) for e in ests]
+    ests = [np.pad(e, ((0, 0), (0, t - e.shape[1]))) for e in ests]  # the reference's length: cut or zero-padded
     record = {"track": name, "seconds": round(t / rate, 2)}
     record.update(score_arrays(np.stack(refs), np.stack(ests), stems=TABLE_STEMS))
     if nonfinite:
         record["nonfinite"] = nonfinite
+    if lengths:
+        record["length_mismatch"] = lengths
     record["eval_s"] = round(time.perf_counter() - started, 1)
     return record
 
@@ -145,7 +162,9 @@ class ResultsFolder:
         row = [r["track"], r.get("seconds")]
         for metric in METRICS:
             row += [r[metric].get(s) for s in TABLE_STEMS]
-        return row + ["; ".join(f"{s}: {f}" for s, f in r.get("flags", {}).items())]
+        flags = [f"{s}: {f}" for s, f in r.get("flags", {}).items()]
+        flags += [f"{s}: {length_note(n)}" for s, n in r.get("length_mismatch", {}).items()]
+        return row + ["; ".join(flags)]
 
     def _rewrite_csv(self) -> None:
         with open(self.out / RECORDS_CSV, "w", newline="") as f:
@@ -169,6 +188,15 @@ class ResultsFolder:
         atomic_write_text(self.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
         atomic_write_text(self.out / SUMMARY_MD, markdown_table(summary))
         return summary
+
+
+def length_note(lengths: dict) -> str:
+    """What the score did with an estimate of another length: ``lengths`` is a record's
+    ``length_mismatch`` entry of one stem."""
+    est, ref = lengths["estimate_samples"], lengths["reference_samples"]
+    if est > ref:
+        return f"estimate {est} samples, reference {ref}: its last {est - ref} cut"
+    return f"estimate {est} samples, reference {ref}: padded with {ref - est} zeros"
 
 
 # -- MUSDB tracks ----------------------------------------------------------------------------
@@ -242,6 +270,8 @@ def evaluate_musdb(
     Raises:
         EvalError: bad arguments, missing estimates, a results folder of another evaluation.
         MissingFFmpegError: ffmpeg/ffprobe are not on PATH (museval cannot be imported).
+        LockError: another command is writing into OUT.
+        Interrupted: a stop signal arrived (what was scored is kept).
     """
     require_ffmpeg(MUSEVAL_NEEDS)
     if (model is None) == (estimates is None):
@@ -250,6 +280,20 @@ def evaluate_musdb(
         raise EvalError("--out is needed with --model (the separated stems and the results go there)")
     out = Path(out if out is not None else estimates)
     tracks = musdb_tracks(musdb, subset)
+    with raise_on_stop():
+        try:
+            with folder_lock(out):
+                return _evaluate(musdb, out, tracks, model=model, estimates=estimates, subset=subset, workers=workers,
+                                 device=device, bf16=bf16, batch_size=batch_size, console=console)
+        except Interrupted as e:
+            raise Interrupted(e.signum, f"{e}. No partial file is left; the tracks scored so far are in {out / RECORDS}: "
+                                        "run the same command again to score the rest.") from None
+
+
+def _evaluate(musdb, out: Path, tracks, *, model, estimates, subset, workers, device, bf16, batch_size, console) -> dict:
+    """:func:`evaluate_musdb`'s work, holding OUT's lock."""
+    if model is not None:  # OUT/estimates is written by this command only, under OUT's lock
+        remove_stale_temporaries(out / ESTIMATES, recursive=True, locked=True)
     config = {"musdb": str(Path(musdb).expanduser().resolve()), "subset": subset, "model": model, "estimates": str(estimates) if estimates else None}
     results = ResultsFolder(out, config)
     todo = [t for t in tracks if t.name not in results.done()]
@@ -261,7 +305,7 @@ def evaluate_musdb(
         est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in STEMS} for t in todo}
         separate = _separator(model, device=device, bf16=bf16, batch_size=batch_size, console=console)
     progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) if workers > 0 else None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn(), initializer=_ignore_stop_signals) if workers > 0 else None
     pending: dict[Future, str] = {}
     try:
         for track in todo:
@@ -280,6 +324,10 @@ def evaluate_musdb(
         for future in list(pending):
             _record(results, future.result(), progress)
             pending.pop(future)
+    except BaseException:
+        if pool is not None:
+            _end_workers(pool)  # a stop signal or an error: their scores would not be recorded
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -296,6 +344,24 @@ def _spawn():
     return multiprocessing.get_context("spawn")  # workers use numpy/museval only; no fork of a threaded torch
 
 
+def _ignore_stop_signals() -> None:
+    """In a scoring process: leave stop signals to the main process (Ctrl-C reaches the whole
+    process group; a worker that died of it would break the pool with a traceback)."""
+    import signal
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the scoring processes now (they write nothing) instead of waiting for their tracks."""
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+
+
 def _record(results: ResultsFolder, record: dict, progress) -> None:
     from mixitcli.audio import nonfinite_message
 
@@ -303,6 +369,10 @@ def _record(results: ResultsFolder, record: dict, progress) -> None:
     progress.scored(record)
     for path, n in record.get("nonfinite", {}).items():
         progress.warn(nonfinite_message(path, n) + " before scoring")
+    mismatch = record.get("length_mismatch", {})
+    if mismatch:
+        notes = "; ".join(f"{stem}: {length_note(n)}" for stem, n in mismatch.items())
+        progress.warn(f"{record['track']}: estimates of another length than their references, scored on the reference's length ({notes})")
 
 
 def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):

@@ -16,10 +16,20 @@ of the mixture, of every reference and of every stem of every input. Audio is cu
 :func:`plan` finds and checks everything (all problems at once, before any audio is
 decoded); :func:`write_page` then writes ``OUT/index.html`` and ``OUT/assets/``.
 The HTML itself is :mod:`mixitcli.listen_page`.
+
+Writing (issue 20): the command holds OUT's lock (:func:`mixitcli.lock.folder_lock`), so a
+second `mixit listen` into it is refused, naming the first. Every picture, audio file and the
+index go through a temporary name and are renamed when complete, so a full disk leaves no
+0-byte or half file under a final name. OUT first gets a marker file (``.mixit-listen``) and
+loses its old index.html, so that a page whose writing failed or was stopped is still known as
+ours (the rerun replaces it) and never shows an index that points at missing assets. On a
+failure or a stop signal the assets written so far are removed (without its index the page is
+of no use, and a full disk gets its space back); the marker stays until a page is complete.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -36,8 +46,11 @@ from mixitcli import audio
 from mixitcli.data.errors import with_problems
 from mixitcli.evaluate import CONFIG, ESTIMATES, RECORDS
 from mixitcli.listen_page import CODECS, DB_RANGE, MIXTURE, REFERENCE, stem_order
+from mixitcli.lock import LOCK_NAME, folder_lock
 from mixitcli.report import SUMMARY_JSON
 from mixitcli.report import TABLE_STEMS as STEMS  # the paper's table order
+from mixitcli.signals import Interrupted, raise_on_stop
+from mixitcli.storage import atomic_write_text, atomic_write_with, diagnose_write_failure, remove_stale_temporaries, temp_path
 
 """Opus (WebM) is half the size of MP3 for the same quality; MP3 plays in every browser,
 including old Safari. Headless Chromium decodes both (tests/test_listen.py)."""
@@ -45,6 +58,9 @@ GENERATOR = "mixit listen"
 ENCODERS = min(4, os.cpu_count() or 1)
 """ffmpeg processes encoding at once (each holds one excerpt in memory)."""
 ASSETS = "assets"
+MARKER = ".mixit-listen"
+"""Written into OUT before anything else and removed when the page is complete: a folder that
+holds it is a page of ours whose writing did not finish."""
 
 
 class ListenError(Exception):
@@ -343,10 +359,12 @@ def spectrogram_db(x: np.ndarray, rate: int, *, size: tuple[int, int] = PICTURE,
 
 def draw_spectrogram(db: np.ndarray, path: Path, *, vmax: float) -> None:
     """Write :func:`spectrogram_db`'s output as a PNG, one pixel per value, colours (magma)
-    from ``vmax - DB_RANGE`` to ``vmax``; the page draws the axes."""
+    from ``vmax - DB_RANGE`` to ``vmax``; the page draws the axes. Written through a
+    temporary name: ``path`` exists only complete."""
     from matplotlib.image import imsave
 
-    imsave(path, db, cmap="magma", vmin=vmax - DB_RANGE, vmax=vmax, origin="lower", format="png", pil_kwargs={"compress_level": 3})
+    atomic_write_with(path, lambda f: imsave(f, db, cmap="magma", vmin=vmax - DB_RANGE, vmax=vmax, origin="lower", format="png",
+                                             pil_kwargs={"compress_level": 3}))
 
 
 def frequency_ticks(rate: int, f_min: float = F_MIN) -> list[tuple[str, float]]:
@@ -356,17 +374,34 @@ def frequency_ticks(rate: int, f_min: float = F_MIN) -> list[tuple[str, float]]:
 
 
 def encode(x: np.ndarray, rate: int, path: Path, *, codec: str = "opus") -> None:
-    """Encode (c, t) float audio into ``path`` with ffmpeg (raw float32 through a pipe).
+    """Encode (c, t) float audio into ``path`` with ffmpeg (raw float32 through a pipe),
+    through a temporary name: ``path`` exists only complete.
 
     Raises:
-        ListenError: ffmpeg failed (its last message is included).
+        OSError: ffmpeg could not write (full disk, read-only folder, ...), naming ``path``.
+        ListenError: ffmpeg failed otherwise (its last message is included).
     """
     suffix, _, args = CODECS[codec]
     data = np.ascontiguousarray(np.clip(x, -1, 1).T, dtype="<f4").tobytes()  # interleaved (t, c)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ac", str(x.shape[0]), "-i", "pipe:0", *args, str(path)]
-    proc = subprocess.run(cmd, input=data, capture_output=True)
-    if proc.returncode != 0:
-        raise ListenError(f"{path}: ffmpeg could not encode {codec}: {proc.stderr.decode(errors='replace').strip()[-500:]}")
+    tmp = temp_path(path)
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ac", str(x.shape[0]),
+           "-i", "pipe:0", *args, "-f", suffix.lstrip("."), str(tmp)]  # the temporary name says no format: -f does
+    try:
+        proc = subprocess.run(cmd, input=data, capture_output=True)
+        if proc.returncode != 0:
+            message = proc.stderr.decode(errors="replace").strip()
+            raise _write_error(message, path, len(data) // 8) or ListenError(f"{path}: ffmpeg could not encode {codec}: {message[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_error(message: str, path: Path, nbytes: int) -> OSError | None:
+    """The OS error behind an ffmpeg failure to write ``path`` (ffmpeg prints strerror), or None."""
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if os.strerror(code) in message:
+            return OSError(code, os.strerror(code), str(path))
+    return diagnose_write_failure(path, nbytes)
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -402,13 +437,14 @@ def _slug(text: str) -> str:
 
 
 def check_out(out: Path, sources: Sequence[Source]) -> None:
-    """Refuse an output folder that holds other things than a page of ours, or that is an input."""
+    """Refuse an output folder that holds other things than a page of ours (finished, or with
+    its :data:`MARKER` when its writing failed or was stopped), or that is an input."""
     problems = []
     if out.exists() and not out.is_dir():
         problems.append(f"{out}: is a file; --out must be a folder")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         index = out / "index.html"
-        ours = index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000]
+        ours = (out / MARKER).is_file() or (index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000])
         if not ours:
             problems.append(f"{out}: not empty and not a page written by `mixit listen`; choose a new or empty folder (nothing was changed)")
     for s in sources:
@@ -537,9 +573,10 @@ def write_page(
         ListenError: bad inputs, files that do not line up, a bad --out or selection (all
             before any audio is decoded); an encoding failure.
         MissingFFmpegError: ffmpeg is not on PATH.
+        LockError: another command is writing into OUT.
+        OSError: the page cannot be written (full disk, ...); what was written is removed.
+        Interrupted: a stop signal arrived; what was written is removed.
     """
-    from mixitcli import listen_page
-
     if codec not in CODECS:
         raise ListenError(f"--codec {codec!r}: use one of {', '.join(CODECS)}")
     if seconds is not None and seconds <= 0:
@@ -562,9 +599,24 @@ def write_page(
     if problems:
         raise ListenError("cannot make a listening page (nothing was written):", problems)
     tracks = plan_tracks(sources)
-    out.mkdir(parents=True, exist_ok=True)
+    with raise_on_stop():
+        try:
+            with folder_lock(out):
+                index = _write(out, sources, tracks, seconds=seconds, codec=codec, counts=counts, title=title, console=console)
+        except Interrupted as e:
+            raise Interrupted(e.signum, f"{e}. The page was not finished and its files were removed: run the same command again.") from None
+    return index
+
+
+def _write(out: Path, sources, tracks, *, seconds, codec, counts, title, console) -> Path:
+    """:func:`write_page`'s writing, holding OUT's lock (see the module docstring)."""
+    from mixitcli import listen_page
+
+    atomic_write_text(out / MARKER, f"{GENERATOR}: a page is being written here\n")
+    (out / "index.html").unlink(missing_ok=True)  # never an index whose assets are being replaced
+    remove_stale_temporaries(out, locked=True)
     if (out / ASSETS).is_dir():
-        shutil.rmtree(out / ASSETS)  # a page of ours, checked above
+        shutil.rmtree(out / ASSETS)  # a page of ours, checked before
     progress = _Progress(console, len(tracks)) if console is not None else None
     pages = []
     try:
@@ -575,15 +627,17 @@ def write_page(
                 pages.append(render_track(track, i, out / ASSETS, seconds=seconds, codec=codec, pool=pool))
                 if progress:
                     progress.done()
+        html = listen_page.render(
+            sources, pages, title=title or "Listening: " + " vs ".join(s.label for s in sources),
+            seconds=seconds, codec=codec, selection=counts, generator=GENERATOR,
+        )
+        index = out / "index.html"
+        atomic_write_with(index, lambda f: f.write(html.encode("utf-8")))
+    except BaseException:
+        shutil.rmtree(out / ASSETS, ignore_errors=True)  # of no use without the index; frees a full disk
+        raise
     finally:
         if progress:
             progress.stop()
-    index = out / "index.html"
-    html = listen_page.render(
-        sources, pages, title=title or "Listening: " + " vs ".join(s.label for s in sources),
-        seconds=seconds, codec=codec, selection=counts, generator=GENERATOR,
-    )
-    partial = out / ".index.html.partial"
-    partial.write_text(html, encoding="utf-8")
-    partial.replace(index)
+    (out / MARKER).unlink(missing_ok=True)
     return index

@@ -13,11 +13,14 @@ On top of the hub's client: a freshly downloaded file is hashed and compared wit
 hub reported for it (the SHA-256 of an LFS file, the git blob SHA-1 of a small one; the hub's
 cache names each blob by that hash), and removed on a mismatch; when the hub cannot be reached
 and nothing is cached, the error names the model, its files, the ``hf download`` command that
-fetches them on another machine, and where to put them by hand.
+fetches them on another machine, and where to put them by hand. A cache that cannot be written
+(read-only ``HF_HOME``, no permission) is told apart from an unreachable hub (issue 20): the
+advice is then a writable cache (``HF_HUB_CACHE``) or a local folder for ``--model``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -38,6 +41,10 @@ class RegistryError(Exception):
 
 class DownloadError(RegistryError):
     """The hub could not be reached or refused; the message says how to get the files another way."""
+
+
+class CacheNotWritableError(RegistryError):
+    """The hub's cache cannot be written, so a model that is not in it cannot be downloaded."""
 
 
 class VerificationError(RegistryError):
@@ -218,6 +225,8 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
     model = get(name)
     for file in FILES:
         was_cached = (snapshot_folder(name) / file).is_file()
+        if not was_cached and not offline():
+            _check_cache_writable(name)
         try:
             with _progress_bars(progress):
                 path = hf_hub_download(
@@ -234,11 +243,42 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
             raise DownloadError(_unreachable_message(name, file, e)) from e
         except RemoteEntryNotFoundError as e:
             raise DownloadError(f"the hub has no file {model.hub_path(file)} at revision {HUB_REVISION} ({_first_line(e)})") from e
-        except (HfHubHTTPError, OSError) as e:
+        except (HfHubHTTPError, OSError) as e:  # HfHubHTTPError is an OSError too, without errno
+            if isinstance(e, PermissionError) or e.errno in _UNWRITABLE:  # the cache, not the network
+                raise CacheNotWritableError(_unwritable_message(name, e)) from e
             raise DownloadError(_unreachable_message(name, file, e)) from e
         if not was_cached:
             _verify_download(Path(path), model.hub_path(file))
     return snapshot_folder(name)
+
+
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _check_cache_writable(name: str) -> None:
+    """Raise :class:`CacheNotWritableError` when the cache cannot take a download (before any
+    request: the hub's client would report it as a failed download)."""
+    from mixitcli.storage import check_writable
+
+    try:
+        check_writable(cache_dir())
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        raise CacheNotWritableError(_unwritable_message(name, e)) from e
+
+
+def _unwritable_message(name: str, e: OSError) -> str:
+    where = e.filename or cache_dir()
+    reason = (e.strerror or "not writable").lower()
+    return (
+        f"cannot download the published model {name}: the Hugging Face cache {cache_dir()} cannot be written "
+        f"({reason}: {where}). Point the cache at a writable folder and run the command again, e.g.\n"
+        f"  export HF_HUB_CACHE=$HOME/hf-cache\n"
+        f"(or HF_HOME for all of huggingface_hub's files). Or download the model into a folder of your choice with\n"
+        f"  {download_command(name)} --local-dir DIR\n"
+        f"and pass DIR/{get(name).hub_path('').rstrip('/')} to --model."
+    )
 
 
 def _first_line(e: Exception) -> str:
@@ -248,11 +288,20 @@ def _first_line(e: Exception) -> str:
 def _unreachable_message(name: str, file: str, e: Exception) -> str:
     why = "HF_HUB_OFFLINE is set" if offline() else f"the hub at {endpoint()} cannot be reached ({_first_line(e)})"
     urls = "\n".join(f"  {file_url(name, f)}" for f in FILES)
+    folder = f"models--{HUB_REPO.replace('/', '--')}"
+    try:
+        from mixitcli.storage import check_writable
+
+        check_writable(cache_dir())
+        into = f"into {cache_dir()}"
+    except OSError as problem:  # copying into a read-only cache cannot work: name a cache that can
+        into = (f"into a writable folder, and point the cache at it: {cache_dir()} cannot be written "
+                f"({(problem.strerror or 'not writable').lower()}), so `export HF_HUB_CACHE=FOLDER` first")
     return (
         f"cannot fetch the published model {name}: {why}, and {file} is not in the cache {cache_dir()}.\n"
         f"On a machine with internet access, fetch its two files into the hub's cache with\n"
         f"  {download_command(name)}\n"
-        f"and copy that machine's ~/.cache/huggingface/hub/models--{HUB_REPO.replace('/', '--')} into {cache_dir()}.\n"
+        f"and copy that machine's ~/.cache/huggingface/hub/{folder} {into}.\n"
         f"Or download\n{urls}\n"
         f"into any folder as checkpoints/model.pth and merged_config.yaml, and pass that folder to --model."
     )

@@ -71,6 +71,7 @@ def summarise(records: Iterable[dict], **meta) -> dict:
         summary[metric] = per_stem
     summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
     summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
+    summary["length_mismatch"] = [{"track": r["track"], "stem": s, **n} for r in records for s, n in r.get("length_mismatch", {}).items()]
     return summary
 
 
@@ -87,6 +88,8 @@ def markdown_table(summary: dict) -> str:
     note = f"\n{summary['tracks']} tracks"
     if summary.get("flagged"):
         note += f"; {len(summary['flagged'])} stem(s) flagged (silent), see summary.json"
+    if summary.get("length_mismatch"):
+        note += f"; {len(summary['length_mismatch'])} estimate(s) of another length than the reference, scored on the reference's length (cut or zero-padded), see summary.json"
     return "\n".join(lines) + note + "\n"
 
 
@@ -105,6 +108,9 @@ def print_table(summary: dict, console) -> None:
         console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
     if summary.get("nonfinite"):
         console.print(f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)")
+    if summary.get("length_mismatch"):
+        console.print(f"[yellow]{len(summary['length_mismatch'])} estimate(s) of another length than the reference[/], scored on "
+                      "the reference's length: cut or padded with zeros (listed in summary.json)")
 
 
 # -- the paper's tables over several evaluations ---------------------------------------------

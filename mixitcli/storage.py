@@ -3,9 +3,12 @@
 Every command writes its results through a temporary name beside the final file and renames
 it when complete, so a reader (or a resumed run) never sees half a file. Temporary names carry
 the writer's process id -- ``.NAME.tmp<pid>`` here and in :mod:`mixitcli.train.checkpoint`,
-``.NAME.<pid>.partial`` in the data stage -- so that :func:`remove_stale_temporaries` can
-delete the ones whose process is gone (a ``kill -9`` during a save) without touching those of
-a run that is still writing.
+``.NAME.<pid>.partial`` in the data stage and for audio (:func:`partial_path`) -- so that
+:func:`remove_stale_temporaries` can delete the ones whose process is gone (a ``kill -9``
+during a save) without touching those of a run that is still writing. A command that holds
+the lock of a folder or file (:mod:`mixitcli.lock`) knows that every temporary there is a dead
+writer's, whatever its pid: a pid says nothing about a process of another host writing to a
+shared disk, so there it removes them all (``locked=True``, :func:`remove_temporaries_of`).
 
 A write that fails because of the machine (full disk, read-only file system, no permission,
 I/O error) is never the input's fault: :func:`describe_os_error` turns it into one message
@@ -26,7 +29,16 @@ _TEMP_NAME = re.compile(r"^\..+?\.(?:tmp(?P<a>\d+)|(?P<b>\d+)\.partial(?:\.npz)?
 """Hidden temporary files of atomic writes, with the writer's pid: ``.NAME.tmp123``,
 ``.NAME.123.partial`` (``.index.npz.123.partial.npz``) and ``.NAME.partial.123``."""
 
+_LEGACY_PARTIAL = re.compile(r"^\..+\.partial$")
+"""``.NAME.partial`` without a pid: audio temporaries of versions before the pid was added."""
+
 SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class StorageWarning(UserWarning):
+    """Something about the files on disk that the user should hear but that does not stop the
+    command (a lock taken over from a dead process, an index rebuilt from its manifest); the
+    CLI prints it as a ``warning:`` line."""
 
 
 class StorageError(Exception):
@@ -41,6 +53,11 @@ class WriteError(OSError):
 def temp_path(path: Path) -> Path:
     """The temporary name an atomic write of ``path`` uses in this process."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a block-wise writer (audio, data store) of ``path`` uses in this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
 @contextlib.contextmanager
@@ -137,12 +154,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(*folders: str | Path, recursive: bool = False) -> list[Path]:
+def remove_stale_temporaries(*folders: str | Path, recursive: bool = False, locked: bool = False) -> list[Path]:
     """Delete temporary files of atomic writes whose writing process no longer runs.
 
     Args:
         folders: where to look (missing folders are skipped).
         recursive: also look in every subfolder.
+        locked: the caller holds these folders' lock (:mod:`mixitcli.lock`), so no other
+            process writes there: every temporary is a dead writer's, whatever its pid (on a
+            shared disk the pid may be another host's), and so is ``.NAME.partial`` without one.
 
     Returns:
         The files removed.
@@ -155,10 +175,33 @@ def remove_stale_temporaries(*folders: str | Path, recursive: bool = False) -> l
         for dirpath, _, names in walk:
             for name in names:
                 m = _TEMP_NAME.match(name)
-                if m and not _pid_alive(int(m.group("a") or m.group("b") or m.group("c"))):
+                stale = (m is not None or _LEGACY_PARTIAL.match(name) is not None) if locked else (
+                    m is not None and not _pid_alive(int(m.group("a") or m.group("b") or m.group("c"))))
+                if stale:
                     path = Path(dirpath) / name
                     path.unlink(missing_ok=True)
                     removed.append(path)
+    return removed
+
+
+def remove_temporaries_of(path: str | Path) -> list[Path]:
+    """Delete every temporary file of ``path`` (``.NAME.tmp<pid>``, ``.NAME.<pid>.partial``,
+    ``.NAME.partial``), whatever its pid: call it only while holding ``path``'s lock, when they
+    are all left over by writers that are gone.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for candidate in path.parent.iterdir():
+        rest = candidate.name[len(prefix) :] if candidate.name.startswith(prefix) else ""
+        if re.fullmatch(r"tmp\d+|\d+\.partial|partial", rest) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
     return removed
 
 
@@ -259,6 +302,7 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
 
 
 __all__ = [
-    "SPACE_ERRORS", "StorageError", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
-    "human_bytes", "remove_stale_temporaries", "temp_path", "WriteError", "check_writable", "diagnose_write_failure", "naming",
+    "SPACE_ERRORS", "StorageError", "StorageWarning", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
+    "human_bytes", "partial_path", "remove_stale_temporaries", "remove_temporaries_of", "temp_path", "WriteError",
+    "check_writable", "diagnose_write_failure", "naming",
 ]

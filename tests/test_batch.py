@@ -1,5 +1,13 @@
-"""`mixit separate`: inputs, output naming, skipping, failures, through the library and the CLI."""
+"""`mixit separate`: inputs, output naming, skipping, failures, through the library and the CLI;
+one writer per stem file, stop signals and leftovers of killed runs."""
 
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +18,10 @@ from typer.testing import CliRunner
 
 from mixitcli.batch import PlanError, find_inputs, plan
 from mixitcli.cli import app
+from mixitcli.lock import Holder
 from mixitcli.model import model_to_dict
 from mixitcli.model.official import load_official
+from tests.conftest import REPO
 
 runner = CliRunner()
 STEMS = ("bass", "drums", "vocals", "other")
@@ -143,3 +153,82 @@ def test_cli_full_output_disk_stops_with_one_message(tmp_path, tiny_checkpoint, 
     assert "no space left on the device of" in flat and "--skip-existing" in flat and "System error" not in flat
     assert "Stopped after 0 separated file(s)" in flat and "two.wav" not in flat  # not tried: same disk
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+# -- one writer per stem file, stop signals, leftovers of killed runs (issue 20) ------------------
+
+
+def _wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> list[Path]:
+    """The files matching ``pattern`` under ``folder`` once there are some (the process still running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.rglob(pattern)) if folder.is_dir() else []
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"the separate process ended ({proc.returncode}) before writing: {proc.stderr.read()}")
+        time.sleep(0.02)
+    pytest.fail(f"no {pattern} under {folder} after {timeout} s")
+
+
+def test_sigterm_second_writer_and_leftovers(tmp_path, tiny_checkpoint):
+    """A real SIGTERM to `mixit separate` while it writes the stems (issue 20: it left hidden
+    .STEM.wav.partial files that no later run removed): exit 143, nothing left. A second
+    separate of the same song meanwhile is refused, naming the first, and leaves its partial
+    files alone (issue 20: both printed "done" with one song's audio in the other's stems). A
+    rerun with --skip-existing removes what a kill -9 leaves (a partial with a dead pid, one
+    without a pid from older versions, a stale lock), says so, and finishes."""
+    song = noise(tmp_path / "song.wav", seconds=0.5)
+    out = tmp_path / "stems"
+    base = ["separate", str(song), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # one core: the other is this test's
+    # 0.25 s chunks every 0.0125 s: 40 forward passes, slow enough to be caught writing; the
+    # partial files appear after the first one
+    first = subprocess.Popen([sys.executable, "-m", "mixitcli", *base, "--chunk", "0.25", "--hop", "0.0125"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        partials = _wait_for(".*.partial", out, first)
+        second = runner.invoke(app, base)
+        said = " ".join(second.output.split())
+        assert second.exit_code == 1 and "being written by another command" in said and f"(process {first.pid} on" in said, said
+        assert all(p.exists() for p in partials)  # the second run did not touch the first's files
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped: interrupted by SIGTERM" in stderr and "--skip-existing" in stderr and "Traceback" not in stderr
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]  # no partial, no lock, no stem
+
+    # what a kill -9 leaves behind
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    leftovers = [out / "song" / f".vocals.wav.{dead}.partial", out / "song" / ".bass.wav.partial"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF half a stem")
+    stale = dataclasses.replace(Holder.this_process(), pid=int(dead), command="mixit separate song.wav")
+    (out / "song" / ".drums.wav.lock").write_text(json.dumps(dataclasses.asdict(stale)))
+    result = runner.invoke(app, base + ["--skip-existing"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"took over the lock left by `mixit separate song.wav` (process {dead} on" in said
+    assert sorted(p.name for p in (out / "song").iterdir()) == sorted(f"{s}.wav" for s in STEMS)
+    assert all(sf.info(out / "song" / f"{s}.wav").frames == 44100 // 2 for s in STEMS)
+
+
+def test_non_utf8_name_is_separated_and_a_failed_song_leaves_no_folder(tmp_path, tiny_checkpoint):
+    """Issue 20: a file name that is not UTF-8 failed and left an empty OUT/<track>/; so did
+    any song that failed after its folder was made (here: a WAV without samples)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9 \xff.wav")  # Latin-1 bytes: not UTF-8
+    try:
+        os.replace(noise(folder / "song.wav"), folder / name)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    sf.write(folder / "empty.wav", np.zeros((0, 2), np.float32), 44100)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["separate", str(folder), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    assert result.exit_code == 1 and "empty.wav" in result.output and "1 file(s) failed" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [os.fsdecode(b"caf\xe9 \xff")]  # no empty out/empty/
+    assert sorted(p.name for p in (out / os.fsdecode(b"caf\xe9 \xff")).iterdir()) == sorted(f"{s}.wav" for s in STEMS)

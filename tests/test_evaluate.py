@@ -1,6 +1,9 @@
-"""Scores: cSDR through museval, uSDR by hand, silent stems, resumable results, `mixit eval` and `mixit report`."""
+"""Scores: cSDR through museval, uSDR by hand, silent stems, resumable results, `mixit eval` and `mixit report`;
+stop signals, one writer per results folder, estimates of another length."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import museval
@@ -10,7 +13,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from mixitcli import evaluate
+from mixitcli import audio, evaluate
 from mixitcli.cli import app
 from mixitcli.evaluate import EvalError, ResultsFolder
 from mixitcli.metrics import csdr, score_arrays, usdr, usdr_mdx
@@ -212,3 +215,85 @@ def test_damaged_eval_config_is_written_again_when_nothing_was_scored(tmp_path, 
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "is damaged" in result.output and "JSONDecodeError" in result.output
     assert not isinstance(result.exception, json.JSONDecodeError)
+
+
+# -- stop signals, one writer per results folder, estimates of another length (issue 20) ----------
+
+
+def test_eval_stopped_by_sigint_keeps_nothing_partial_and_resumes(tmp_path, official, monkeypatch):
+    """Ctrl-C while eval writes a track's estimates: exit 130, no partial stem and no lock
+    left; the same command then separates and scores the track."""
+    torch.save(model_to_dict(load_official(official.weights("tiny4"), official.config("tiny4"))), tmp_path / "tiny.pt")
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=1.0)
+    out = tmp_path / "res"
+    args = ["eval", "--musdb", str(musdb), "--model", str(tmp_path / "tiny.pt"), "--out", str(out), "--workers", "0", "--device", "cpu"]
+    real_write = audio.BlockWriter.write
+
+    def write_then_ctrl_c(self, block):  # the stems' temporary files exist and hold data now
+        real_write(self, block)
+        assert list(self.path.parent.glob(".*.partial"))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(audio.BlockWriter, "write", write_then_ctrl_c)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert "stopped: interrupted by SIGINT" in said and "run the same command again" in said and "Traceback" not in said
+    assert not [p.name for p in out.rglob("*") if p.name.startswith(".")]  # no partial stem, no lock
+    monkeypatch.setattr(audio.BlockWriter, "write", real_write)
+    v = {s: 1.0 for s in TABLE_STEMS}  # museval is tested above (and takes seconds per track)
+    monkeypatch.setattr(evaluate, "score_track", lambda name, r, e: {"track": name, "seconds": 1.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}})
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["track"] for line in (out / evaluate.RECORDS).read_text().splitlines()] == ["A - One"]
+    assert all(sf.info(out / "estimates" / "A - One" / f"{s}.wav").frames == SR for s in TABLE_STEMS)
+
+
+def test_eval_refuses_a_busy_folder_and_flags_estimates_of_another_length(tmp_path, monkeypatch):
+    """Issue 20: a second eval on one --out crashed on a rename; estimates longer or shorter
+    than the reference were cut or padded without a word."""
+    from tests.test_lock import start_holders, stop
+
+    scored = {}
+
+    def metrics(refs, ests, stems):  # what the score is computed on (museval itself is tested above)
+        scored.update(refs=refs, ests=ests)
+        v = {s: 1.0 for s in stems}
+        return {"csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}}
+
+    monkeypatch.setattr(evaluate, "score_arrays", metrics)
+
+    musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=1.0)
+    estimates = tmp_path / "est" / "A - One"
+    estimates.mkdir(parents=True)
+    for s in TABLE_STEMS:
+        x, _ = sf.read(musdb / "test" / "A - One" / f"{s}.wav", always_2d=True)
+        x = {"bass": np.pad(x, ((0, 100), (0, 0))), "vocals": x[:-200]}.get(s, x)  # 100 samples too long, 200 too short
+        sf.write(estimates / f"{s}.wav", x, SR, subtype="FLOAT")
+    out = tmp_path / "res"
+    args = ["eval", "--musdb", str(musdb), "--estimates", str(tmp_path / "est"), "--out", str(out), "--workers", "0"]
+    (holder,) = start_holders(out)  # another command writing into --out
+    try:
+        result = runner.invoke(app, args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{out} is being written by another command" in said and f"(process {holder.pid} on" in said
+        assert not (out / evaluate.CONFIG).exists()
+    finally:
+        stop([holder])
+    result = runner.invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "A - One: estimates of another length than their references, scored on the reference's length" in said
+    assert "bass: estimate 44200 samples, reference 44100: its last 100 cut" in said
+    assert "vocals: estimate 43900 samples, reference 44100: padded with 200 zeros" in said
+    record = json.loads((out / evaluate.RECORDS).read_text())
+    assert record["length_mismatch"] == {"vocals": {"estimate_samples": 43900, "reference_samples": 44100},
+                                         "bass": {"estimate_samples": 44200, "reference_samples": 44100}}
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert {(m["stem"], m["estimate_samples"]) for m in summary["length_mismatch"]} == {("vocals", 43900), ("bass", 44200)}
+    assert "2 estimate(s) of another length" in (out / SUMMARY_MD).read_text()
+    assert "its last 100 cut" in (out / evaluate.RECORDS_CSV).read_text()
+    bass, vocals = TABLE_STEMS.index("bass"), TABLE_STEMS.index("vocals")
+    assert scored["ests"].shape == scored["refs"].shape == (4, 2, SR)  # scored on the reference's length
+    np.testing.assert_allclose(scored["ests"][bass], scored["refs"][bass], atol=1e-7)  # the extra samples cut
+    assert not scored["ests"][vocals][:, -200:].any()  # the missing ones zero

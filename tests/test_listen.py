@@ -1,4 +1,5 @@
-"""`mixit listen`: excerpts, loudness, spectrograms, encoding, and the page checked in headless Chromium.
+"""`mixit listen`: excerpts, loudness, spectrograms, encoding, and the page checked in headless Chromium;
+a full disk, stop signals and one writer per page folder.
 
 The browser needs Debian's `chromium` and `chromium-driver` packages (apt), and selenium (pip, dev extra).
 """
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,8 +21,9 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mixitcli import evaluate
+from mixitcli import evaluate, listen
 from mixitcli.cli import app
+from mixitcli.lock import LOCK_NAME
 from mixitcli.listen import PICTURE, encode, frequency_ticks, loudest_window, loudness, spectrogram_db
 
 runner = CliRunner()
@@ -319,3 +322,60 @@ def test_selection_files_of_both_formats_and_a_bad_one(inputs, tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ListenError, match="not a selection JSON"):
         read_selection_counts(bad)
+
+
+# -- full disk, stop signals, one writer per page folder (issue 20) -------------------------------
+
+
+def test_full_disk_signal_busy_folder_and_stale_lock(tmp_path, monkeypatch):
+    """Issue 20: on a full disk `mixit listen` left 0-byte pictures and audio under their final
+    names and refused the rerun (the folder was no page of its). Now: one message naming the
+    disk and the fix, no file under a final name; a stop signal (SIGUSR1) leaves no partial
+    file either; a folder another `mixit listen` writes is refused; a lock left by a killed one
+    is taken over with a warning; the rerun writes the page."""
+    from tests.test_lock import stale_lock, start_holders, stop
+
+    song = tmp_path / "separated" / "song"
+    song.mkdir(parents=True)
+    for stem, x in list(_signals(0).items())[:2]:
+        sf.write(song / f"{stem}.wav", x[:, : SR // 2].T, SR)
+    out = tmp_path / "page"
+    args = ["listen", str(song.parent), "--out", str(out), "--codec", "mp3"]
+
+    # ffmpeg on a full disk: it creates its output file, then fails (what left the 0-byte files)
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor last; do :; done\n: > "$last"\necho "$last: No space left on device" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")  # ffprobe is still the real one
+    result = runner.invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"no space left on the device of {out}" in said and "run the same command again" in said, said
+    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]  # no 0-byte file under a final name
+    monkeypatch.undo()
+
+    def encode_then_usr1(*a, **kw):  # one audio file is written, then the signal comes
+        real_encode(*a, **kw)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    real_encode = listen.encode
+    monkeypatch.setattr(listen, "encode", encode_then_usr1)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 128 + signal.SIGUSR1, result.output
+    assert "stopped: interrupted by SIGUSR1" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in out.rglob("*")) == [listen.MARKER]  # known as an unfinished page of ours
+    monkeypatch.undo()
+
+    (holder,) = start_holders(out)
+    try:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and f"(process {holder.pid} on" in " ".join(result.output.split())
+    finally:
+        stop([holder])
+    dead = stale_lock(out)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"took over the lock left by" in result.output and f"process {dead} on" in " ".join(result.output.split())
+    assert (out / "index.html").is_file() and not (out / listen.MARKER).exists() and not (out / LOCK_NAME).exists()
+    assert all(p.stat().st_size > 0 for p in out.rglob("*") if p.is_file())

@@ -190,3 +190,31 @@ def test_errors_print_urls_and_paths_unbroken(hub, tmp_path, monkeypatch):
         assert any(registry.file_url(GOOD, file) in line for line in lines)
     assert any(registry.download_command(GOOD) in line for line in lines)
     assert any(str(registry.cache_dir()) in line for line in lines)
+
+
+def test_a_cache_that_cannot_be_written_is_not_an_unreachable_hub(hub, tmp_path, monkeypatch):
+    """Issue 20: a read-only HF_HOME was reported as "the hub cannot be reached", with advice to
+    copy the files into that folder. The message now names the cache and advice that works."""
+    unwritable = Path("/sys/mixit-test-hf")  # sysfs: no folder can be made there, not even by root
+    try:
+        unwritable.mkdir()
+        unwritable.rmdir()
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    monkeypatch.setenv("HF_HOME", str(unwritable))
+    song = tmp_path / "song.wav"
+    sf.write(song, (0.1 * np.random.default_rng(0).standard_normal((44100, 2))).astype(np.float32), 44100)
+    args = ["separate", str(song), "--out", str(tmp_path / "stems"), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"the Hugging Face cache {unwritable / 'hub'} cannot be written" in said and "cannot be reached" not in said
+    assert "export HF_HUB_CACHE=" in said and f"{registry.download_command(GOOD)} --local-dir DIR" in said
+    assert hub.requests == []  # nothing fetched that could not be kept
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline too: no advice to copy files into it
+    offline = " ".join(CliRunner().invoke(app, args).output.split())
+    assert "into a writable folder, and point the cache at it" in offline and f"into {unwritable / 'hub'}" not in offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # the advice
+    assert registry.fetch_model(GOOD, progress=False).is_relative_to(tmp_path / "hf-cache")

@@ -301,7 +301,7 @@ def _blocks(path: Path, on_nonfinite: audio.NonFiniteCallback):
     import soundfile as sf
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(audio.sf_name(path)) as f:
             head = (f.frames, True, f.samplerate, f.channels)
     except Exception:  # not for libsndfile (m4a, ...): ffmpeg decodes it
         meta = audio.info(path)  # raises AudioError

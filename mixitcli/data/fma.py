@@ -25,6 +25,11 @@ Shard membership is a hash of the file's path relative to the audio root. The tr
 split is FMA's own when tracks.csv is there (its set/split column, as the authors'
 ``fma_split.py``; test tracks are left out at the scan), otherwise a hash of the track key.
 Both are deterministic and independent of the number of shards or workers.
+
+File names whose bytes are not UTF-8 (issue 20) are prepared like any other: the journal, the
+manifest and the store name them by :func:`printable` (the undecodable bytes written as
+``\\xNN``), and only the decoder sees the real name. A store file found shorter than its
+journal says when a run resumes (a disk that failed, a copy cut short) is decoded again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +51,7 @@ from mixitcli.data import manifest as mf
 from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, WRITE_FAILED, ClipRules, process_file
 from mixitcli.data.errors import DataError, LayoutError, MetadataError, PrepareError
 from mixitcli.data.parallel import Task, run_parallel, wait_for_orphans
-from mixitcli.storage import SPACE_ERRORS, StorageError, describe_os_error, remove_stale_temporaries
+from mixitcli.storage import SPACE_ERRORS, StorageError, StorageWarning, describe_os_error, remove_stale_temporaries
 
 SUBSETS = ("small", "medium", "large", "full")
 """FMA subsets, nested: small ⊂ medium ⊂ large ⊂ full."""
@@ -266,6 +272,17 @@ def read_tracks(tracks_csv: Path, subset: str) -> dict[int, str | None]:
     return tracks
 
 
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes, which UTF-8 encoding, hashes and JSON readers refuse) gets each such
+    byte written as ``\\xNN``; any other name is returned as it is."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def scan(source: AudioSource) -> Scan:
     """List the audio files to process, sorted by relative path.
 
@@ -285,9 +302,9 @@ def scan(source: AudioSource) -> Scan:
                 result.other_files += 1
                 continue
             n_audio += 1
-            rel = path.relative_to(source.audio_root).as_posix()
+            rel = printable(path.relative_to(source.audio_root).as_posix())  # journal, store and manifest name
             if source.kind == "fma":
-                track = path.stem
+                track = printable(path.stem)
                 if ids is not None:
                     if not (track.isdigit() and int(track) in ids):
                         result.not_in_subset += 1
@@ -352,15 +369,6 @@ def raised_to_minimum(tracks: set[str], valid_fraction: float) -> set[str]:
 
 def _shard_dir(out: Path, shard: tuple[int, int]) -> Path:
     return out / mf.SHARDS / f"{shard[0]}-of-{shard[1]}"
-
-
-def _shard_dirs(out: Path) -> dict[tuple[int, int], Path]:
-    found = {}
-    for p in (out / mf.SHARDS).glob("*-of-*"):
-        m = re.fullmatch(r"(\d+)-of-(\d+)", p.name)
-        if m and p.is_dir():
-            found[(int(m.group(1)), int(m.group(2)))] = p
-    return found
 
 
 def _check_config(shard_dir: Path, wanted: dict) -> None:
@@ -454,7 +462,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         StorageError: a store or the journal could not be written; what is journaled is kept.
     """
     out = Path(config.out).expanduser().resolve()
-    others = {n for (_, n) in _shard_dirs(out)} - {config.shard[1]}
+    others = {n for (_, n) in mf.shard_dirs(out)} - {config.shard[1]}
     if others:
         raise PrepareError(f"{out} already holds a {sorted(others)[0]}-way sharded run; use the same N or a new --out")
     listing = scan(source)
@@ -469,6 +477,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         remove_stale_temporaries(shard_dir)
         journal = mf.Journal(shard_dir / "journal.jsonl")
         finished = journal.load()
+        _forget_damaged_stores(out, finished)
         mine = [f for f in listing.files if shard_of(f.rel, config.shard[1]) == config.shard[0]]
         todo = [f for f in mine if f.rel not in finished]
         tasks = [
@@ -516,7 +525,7 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
             if others is None:
                 return None
             try:
-                shards = _shard_dirs(out)
+                shards = mf.shard_dirs(out)
                 n = config.shard[1]
                 if all((i, n) in shards and (shards[(i, n)] / "done.json").exists() for i in range(n)):
                     return _merge_locked(out, config.valid_fraction)
@@ -528,11 +537,33 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         lock.close()
 
 
+def _forget_damaged_stores(out: Path, finished: dict[str, dict]) -> None:
+    """Drop from ``finished`` (and delete) every kept file whose store is missing or not the
+    size its journal record says, so this run decodes it again; warn about them."""
+    frame_bytes = STORE_CHANNELS * STORE_DTYPE.itemsize
+    damaged = []
+    for rel, record in list(finished.items()):
+        if record.get("status") != "kept":
+            continue
+        store = out / record["store"]
+        try:
+            size = store.stat().st_size
+        except OSError:
+            size = None
+        if size != record["store_frames"] * frame_bytes:
+            damaged.append(f"{store} ({'missing' if size is None else f'{size} bytes'}, journaled {record['store_frames'] * frame_bytes})")
+            store.unlink(missing_ok=True)
+            del finished[rel]
+    if damaged:
+        shown = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        warnings.warn(f"{len(damaged)} store file(s) are damaged, so their sources are decoded again: {shown}", StorageWarning, stacklevel=3)
+
+
 def _lock_other_shards(out: Path, mine: tuple[int, int] | None) -> list | None:
     """Locks of every shard folder in ``out`` but ``mine``; None (and no lock kept) when
     another process is preparing one of them."""
     held = []
-    for key, folder in sorted(_shard_dirs(out).items()):
+    for key, folder in sorted(mf.shard_dirs(out).items()):
         if key == mine:
             continue
         handle = _try_lock(folder / "lock")
@@ -564,7 +595,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
     """
     out = Path(out).expanduser().resolve()
     _check_fraction(valid_fraction)
-    if not _shard_dirs(out):
+    if not mf.shard_dirs(out):
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
     with _merge_lock(out):
         held = _lock_other_shards(out, None)
@@ -581,7 +612,7 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
 def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
     """:func:`merge_shards`'s work; the caller holds the merge lock and every shard's lock."""
     remove_stale_temporaries(out)
-    shards = _shard_dirs(out)
+    shards = mf.shard_dirs(out)
     if not shards:
         raise PrepareError(f"{out}: no {mf.SHARDS}/<I>-of-<N> folders to merge; run `mixit prepare-fma` first")
     ns = sorted({n for _, n in shards})
@@ -633,9 +664,9 @@ def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
         {"file": str(roots[rel] / rel), "track": r["track"], "reason": r["reason"], "detail": r.get("detail", "")}
         for rel, r in sorted(records.items()) if r["status"] != "kept"
     )
-    mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
+    manifest_sha256 = mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
     mf.write_jsonl(out / mf.REJECTED, rejected)
-    index.save(out, rules.sample_rate)
+    index.save(out, rules.sample_rate, manifest_sha256=manifest_sha256)
     splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
               "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()},
               "valid_tracks_raised": len(raised)}

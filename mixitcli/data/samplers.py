@@ -80,7 +80,8 @@ class MixtureOfMixtures(Dataset):
 
     Raises:
         PreparedDataError: not prepared, fewer than two tracks in the split, clips shorter
-            than the crop.
+            than the crop, a stale index its manifest cannot replace, store files shorter
+            than the manifest says.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class MixtureOfMixtures(Dataset):
     ) -> None:
         self.index = SegmentIndex.load(prep_dir)
         self.clips = self.index.in_split(split)  # (k,) indices into the index
+        self.index.check_stores(self.clips)  # a truncated store: an error now, not a traceback mid-run
         self.split, self.seed = split, seed
         self.crop = int(round(segment_seconds * self.index.sample_rate))
         self.level_range_db = (float(level_range_db[0]), float(level_range_db[1]))

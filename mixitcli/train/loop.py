@@ -391,6 +391,26 @@ class MetricsLog:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _one_writer(run_training):
+    """Hold the run folder's lock (:func:`mixitcli.lock.folder_lock`) for the whole of
+    ``train``, on rank 0 (the one that writes it), taken before anything is written: a second
+    run on the folder is refused, naming the first (issue 20). torchrun's RANK says which
+    process is rank 0 before the process group exists."""
+    import functools
+
+    @functools.wraps(run_training)
+    def locked(config: TrainConfig, *args, **kwargs):
+        if int(os.environ.get("RANK", "0")) != 0:
+            return run_training(config, *args, **kwargs)
+        from mixitcli.lock import folder_lock
+
+        with folder_lock(Path(config.out)):
+            return run_training(config, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     """Run (or continue) a training stage; returns a summary of the run.
 

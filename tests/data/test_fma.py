@@ -249,3 +249,34 @@ def test_resume_after_kill_9(tmp_path):
     assert len(rows) == len({(r["track"], r["offset"]) for r in rows}) == 40 * 2
     assert _cli(*[a if a != str(out) else str(tmp_path / "ref") for a in args], stderr=subprocess.DEVNULL).wait() == 0
     assert read_jsonl(tmp_path / "ref" / "manifest.jsonl") == rows
+
+
+def test_file_names_that_are_not_utf8_are_prepared_like_any_other(tmp_path):
+    """Issue 20: one file name that is not UTF-8 stopped all of prepare-fma (the manifest, the
+    hashes and JSON cannot hold its surrogate escapes). It is prepared under a printable name
+    (its odd bytes as \\xNN) and the others go on; a rerun resumes it."""
+    from typer.testing import CliRunner
+
+    from mixitcli.cli import app
+
+    music = tmp_path / "music"
+    write(music / "good.wav", noise(10.5, seed=1))
+    try:
+        os.replace(write(music / "x.wav", noise(10.5, seed=2)), music / os.fsdecode(b"caf\xe9 \xff.wav"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "prep"
+    args = ["prepare-fma", "--audio-dir", str(music), "--out", str(out), "--workers", "0", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["files_kept"] == 2
+    text = (out / "manifest.jsonl").read_bytes().decode("utf-8")  # strict: valid UTF-8 for any reader
+    assert "\\ud" not in text  # no surrogate escapes in the JSON
+    rows = rows_by_track(out)
+    assert sorted(rows) == ["caf\\xe9 \\xff", "good"] and len(rows["caf\\xe9 \\xff"]) == 2
+    assert (out / rows["caf\\xe9 \\xff"][0]["store"]).stat().st_size == (10 * SR + SR // 2) * 4  # the whole 10.5 s, 16-bit stereo
+    index = SegmentIndex.load(out)
+    assert index.read(0, 0, 100).shape == (2, 100)
+    journal = (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes() == journal  # nothing decoded again
