@@ -50,7 +50,8 @@ class _Commands(TyperGroup):
         except OSError as e:
             fail(describe_os_error(e))
         except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
-            console.print(f"[yellow]stopped:[/] {e}", highlight=False)
+            if not e.quiet:
+                console.print(f"[yellow]stopped:[/] {e}", highlight=False)
             raise typer.Exit(e.exit_code)
 
 
