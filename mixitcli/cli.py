@@ -330,7 +330,7 @@ def average(
 ) -> None:
     """Average the weights of a run's best checkpoints (the paper evaluates this average)."""
     from mixitcli.model import model_to_dict
-    from mixitcli.model.checkpoints import CheckpointError, average_run, best_checkpoints
+    from mixitcli.model.checkpoints import CheckpointError, average_run, best_checkpoints, with_checksum
     from mixitcli.train.checkpoint import atomic_save
 
     try:
@@ -338,7 +338,7 @@ def average(
         model = average_run(run, best=best)
     except CheckpointError as e:
         fail(str(e))
-    atomic_save(model_to_dict(model), out)
+    atomic_save(with_checksum(model_to_dict(model)), out)
     console.print(f"averaged {len(paths)} checkpoint(s): {', '.join(p.name for p in paths)} -> {out}")
 
 
