@@ -90,9 +90,10 @@ def _few(names: list[str], n: int = 3) -> str:
 
 
 def _likely_cause(config: ModelConfig, state: dict) -> str:
-    """The sizes the weights imply where they differ from ``config`` (another preset, another
-    number of outputs), e.g. ``the weights are of a model with 12 outputs (the configuration says 4)``."""
-    implied = {}
+    """The sizes the weights imply where they differ from ``config``, and what that suggests,
+    e.g. ``the weights are of a model with 12 outputs, the configuration says 4 outputs: another
+    number of outputs``; '' when the sizes cannot be read or agree."""
+    implied = {}  # name: (from the weights, from the configuration)
     try:
         implied["outputs"] = (state["decoder.heads.0.fc3.weight"].shape[0], config.n_outputs)
         implied["d_model"] = (state["encoder.projs.0.weight"].shape[0], config.d_model)
@@ -101,11 +102,16 @@ def _likely_cause(config: ModelConfig, state: dict) -> str:
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("separator.") and k.split(".")[1].isdigit()}
     if blocks:
         implied["blocks"] = (max(blocks) + 1, config.n_blocks)
-    differ = [f"{got} {name}" if name == "outputs" else f"{name} {got}" for name, (got, want) in implied.items() if got != want]
+    differ = {name: sizes for name, sizes in implied.items() if sizes[0] != sizes[1]}
     if not differ:
         return ""
-    said = [f"{want} {name}" if name == "outputs" else f"{name} {want}" for name, (got, want) in implied.items() if got != want]
-    preset = next((p for p, c in PRESETS.items() if implied.get("d_model", (None,))[0] == c.d_model), None)
-    kind = f"another preset ({preset})" if preset and "d_model" in " ".join(differ) else "another number of outputs" if (
-        len(differ) == 1 and "outputs" in differ[0]) else "another model"
-    return f"the weights are of a model with {', '.join(differ)}, the configuration says {', '.join(said)}: {kind}"
+
+    def said(which: int) -> str:
+        return ", ".join(f"{sizes[which]} outputs" if name == "outputs" else f"{name} {sizes[which]}" for name, sizes in differ.items())
+
+    if list(differ) == ["outputs"]:
+        kind = "another number of outputs"
+    else:
+        preset = next((name for name, c in PRESETS.items() if c.d_model == implied.get("d_model", (None,))[0]), None)
+        kind = f"another preset ({preset})" if preset else "another model"
+    return f"the weights are of a model with {said(0)}, the configuration says {said(1)}: {kind}"

@@ -384,8 +384,9 @@ def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro:
 def agreed_stop(request: StopRequest, rt: Runtime) -> int:
     """The stop signal every rank acts on now: this process's, or 0 for none. Under DDP the
     largest number any rank received, so that every rank stops after the same step and takes
-    part in the same final save; one all-reduce of one number, which costs well under a
-    millisecond with gloo on one machine, against steps of a tenth of a second and more."""
+    part in the same final save. One all-reduce of one number per step: 0.6 ms with gloo between
+    two processes on a busy 2-core machine (2,000 in a row), against steps of a tenth of a
+    second and more; NCCL is faster."""
     signum = request.signum or 0
     if rt.distributed:
         flag = torch.tensor([signum], dtype=torch.int32, device=rt.device if rt.device.type == "cuda" else "cpu")

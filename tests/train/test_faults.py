@@ -50,7 +50,7 @@ def reference(pretrain_reference):
     return pretrain_reference
 
 
-@pytest.mark.parametrize("interruption", [Killed, signal.SIGINT])
+@pytest.mark.parametrize("interruption", [Killed, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp_path, monkeypatch, interruption):
     run = tmp_path / "run"
     real_validate, calls = loop.validate, []
