@@ -621,7 +621,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                     counters["bad_in_a_row"] += 1
                     if counters["bad_in_a_row"] >= config.max_bad_steps:
                         raise TrainingError(
-                            f"{counters['bad_in_a_row']} steps in a row had a non-finite loss or gradient (step {step}); "
+                            f"{counters['bad_in_a_row']} step{'s' * (counters['bad_in_a_row'] > 1)} in a row had a non-finite loss "
+                            f"or gradient (step {step}); "
                             f"stopped. The last good checkpoint is {manager.last}; lower --lr or check the data"
                         )
                 if step % config.log_every == 0 or step == total:

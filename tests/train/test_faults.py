@@ -94,9 +94,10 @@ def test_unreadable_last_checkpoint_offers_the_newest_best(reference, tmp_path, 
     assert "()" not in flat  # issue 11: "unreadable checkpoint ()"
 
 
-def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(reference, fma_prep, tmp_path, monkeypatch):
-    """The disk fills up at step 3's save; last.pt of step 2 is kept and the message gives the
-    command that continues (issue 20: it said "run the same command again", which is refused)."""
+def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(fma_prep, tmp_path, monkeypatch):
+    """The disk fills up at the last save (step 2); last.pt of step 1 is kept and the message
+    gives the command that continues (issue 20: it said "run the same command again", which is
+    refused), after which metrics.jsonl has no step twice."""
     real_save, saves = checkpoint.atomic_save, []
 
     def full(self, data):
@@ -105,23 +106,24 @@ def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(refe
 
     def atomic_save(obj, path):
         saves.append(path.name)
-        if len(saves) == 3:  # step 2: best, last; step 3: best (torch.save writes through _Recorder)
-            monkeypatch.setattr(storage._Recorder, "write", full)
+        if len(saves) == 2:  # step 1: last.pt (--save-every 1); step 2: the best checkpoint first
+            monkeypatch.setattr(storage._Recorder, "write", full)  # torch.save writes through it
         return real_save(obj, path)
 
     monkeypatch.setattr(checkpoint, "atomic_save", atomic_save)
     run = tmp_path / "run"
-    result = pretrain(fma_prep, run)
+    result = pretrain(fma_prep, run, "--max-steps", "2", "--save-every", "1")
     flat = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"no space left on the device of {run / 'checkpoints'} (writing best-epoch0001-step0000003.pt;" in flat
-    assert "needed). Free some space there or choose a folder on a larger disk, then continue from step 2" in flat
+    assert f"no space left on the device of {run / 'checkpoints'} (writing best-epoch0001-step0000002.pt;" in flat
+    assert ("needed). Free some space there or choose a folder on a larger disk, then continue from step 1 "
+            f"({run / 'checkpoints' / 'last.pt'}) with: mixit pretrain --out {run} --resume") in flat
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
     monkeypatch.undo()
     result = runner.invoke(app, flat.split("with: mixit ")[1].split())  # the command the message gives
     assert result.exit_code == 0, result.output
-    assert steps_logged(run) == steps_logged(reference)  # step 3 was logged before the failure, once
-    assert [(e["path"], e["valid_loss"]) for e in best(run)] == [(e["path"], pytest.approx(e["valid_loss"], abs=1e-6)) for e in best(reference)]
+    assert steps_logged(run) == [(1, "train"), (2, "train"), (2, "valid")]  # step 2 was logged before the failure, once
+    assert [e["step"] for e in best(run)] == [2] and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_temporary_of_a_killed_save_is_removed_on_resume(reference, fma_prep, tmp_path):
