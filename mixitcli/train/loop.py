@@ -517,6 +517,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
 
     manager = CheckpointManager(run, config.keep_best, best)
     pending = bool(ckpt is not None and ckpt.get("pending_validation"))
+    if epoch_step == config.steps_per_epoch:  # saved by an older version between an epoch's last step and its end
+        epoch, epoch_step = epoch + 1, 0
+        pending = pending or epoch % config.valid_every_epochs == 0 or step >= config.total_steps
     log = MetricsLog(run, enabled=rt.main, step=step, pending=pending)
     if rt.main:
         run.mkdir(parents=True, exist_ok=True)
