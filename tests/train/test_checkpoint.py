@@ -6,19 +6,19 @@ still load."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from mixitcli.cli import app
 from mixitcli.model import ModelLoadError, build_model, load_model
 from mixitcli.model.checkpoints import CheckpointError, load_checkpoint
-from mixitcli.train import loop
+from mixitcli.train import build_config, loop
 from mixitcli.train.checkpoint import CheckpointManager
 from tests.train.conftest import cli_pretrain
 from tests.train.test_checkpoint_selection import make_state
@@ -45,8 +45,21 @@ def flip_bytes(path: Path, n: int = 3) -> None:
         f.write(flipped)
 
 
-def test_damaged_checkpoints_are_found_by_resume_average_and_init(pretrain_reference, fma_prep, tmp_path, monkeypatch):
-    run = Path(shutil.copytree(pretrain_reference, tmp_path / "run"))  # last.pt and the best of steps 2 and 3
+def saved_run(folder: Path, data: Path) -> Path:
+    """A run folder as a pre-training run leaves it after validations at steps 2 and 3:
+    config.yaml, last.pt and both best checkpoints (a tiny 2-output model; these tests never train)."""
+    config = build_config("pretrain", overrides=dict(data=str(data), out=str(folder), size="tiny", device="cpu"))
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    manager = CheckpointManager(folder, keep_best=2)
+    model = build_model("tiny", n_outputs=2)
+    for step, loss in ((2, -0.5), (3, -0.8)):
+        manager.save(make_state(model, step=step, epoch=1), valid_loss=loss)
+    return folder
+
+
+def test_damaged_checkpoints_are_found_by_resume_average_and_init(fma_prep, tmp_path, monkeypatch):
+    run = saved_run(tmp_path / "run", fma_prep)
     folder = run / "checkpoints"
     last, best2, best3 = folder / "last.pt", folder / "best-epoch0001-step0000002.pt", folder / "best-epoch0001-step0000003.pt"
     flip_bytes(last)

@@ -9,12 +9,10 @@ import time
 
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
-from mixitcli.cli import app
 from mixitcli.model import build_model
 from mixitcli.train import build_config, loop, memory
+from mixitcli.train.resume import plan_run
 from tests.train.conftest import cli_pretrain
 
 
@@ -78,6 +76,7 @@ def test_out_of_memory_in_a_step_gives_the_grad_accum_to_resume_with(fma_prep, t
             f"of 1 example(s) per step on each device, the same global batch of 2: mixit pretrain --out {run} --resume "
             "--grad-accum 2") in said
     monkeypatch.undo()
-    result = CliRunner().invoke(app, said.split(": mixit ")[-1].split())  # the command the message gives
-    assert result.exit_code == 0, result.output
-    assert yaml.safe_load((run / "config.yaml").read_text())["grad_accum"] == 2
+    stage, *args = said.split(": mixit ")[-1].split()  # the command the message gives, planned as the CLI does
+    command_line = {"out": args[args.index("--out") + 1], "grad_accum": args[args.index("--grad-accum") + 1]}
+    plan = plan_run(stage, command_line=command_line, resume="--resume" in args)
+    assert plan.resume and plan.config.grad_accum == 2 and plan.config.batch_size == 2
