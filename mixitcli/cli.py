@@ -66,7 +66,8 @@ class _Commands(TyperGroup):
             except OSError as e:
                 fail(describe_os_error(e))
             except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
-                console.print(f"[yellow]stopped:[/] {e}", highlight=False)
+                if not e.quiet:
+                    console.print(f"[yellow]stopped:[/] {e}", highlight=False)
                 raise typer.Exit(e.exit_code)
 
 
@@ -233,7 +234,8 @@ def make_demo_data(
 
 _RUN_OPTIONS = {
     "config": (Optional[Path], typer.Option(None, "--config", help="YAML recipe (see recipes/); command-line options override it.")),
-    "resume": (bool, typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped.")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt, exactly where it stopped. "
+                                  "Ctrl-C, SIGTERM and SIGUSR1 write last.pt at the next step boundary, then exit with 128 + the signal's number.")),
     "auto_resume": (bool, typer.Option(False, "--auto-resume", help="Resume when --out already holds a run, else start it (for scripts and preemptible jobs).")),
 }
 
@@ -242,15 +244,15 @@ def _train(stage: str, options: dict) -> None:
     """Start or continue a run of ``stage`` (defaults < --config < options) and train it."""
     from mixitcli.train import ConfigError, TrainingError, plan_run, train
     from mixitcli.model.checkpoints import CheckpointError
+    from mixitcli.signals import raise_on_stop
 
     recipe, resume, auto = options.pop("config"), options.pop("resume"), options.pop("auto_resume")
     try:
-        plan = plan_run(stage, command_line=options, recipe=recipe, resume=resume, auto_resume=auto)
-        train(plan.config, resume=plan.resume, console=console)
+        with raise_on_stop():  # during set-up; the loop defers a stop to its next step boundary and saves
+            plan = plan_run(stage, command_line=options, recipe=recipe, resume=resume, auto_resume=auto)
+            train(plan.config, resume=plan.resume, console=console)
     except (ConfigError, TrainingError, CheckpointError) as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
 
 
 def training_command(stage: str, summary: str):
@@ -347,7 +349,7 @@ def average(
 ) -> None:
     """Average the weights of a run's best checkpoints (the paper evaluates this average)."""
     from mixitcli.model import model_to_dict
-    from mixitcli.model.checkpoints import CheckpointError, average_run, best_checkpoints
+    from mixitcli.model.checkpoints import CheckpointError, average_run, best_checkpoints, with_checksum
     from mixitcli.train.checkpoint import atomic_save
 
     try:
@@ -355,7 +357,7 @@ def average(
         model = average_run(run, best=best)
     except CheckpointError as e:
         fail(str(e))
-    atomic_save(model_to_dict(model), out)
+    atomic_save(with_checksum(model_to_dict(model)), out)
     console.print(f"averaged {len(paths)} checkpoint(s): {', '.join(p.name for p in paths)} -> {out}")
 
 

@@ -97,15 +97,26 @@ def _gram(est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 2048) -> tuple[t
     return gram[..., :n, :n], gram[..., :n, n:], gram[..., n:, n:].diagonal(dim1=-2, dim2=-1)
 
 
+class SolverError(ArithmeticError):
+    """The MixIT solver found no assignment: its least-squares problem could not be solved
+    (outputs that are not finite, or so large that their inner products overflow)."""
+
+
 def _efficient_assignment(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """Wisdom et al. (2021): least squares on the first channel, then signed argmax.
 
     Solves A* = argmin ||X - A S||^2 (minimum-norm solution when S is rank deficient) and
     assigns each output to the mixture with its largest signed coefficient.
     Returns (b, n) long mixture indices.
+
+    Raises:
+        SolverError: the eigendecomposition behind the pseudo-inverse failed.
     """
     g, cross, _ = _gram(est[:, :, :1], mix[:, :, :1])  # (b, 1, n, n), (b, 1, n, m)
-    coef = torch.linalg.pinv(g[:, 0], hermitian=True) @ cross[:, 0]  # (b, n, m) = A*^T
+    try:
+        coef = torch.linalg.pinv(g[:, 0], hermitian=True) @ cross[:, 0]  # (b, n, m) = A*^T
+    except torch.linalg.LinAlgError as e:
+        raise SolverError(f"MixIT least squares failed ({str(e).splitlines()[0]})") from e
     return coef.argmax(-1)
 
 
@@ -158,6 +169,7 @@ def mixit_assignment(
 
     Raises:
         ValueError: wrong ranks, shapes that disagree, or an unknown solver.
+        SolverError: the efficient solver's least squares failed (non-finite outputs).
     """
     if estimates.ndim != 4 or mixtures.ndim != 4:
         raise ValueError(f"mixit: expected estimates (b, n, c, t) and mixtures (b, m, c, t), got {tuple(estimates.shape)} and {tuple(mixtures.shape)}")

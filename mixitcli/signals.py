@@ -6,7 +6,10 @@ command that writes files must stop at a point where what it wrote is whole. Two
 
 - :func:`deferred_stop` (long loops such as training): the first signal is only recorded; the
   loop asks :attr:`StopRequest.signum` at its next safe point (a step boundary), saves, and
-  stops. A second signal raises :class:`Interrupted` at once, for a user who means it.
+  stops. A second signal raises :class:`Interrupted` at once, for a user who means it; but a
+  SIGTERM or SIGUSR1 repeated within :data:`DUPLICATE_WINDOW_S` is the same request delivered
+  twice (Slurm signals every process of a job step, and torchrun forwards the signal it got
+  to its workers as well), not a second one.
 - :func:`raise_on_stop` (commands whose partial output is simply removed): every signal raises
   :class:`Interrupted` where the program is, so ``finally`` blocks remove partial files.
 
@@ -19,12 +22,17 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Iterator
 
 STOP_SIGNALS: tuple[int, ...] = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
 )
 """The signals every command treats as "stop, keeping what is done"."""
+
+DUPLICATE_WINDOW_S = 2.0
+"""Seconds within which a repeated SIGTERM or SIGUSR1 counts as one delivery (see above).
+Never SIGINT: a second Ctrl-C is a person who means it."""
 
 
 def signal_name(signum: int) -> str:
@@ -39,9 +47,10 @@ class Interrupted(BaseException):
     """A stop signal arrived. A BaseException, like KeyboardInterrupt, so that ``except
     Exception`` blocks do not swallow it on its way to the CLI."""
 
-    def __init__(self, signum: int, message: str = ""):
+    def __init__(self, signum: int, message: str = "", *, quiet: bool = False):
         self.signum = signum
         self.message = message
+        self.quiet = quiet  # said already (or by another process, e.g. rank 0 of a torchrun job)
         super().__init__(message or f"interrupted by {signal_name(signum)}")
 
     @property
@@ -55,6 +64,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.at: float | None = None  # time.monotonic() of the first signal
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -84,6 +94,9 @@ def deferred_stop(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopReque
     """Record the first stop signal instead of acting on it; raise :class:`Interrupted` on a
     second one. The previous handlers come back when the block ends.
 
+    A repeat of the first signal within :data:`DUPLICATE_WINDOW_S` is ignored when that signal
+    is SIGTERM or SIGUSR1 (one request delivered twice, see the module's docstring).
+
     Yields:
         A :class:`StopRequest`: falsy until a signal arrives, then its ``signum`` and ``name``.
     """
@@ -91,7 +104,9 @@ def deferred_stop(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopReque
 
     def handler(signum, frame):
         if request.signum is None:
-            request.signum = signum
+            request.signum, request.at = signum, time.monotonic()
+        elif signum == request.signum != signal.SIGINT and time.monotonic() - request.at < DUPLICATE_WINDOW_S:
+            return
         else:
             raise Interrupted(signum, f"{signal_name(signum)} again: stopped at once")
 
@@ -109,3 +124,12 @@ def raise_on_stop(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
 
     with _handlers(handler, signals):
         yield
+
+
+def ignore_stop_signals(*_) -> None:
+    """Ignore the stop signals in this process: for helper processes (DataLoader workers,
+    given as ``worker_init_fn``) whose parent decides when to stop and ends them. A terminal
+    sends Ctrl-C to every process of the job, and Slurm its SIGTERM to every process of the
+    step; a helper that died of it would break the parent's last save (or print a traceback)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

@@ -41,9 +41,20 @@ class StorageWarning(UserWarning):
     CLI prints it as a ``warning:`` line."""
 
 
+RUN_AGAIN = "run the same command again: finished work is kept."
+"""What to do once the machine is fixed, for most commands (:func:`describe_os_error`'s ``then``)."""
+
+
 class StorageError(Exception):
     """Writing failed because of the machine (disk full, read-only, permissions, I/O), not the
-    input; the message names the folder and what to do. Finished work is kept."""
+    input; the message names the folder and what to do. Finished work is kept.
+
+    ``error`` (the OSError) and ``needed`` (bytes) let a caller that knows a better next step
+    describe it again with :func:`describe_os_error`'s ``then``."""
+
+    def __init__(self, message: str, *, error: OSError | None = None, needed: int | None = None):
+        super().__init__(message)
+        self.error, self.needed = error, needed
 
 
 class WriteError(OSError):
@@ -267,19 +278,21 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
+def describe_os_error(e: OSError, *, needed: int | None = None, then: str = RUN_AGAIN) -> str:
     """One clear message for an OS error: what happened, where, and how to fix it.
 
     Args:
         e: the error; its ``filename`` names the file or folder when known.
         needed: for a full disk, about how many bytes the command needs there.
+        then: what to do once space is freed or the disk is fixed (a command that resumes
+            needs its own words, e.g. training's ``--resume``).
     """
     target = Path(e.filename) if e.filename else None
     where = str(target) if target is not None else "a file"
     code = e.errno
     if code in SPACE_ERRORS and target is None:
         return ("no space left on a device this command writes to. Free some space (or choose output folders on "
-                "a larger disk), then run the same command again: finished work is kept.")
+                f"a larger disk), then {then}")
     if code in SPACE_ERRORS:
         folder = _existing_folder(target if target.is_dir() else target.parent)
         free = free_bytes(folder)
@@ -288,7 +301,7 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
         notes += [f"about {human_bytes(needed)} needed"] if needed else []
         what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the device"
         return (f"{what} of {folder} ({'; '.join(notes)}). Free some space there or choose a folder "
-                "on a larger disk, then run the same command again: finished work is kept.")
+                f"on a larger disk, then {then}")
     if code == errno.EROFS:
         folder = _existing_folder(target if target is not None else Path.cwd())
         return f"{folder} is on a read-only file system (writing {where}); choose a writable folder."
@@ -296,7 +309,7 @@ def describe_os_error(e: OSError, *, needed: int | None = None) -> str:
         return f"permission denied: {where}. Make it writable (or readable) for this user, or choose another folder."
     if code == errno.EIO:
         return (f"input/output error on {where}: the disk or network share failed. Check it (dmesg, the share's "
-                "mount), then run the same command again: finished work is kept.")
+                f"mount), then {then}")
     reason = e.strerror or str(e) or type(e).__name__
     return f"{where}: {reason}" if target is not None else reason
 

@@ -13,7 +13,7 @@ import torch
 from mixitcli.model.bslocoformer import BSLocoformer
 from mixitcli.model.config import PRESETS, ModelConfig, default_stems
 from mixitcli.model.config import preset as preset_config
-from mixitcli.model.checkpoints import CheckpointError, average_run
+from mixitcli.model.checkpoints import CheckpointError, average_run, newest_good_hint, verify_checksum
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
 from mixitcli.model.serialize import FORMAT, ModelLoadError, model_from_dict, model_to_dict
 
@@ -52,10 +52,13 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:
     - an official model folder (``checkpoints/model.pth`` + ``merged_config.yaml``) or its
       ``model.pth``.
 
-    Files are read with ``weights_only=True``: loading never executes code from them.
+    Files are read with ``weights_only=True``: loading never executes code from them. A mixit
+    file's checksum is verified, and weights must fit their configuration and be finite.
 
     Raises:
-        ModelLoadError: the path is missing or holds none of the above.
+        ModelLoadError: the path is missing or holds none of the above, or the file is damaged
+            (checksum), its weights do not fit its configuration or are not finite; a file of
+            a run folder's ``checkpoints/`` names the newest good checkpoint of that run.
     """
     path = Path(path)
     if not path.exists():
@@ -77,6 +80,10 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:
         raise ModelLoadError(f"{path}: not a readable checkpoint ({e})") from e
     if not isinstance(blob, dict):
         raise ModelLoadError(f"{path}: not a mixit checkpoint (a {type(blob).__name__})")
+    try:
+        verify_checksum(blob, path)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from e
     if isinstance(blob.get("model"), dict):  # a training checkpoint wraps the model
         blob = blob["model"]
     if blob.get("format") != FORMAT:
@@ -84,7 +91,10 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:
         if any(str(k).startswith("model.model.") for k in blob):
             hint = " It looks like an official model.pth: put merged_config.yaml beside it or two folders up."
         raise ModelLoadError(f"{path}: not a mixit checkpoint.{hint}")
-    return model_from_dict(blob).eval()
+    try:
+        return model_from_dict(blob).eval()
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{path}: {e}.{newest_good_hint(path)}") from e
 
 
 def slice_outputs(model: BSLocoformer, keep: list[int] | tuple[int, ...], *, stems: tuple[str, ...] | None = None) -> BSLocoformer:

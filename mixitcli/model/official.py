@@ -16,6 +16,7 @@ import torch
 
 from mixitcli.model.bslocoformer import BSLocoformer
 from mixitcli.model.config import BANDS, ModelConfig, default_stems
+from mixitcli.model.serialize import first_nonfinite, nonfinite_message
 
 PREFIX = "model.model."
 WINDOW_KEYS = ("model.stft.0.window", "model.istft.window", "stft.0.window")
@@ -248,6 +249,9 @@ def load_official(weights: str | Path, config: str | Path, *, map_location: str 
         raise OfficialCheckpointError(f"{weights}: not a readable PyTorch state dict ({e})") from e
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         raw = raw["state_dict"]  # a Lightning .ckpt of the same task
+    bad = first_nonfinite(raw) if isinstance(raw, dict) else None
+    if bad is not None:
+        raise OfficialCheckpointError(f"{weights}: {nonfinite_message(*bad, fix='download the model again')}")
     sd = convert_state_dict(raw, n_channels=model_config.n_channels)
     _check_shapes(model_config, sd, weights)
     model = BSLocoformer(model_config, stems=default_stems(model_config.n_outputs))

@@ -13,7 +13,8 @@ A run folder::
 A checkpoint is a dict of plain types and tensors (``torch.load(..., weights_only=True)``
 reads it without executing code): ``model`` (config, stem names, weights), ``optimizer``,
 ``scheduler``, ``step``, ``epoch``, ``epoch_step``, ``rng``, ``config``, ``best``,
-``counters``, ``version``, ``git_commit``.
+``counters``, ``version``, ``git_commit``, ``pending_validation``, and ``checksum`` (a CRC-32 of
+all the rest, verified on every read: :func:`mixitcli.model.checkpoints.checksum`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from mixitcli import __version__
 from mixitcli.model.bslocoformer import BSLocoformer
-from mixitcli.model.checkpoints import FORMAT, CheckpointError, load_checkpoint, newest_readable_best
+from mixitcli.model.checkpoints import FORMAT, CheckpointError, load_checkpoint, newest_readable_best, with_checksum
 from mixitcli.model.serialize import model_to_dict
 from mixitcli.storage import (  # atomic_write_text: config.yaml, best.json
     SPACE_ERRORS,
@@ -50,7 +51,8 @@ def atomic_save(obj, path: Path) -> None:
     except OSError as e:
         if e.errno not in SPACE_ERRORS:
             raise
-        raise StorageError(describe_os_error(e, needed=_tensor_bytes(obj))) from e
+        needed = _tensor_bytes(obj)
+        raise StorageError(describe_os_error(e, needed=needed), error=e, needed=needed) from e
 
 
 def _tensor_bytes(obj) -> int:
@@ -73,7 +75,7 @@ def load_last(run: str | Path, *, stage: str, map_location: str = "cpu") -> dict
     """
     last = Path(run) / "checkpoints" / "last.pt"
     try:
-        return load_checkpoint(last, map_location=map_location)
+        return load_checkpoint(last, map_location=map_location, hint=False)
     except CheckpointError as e:
         found = newest_readable_best(run)
         if found is None:
@@ -146,11 +148,11 @@ class CheckpointManager:
             ranked = sorted(self.best + [entry], key=lambda e: e["valid_loss"])  # best first
             self.best, evicted = ranked[: self.keep_best], ranked[self.keep_best :]
             written = self.dir / name
-            atomic_save(dict(state, best=self.best, optimizer=None, scheduler=None), written)  # weights only: for averaging
+            atomic_save(with_checksum(dict(state, best=self.best, optimizer=None, scheduler=None)), written)  # weights only: for averaging
             atomic_write_text(self.dir / "best.json", json.dumps(self.best, indent=2))
             for old in evicted:
                 (self.dir / old["path"]).unlink(missing_ok=True)
-        atomic_save(dict(state, best=self.best), self.last)
+        atomic_save(with_checksum(dict(state, best=self.best)), self.last)
         return written
 
 

@@ -75,7 +75,9 @@ class TrainConfig:
     # -- batches and length
     batch_size: int = option(128, "Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).",
                              group=BATCHES, at_least=1)
-    grad_accum: int = option(1, "Gradient accumulation: micro-batches per step on each device.", group=BATCHES, at_least=1)
+    grad_accum: int = option(1, "Gradient accumulation: micro-batches per step on each device (the global batch stays "
+                             "--batch-size; a resumed run may change it to fit in memory).", group=BATCHES, at_least=1,
+                             resume=True)
     segment_seconds: float = option(6.0, "Length of the training crops in seconds (paper: 6).", group=BATCHES, above=0.1)
     epochs: int = option(150, "Number of epochs.", group=BATCHES, at_least=1, resume=True)
     steps_per_epoch: int = option(1000, "Optimizer steps per epoch (the schedule and validation count in epochs).",
@@ -85,7 +87,8 @@ class TrainConfig:
     # -- optimizer and schedule (AdamW; linear warm-up, then a factor every few epochs)
     lr: float = option(1e-3, "Peak learning rate (paper: 1e-3 small/medium, 5e-4 large).", group=OPTIMIZER, above=0)
     weight_decay: float = option(1e-2, "AdamW weight decay.", group=OPTIMIZER, at_least=0)
-    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas.", group=OPTIMIZER, metavar="B1 B2")
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas: decay rates of the moment estimates, each in [0, 1).",
+                                        group=OPTIMIZER, metavar="B1 B2", at_least=0, below=1)
     clip_norm: float = option(5.0, "Gradients are clipped to this global norm.", group=OPTIMIZER, above=0)
     warmup_steps: int = option(5000, "Linear warm-up steps.", group=OPTIMIZER, at_least=0)
     decay_start_epoch: int = option(0, "First epoch of the decay (0: from step warmup_steps + 1, as the authors' pre-training).",

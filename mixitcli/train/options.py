@@ -271,10 +271,20 @@ def _expected(tp: Any) -> str:
 
 
 def range_problem(info: OptionInfo, value: Any) -> str | None:
-    """Why ``value`` (already of the option's type) is out of the option's bounds, or None."""
+    """Why ``value`` (already of the option's type) is out of the option's bounds, or None.
+    The bounds of a pair of numbers (``betas``) hold for each of them."""
+    if isinstance(value, tuple):
+        broken = sorted({b for v in value for b in _broken(info, v)}, key=str)
+        listed = " ".join(_show(v) for v in value)
+        return f"{info.name} must each be {' and '.join(broken)}, got {listed}" if broken else None
+    broken = _broken(info, value)
+    return f"{info.name} must be {' and '.join(broken)}, got {value}" if broken else None
+
+
+def _broken(info: OptionInfo, value: Any) -> list[str]:
+    """The bounds of ``info`` that the number ``value`` breaks, e.g. ``["< 1"]``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
+        return []
     bounds = ((info.at_least, ">=", operator.ge), (info.above, ">", operator.gt),
               (info.at_most, "<=", operator.le), (info.below, "<", operator.lt))
-    broken = [f"{sign} {bound}" for bound, sign, holds in bounds if bound is not None and not holds(value, bound)]
-    return f"{info.name} must be {' and '.join(broken)}, got {value}" if broken else None
+    return [f"{sign} {bound}" for bound, sign, holds in bounds if bound is not None and not holds(value, bound)]

@@ -78,3 +78,35 @@ def musdb_prep(musdb_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("musdb-prep")
     prepare_musdb(musdb_root, out, workers=1, progress=False)
     return out
+
+
+# ----------------------------------------------------------------------------- runs through the CLI
+
+FAST = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
+        "--no-checkpointing", "--batch-size", "2", "--valid-size", "4", "--log-every", "1"]
+"""A tiny pre-training run of `mixit pretrain` on ``fma_prep``."""
+REPRO = ["--max-steps", "3", "--steps-per-epoch", "2", "--valid-every", "1", "--save-every", "3"]
+"""Issue 11's repro: 3 steps, validations at steps 2 (epoch end) and 3 (the last step, inside
+an epoch and on a --save-every multiple)."""
+
+
+def cli_pretrain(data, run, *extra):
+    """`mixit pretrain` with FAST and REPRO (``extra`` comes last and wins), in this process."""
+    from typer.testing import CliRunner
+
+    from mixitcli.cli import app
+
+    return CliRunner().invoke(app, ["pretrain", "--data", str(data), "--out", str(run), *FAST, *REPRO, *map(str, extra)])
+
+
+@pytest.fixture(scope="session")
+def pretrain_reference(fma_prep, tmp_path_factory) -> Path:
+    """The uninterrupted REPRO run: validations at steps 2 and 3, both among the best."""
+    import json
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = cli_pretrain(fma_prep, run)
+    assert result.exit_code == 0, result.output
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert sorted(e["step"] for e in best) == [2, 3]
+    return run

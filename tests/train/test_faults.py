@@ -1,14 +1,17 @@
-"""Training under faults (issue 11), through the real CLI: a run killed or interrupted during
-its final validation resumes to the same best checkpoints as an uninterrupted run; an empty or
-damaged last.pt is explained and the newest readable best-*.pt offered; a full disk or a
-read-only --out is one message, and no temporary checkpoint outlives its process."""
+"""Training under faults (issues 11 and 20), through the real CLI: a run killed or interrupted
+during its final validation resumes to the same best checkpoints and metrics as an
+uninterrupted run; an empty or damaged last.pt is explained and the newest readable best-*.pt
+offered; a full disk or a read-only --out is one message (with the command that resumes), and
+no temporary checkpoint outlives its process."""
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -17,14 +20,11 @@ from typer.testing import CliRunner
 
 from mixitcli import storage
 from mixitcli.cli import app
-from mixitcli.train import loop
+from mixitcli.train import checkpoint, loop
 from mixitcli.model.checkpoints import load_checkpoint
+from tests.train.conftest import cli_pretrain
 
 runner = CliRunner()
-FAST = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
-        "--no-checkpointing", "--batch-size", "2", "--valid-size", "4"]
-# issue 11's repro: --max-steps ends on a --save-every multiple, inside an epoch
-REPRO = ["--max-steps", "3", "--steps-per-epoch", "2", "--valid-every", "1", "--save-every", "3"]
 
 
 class Killed(BaseException):
@@ -32,24 +32,25 @@ class Killed(BaseException):
 
 
 def pretrain(data, run, *extra):
-    return runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(run), *FAST, *REPRO, *map(str, extra)])
+    return cli_pretrain(data, run, *extra)
 
 
 def best(run):
     return json.loads((run / "checkpoints" / "best.json").read_text())
 
 
+def steps_logged(run):
+    """(step, kind) of every record of metrics.jsonl, in order."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], "valid" if "loss/valid" in r else "train") for r in records]
+
+
 @pytest.fixture(scope="module")
-def reference(fma_prep, tmp_path_factory):
-    """The uninterrupted run: validations at steps 2 and 3, both among the best."""
-    run = tmp_path_factory.mktemp("faults") / "ref"
-    result = pretrain(fma_prep, run)
-    assert result.exit_code == 0, result.output
-    assert [e["step"] for e in sorted(best(run), key=lambda e: e["step"])] == [2, 3]
-    return run
+def reference(pretrain_reference):
+    return pretrain_reference
 
 
-@pytest.mark.parametrize("interruption", [Killed, KeyboardInterrupt])
+@pytest.mark.parametrize("interruption", [Killed, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp_path, monkeypatch, interruption):
     run = tmp_path / "run"
     real_validate, calls = loop.validate, []
@@ -57,7 +58,9 @@ def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp
     def validate(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # the final validation, at step 3
-            raise interruption()
+            if interruption is Killed:
+                raise Killed()
+            os.kill(os.getpid(), interruption)  # Ctrl-C: the validation is dropped, last.pt saved at step 3
         return real_validate(*args, **kwargs)
 
     monkeypatch.setattr(loop, "validate", validate)
@@ -66,6 +69,7 @@ def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp
             pretrain(fma_prep, run)
     else:
         assert pretrain(fma_prep, run).exit_code == 130
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["pending_validation"]
     monkeypatch.undo()
     result = runner.invoke(app, ["pretrain", "--out", str(run), "--resume", "--data", str(fma_prep)])
     assert result.exit_code == 0, result.output
@@ -74,6 +78,7 @@ def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp
     assert [(e["path"], e["step"]) for e in resumed] == [(e["path"], e["step"]) for e in expected]
     assert [e["valid_loss"] for e in resumed] == pytest.approx([e["valid_loss"] for e in expected], abs=1e-5)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert steps_logged(run) == steps_logged(reference)  # the redone steps are not logged twice
 
 
 @pytest.mark.parametrize("damage, expected", [(b"", "is empty (0 bytes)"), (b"PK\x03\x04 not a zip", "is damaged")])
@@ -89,19 +94,36 @@ def test_unreadable_last_checkpoint_offers_the_newest_best(reference, tmp_path, 
     assert "()" not in flat  # issue 11: "unreadable checkpoint ()"
 
 
-def test_full_disk_during_a_save_is_one_message_and_leaves_no_temporary(fma_prep, tmp_path, monkeypatch):
+def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(fma_prep, tmp_path, monkeypatch):
+    """The disk fills up at the last save (step 2); last.pt of step 1 is kept and the message
+    gives the command that continues (issue 20: it said "run the same command again", which is
+    refused), after which metrics.jsonl has no step twice."""
+    real_save, saves = checkpoint.atomic_save, []
+
     def full(self, data):
         self.error = OSError(errno.ENOSPC, "No space left on device")
         raise self.error
 
-    monkeypatch.setattr(storage._Recorder, "write", full)  # torch.save writes through it
+    def atomic_save(obj, path):
+        saves.append(path.name)
+        if len(saves) == 2:  # step 1: last.pt (--save-every 1); step 2: the best checkpoint first
+            monkeypatch.setattr(storage._Recorder, "write", full)  # torch.save writes through it
+        return real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", atomic_save)
     run = tmp_path / "run"
-    result = pretrain(fma_prep, run, "--max-steps", "1")
+    result = pretrain(fma_prep, run, "--max-steps", "2", "--save-every", "1")
     flat = " ".join(result.output.split())
-    assert result.exit_code == 1, result.output
-    assert "no space left on the device" in flat and "needed" in flat and "Traceback" not in result.output
-    assert str(run / "checkpoints") in result.output.replace("\n", "")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"no space left on the device of {run / 'checkpoints'} (writing best-epoch0001-step0000002.pt;" in flat
+    assert ("needed). Free some space there or choose a folder on a larger disk, then continue from step 1 "
+            f"({run / 'checkpoints' / 'last.pt'}) with: mixit pretrain --out {run} --resume") in flat
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+    monkeypatch.undo()
+    result = runner.invoke(app, flat.split("with: mixit ")[1].split())  # the command the message gives
+    assert result.exit_code == 0, result.output
+    assert steps_logged(run) == [(1, "train"), (2, "train"), (2, "valid")]  # step 2 was logged before the failure, once
+    assert [e["step"] for e in best(run)] == [2] and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_temporary_of_a_killed_save_is_removed_on_resume(reference, fma_prep, tmp_path):

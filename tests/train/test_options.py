@@ -152,6 +152,18 @@ def test_recipe_values_are_checked_against_their_types(tmp_path, trained):
         assert expected.format(bad) in said, expected
 
 
+def test_betas_outside_0_1_are_refused_with_the_other_problems(tmp_path, trained):
+    """Issue 20: `betas: [2, 2]` reached AdamW, whose ValueError was a traceback."""
+    recipe = tmp_path / "betas.yaml"
+    recipe.write_text("stage: pretrain\nbetas: [2, 2]\ndropout: 1.5\n")
+    result = runner.invoke(cli.app, ["pretrain", "--config", str(recipe), "--data", "d", "--out", str(tmp_path / "r")])
+    said = flat(result.output)
+    assert result.exit_code == 1 and not trained and "Traceback" not in result.output, result.output
+    assert "betas must each be < 1, got 2.0 2.0" in said and "dropout must be < 1, got 1.5" in said
+    result = runner.invoke(cli.app, ["finetune", "--data", "d", "--out", str(tmp_path / "r"), "--betas", "-0.1", "0.999"])
+    assert result.exit_code == 1 and "betas must each be >= 0, got -0.1 0.999" in flat(result.output)
+
+
 def test_command_line_values_reach_the_configuration(tmp_path, trained):
     args = ["finetune", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--size", "tiny", "--lr", "2e-4",
             "--betas", "0.8", "0.95", "--decay-stop-epoch", "none", "--valid-every", "3", "--no-checkpointing",
