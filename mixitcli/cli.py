@@ -20,7 +20,7 @@ from mixitcli import __version__
 
 COMMAND_ORDER = (
     # the pipeline
-    "prepare-fma", "prepare-musdb", "pretrain", "select-channels", "finetune", "freeze-finetune",
+    "prepare-fma", "prepare-musdb", "prepare-stems", "pretrain", "select-channels", "finetune", "freeze-finetune",
     "average", "separate", "eval", "report", "listen",
     # helpers
     "make-demo-data", "plot", "models",
@@ -159,18 +159,66 @@ def prepare_musdb(
 ) -> None:
     """Check MUSDB18-HQ, find each training stem's salient 8 s segments, list the splits.
 
-    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left); a tree holding none of them (your own stems) gets --valid-tracks training tracks held out for validation instead. Source activity detection (docs/method.md §2.2) runs on vocals, drums, bass and other of the training tracks.
+    `mixit prepare-stems` with MUSDB18-HQ's defaults: the stems vocals, drums, bass and other, and the five files every song must have. Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left); a tree holding none of them (your own stems) gets --valid-tracks training tracks held out for validation instead. Source activity detection (docs/method.md §2.2) runs on every stem of the training tracks.
 
-    Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
+    Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/tracks.jsonl (each song's files), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
     """
-    from mixitcli.data import DataError
-    from mixitcli.data.musdb import describe, prepare_musdb as run
+    from mixitcli.data.musdb import musdb_spec
+
+    _prepare(root, out, musdb_spec(valid_tracks), workers=workers, progress=progress)
+
+
+PREPARE_STEMS_HELP = """Prepare any set of stems for fine-tuning: your own multitracks, MoisesDB, or MUSDB18-HQ with other stems (docs/stems.md).
+
+Reads ROOT/{train,test}/<song>/<stem>.wav (every WAV file of a song folder is a stem named after the file; mixture.wav, when present, is the mixture), or a MoisesDB tree with --layout moisesdb. Stems found but not in --stems are summed into --rest NAME, or dropped without it; a song without a listed stem gets silence for it; a song without mixture.wav gets the sum of its stems as mixture, and a mixture that is not the sum of its stems gets a warning with the residual's level. Every file of a song must be stereo 44.1 kHz and of one length (an error names each file that is not).
+
+Then, as prepare-musdb: validation songs held out of train (the standard MUSDB18-HQ validation tracks when present, else --valid-tracks by a hash of the name) and the source activity detection of docs/method.md §2.2 on every stem of the training songs. `mixit prepare-musdb` is this command with MUSDB18-HQ's defaults.
+
+Writes DIR/summary.json (with the stem set), DIR/tracks.jsonl, DIR/salient/<stem>.jsonl, DIR/train.txt, DIR/valid.txt, DIR/test.txt and, for stems that are no single file (sums, a missing mixture), float WAVs under DIR/audio/. finetune, select-channels and eval --data take their stems from it.
+"""
+
+
+class Layout(str, Enum):
+    folders = "folders"
+    moisesdb = "moisesdb"
+
+
+@app.command("prepare-stems", help=PREPARE_STEMS_HELP)
+def prepare_stems(
+    root: Path = typer.Argument(..., help="The collection: ROOT/{train,test}/<song>/<stem>.wav, or a MoisesDB tree with --layout moisesdb."),
+    out: Path = typer.Option(..., "--out", help="Output folder DIR."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to keep, in output order, e.g. guitar,piano (default: every stem name found; the four MUSDB18-HQ stems in the order bass,drums,vocals,other, others alphabetically)."),
+    rest: Optional[str] = typer.Option(None, "--rest", help="Name of one more stem that sums every stem found but not in --stems (e.g. --stems guitar --rest rest); without it those stems are dropped."),
+    layout: Layout = typer.Option(Layout.folders, "--layout", help="folders: ROOT/{train,test}/<song>/<stem>.wav. moisesdb: MoisesDB's track folders (data.json and one folder of WAVs per stem category, which sum to that stem); categories are the stem names (vocals, bass, drums, guitar, piano, other_keys, bowed_strings, wind, percussion, other_plucked, other)."),
+    valid_tracks: Optional[int] = typer.Option(None, "--valid-tracks", help="Training songs held out for validation when ROOT/train holds none of the standard MUSDB18-HQ validation tracks, chosen by a hash of the name (default: about 10 %, at least 2)."),
+    test_tracks: Optional[int] = typer.Option(None, "--test-tracks", help="--layout moisesdb only (MoisesDB has no split): tracks held out for testing, chosen by a hash of the track folder's name (default: about 20 %, at least 1)."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 8), help="Worker processes (0: in this process)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+) -> None:
+    from mixitcli.data.prepare_stems import StemsSpec
+    from mixitcli.stems import StemsError, parse_stems
 
     try:
-        summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
-    except DataError as e:
+        spec = StemsSpec(layout=layout.value, stems=parse_stems(stems) if stems is not None else None, rest=rest,
+                         valid_tracks=valid_tracks, test_tracks=test_tracks)
+    except StemsError as e:
+        fail(str(e))
+    _prepare(root, out, spec, workers=workers, progress=progress)
+
+
+def _prepare(root: Path, out: Path, spec, *, workers: int, progress: bool) -> None:
+    """prepare-stems and prepare-musdb: run, then print the summary and its warnings."""
+    from mixitcli.data import DataError
+    from mixitcli.data.prepare_stems import describe, prepare_stems as run, warnings
+    from mixitcli.stems import StemsError
+
+    try:
+        summary = run(root, out, spec, workers=workers, progress=progress)
+    except (DataError, StemsError) as e:
         fail(str(e))
     console.print(describe(summary), highlight=False)
+    for note in warnings(summary):
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
 
 MAKE_DEMO_DATA_HELP = """Synthesise music for the demo and tests: no download needed.
