@@ -336,14 +336,16 @@ app.command("freeze-finetune")(training_command(
 @app.command("select-channels")
 def select_channels(
     checkpoint: Path = typer.Argument(..., help="Pre-trained 12-output model: checkpoint, run folder (averaged best) or official folder."),
-    musdb: Path = typer.Option(..., "--musdb", help="prepare-musdb output folder (its validation songs are used)."),
+    data: Path = typer.Option(..., "--data", "--musdb", help="A prepare-stems or prepare-musdb output folder: its validation songs are used (one is enough), and its stems are the ones selected for (1 to 12 of them)."),
     out: Path = typer.Option(..., "--out", help="Selection JSON to write; a heatmap PNG is written beside it."),
     chunk_seconds: float = typer.Option(6.0, "--chunk-seconds", help="Chunk length in seconds (paper: 6)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Chunks separated together."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ) -> None:
-    """Pick, for each of bass, drums, vocals and other, the MixIT output that matches it most
-    often on the MUSDB validation songs (docs/method.md §6)."""
+    """Pick, for each stem of --data (bass, drums, vocals and other for MUSDB18-HQ), the MixIT output that matches it most often on its validation songs (docs/method.md §6).
+
+    Two stems never share an output: the outputs chosen maximise the total count over all stems (ties: the first stem takes the lowest output). Prints, per stem, the chunks where it is active, the share of them its output won, and the runner-up.
+    """
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.model.checkpoints import CheckpointError
@@ -354,11 +356,11 @@ def select_channels(
     try:
         from mixitcli.data.samplers import MusdbValidation
 
+        songs = MusdbValidation(data, subset="valid")
         model = load_model(checkpoint)
-        songs = MusdbValidation(musdb, subset="valid")
         with console.status("separating validation chunks") as status:
-            selection = run(model, songs, chunk_seconds=chunk_seconds, batch_size=batch_size, device=pick_device(device),
-                            progress=lambda name: status.update(f"done: {name}"))
+            selection = run(model, songs, stems=songs.stems, chunk_seconds=chunk_seconds, batch_size=batch_size,
+                            device=pick_device(device), progress=lambda name: status.update(f"done: {name}"))
     except (ModelLoadError, CheckpointError, SelectionError, DeviceError, DataError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
@@ -366,7 +368,22 @@ def select_channels(
     plot_counts(selection, out.with_suffix(".png"))
     for note in selection.conflicts + selection.warnings:
         console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    _print_selection(selection)
     console.print(f"selected {dict(zip(selection.stems, selection.selected))} from {selection.chunks} chunks -> {out}")
+
+
+def _print_selection(selection) -> None:
+    """The per-stem report of select-channels as a table."""
+    from rich.table import Table
+
+    table = Table(title="outputs chosen per stem", title_justify="left")
+    for column in ("stem", "active chunks", "output", "share", "runner-up", "its share"):
+        table.add_column(column, justify="left" if column == "stem" else "right")
+    percent = lambda x: "–" if x is None else f"{100 * x:.0f} %"  # noqa: E731
+    for r in selection.report:
+        table.add_row(r["stem"], str(r["active_chunks"]), str(r["output"]), percent(r["share"]),
+                      "–" if r["runner_up"] is None else str(r["runner_up"]), percent(r["runner_up_share"]))
+    console.print(table)
 
 
 @app.command("average")
