@@ -463,7 +463,8 @@ def separate_command(
     inputs: List[Path] = typer.Argument(..., help="Audio files or folders (walked recursively); any format soundfile or ffmpeg decodes, any sample rate, mono or stereo."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums (default: all)."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums (default: all of the model's stems)."),
+    two_stems: Optional[str] = typer.Option(None, "--two-stems", metavar="STEM", help="Write two files: STEM and no_STEM, the sum of the model's other outputs (e.g. --two-stems vocals: vocals and no_vocals, an accompaniment). Works with any model of two or more outputs."),
     filename: str = typer.Option("{track}/{stem}.{ext}", "--filename", help="Output path under --out. Fields: {track} input name without extension, {stem}, {ext}, {folder} input folder relative to the INPUT folder, {parent} name of the input's folder."),
     fmt: OutputFormat = typer.Option(OutputFormat.wav, "--format", help="Output format."),
     bits: Bits = typer.Option(Bits.b24, "--bits", help="Sample format: 16 or 24-bit integer (wav, flac) or 32-bit float (wav only). Ignored for mp3."),
@@ -476,7 +477,7 @@ def separate_command(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs: auto = CUDA, else MPS, else CPU."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model in bfloat16 autocast (meant for GPUs; outputs differ slightly from float32)."),
 ) -> None:
-    """Separate songs into bass, drums, vocals and other: INPUT... -> OUT/<track>/<stem>.wav.
+    """Separate songs into the model's stems (bass, drums, vocals and other for the published models): INPUT... -> OUT/<track>/<stem>.wav.
 
     Songs are read and stems written in blocks, so memory does not grow with the song's length. A file that fails is reported and the others are still separated; the exit code is then 1. Input files are never overwritten.
     """
@@ -487,7 +488,7 @@ def separate_command(
     try:
         options = ChunkOptions(chunk_s=chunk, hop_s=hop, window=window.value, batch_size=batch_size)
         summary = separate_many(
-            inputs, out, model=model, stems=stem_list, template=filename, ext=fmt.value, bits=bits.value,
+            inputs, out, model=model, stems=stem_list, two_stems=two_stems, template=filename, ext=fmt.value, bits=bits.value,
             sample_rate=sample_rate, skip_existing=skip_existing, options=options, device=device.value,
             bf16=bf16, console=console,
         )
