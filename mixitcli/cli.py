@@ -510,25 +510,26 @@ class Subset(str, Enum):
 
 @app.command("eval")
 def eval_command(
-    musdb: Path = typer.Option(..., "--musdb", help="MUSDB18-HQ root (holding train/ and test/)."),
+    musdb: Optional[Path] = typer.Option(None, "--musdb", help="MUSDB18-HQ root (holding train/ and test/): its four stems."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Instead of --musdb: a prepare-stems or prepare-musdb output folder; its songs of --subset are scored per stem of its stem set, and the model must have those stems."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder: results.jsonl / results.csv per track, summary.md / summary.json, and estimates/ when --model is given (default with --estimates: that folder). Run again with the same --out to resume."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Separate with this model first (a path or a published model name, as in `mixit separate`); stems go to OUT/estimates/<track>/<stem>.wav (float WAV)."),
     estimates: Optional[Path] = typer.Option(None, "--estimates", help="Score existing stems instead: a folder of <track>/<stem>.wav (any audio format)."),
-    subset: Subset = typer.Option(Subset.test, "--subset", help="MUSDB18-HQ subset: test (the paper's 50 tracks), valid (the standard 14) or train."),
+    subset: Subset = typer.Option(Subset.test, "--subset", help="Subset: test (MUSDB18-HQ: the paper's 50 tracks), valid (the standard 14, or the held-out ones) or train."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Processes scoring tracks in parallel (0: score in this process)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs (with --model)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for separation (with --model)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Chunks per forward pass (with --model; default: 4 on a GPU, 1 on the CPU)."),
 ) -> None:
-    """Score separations on MUSDB18-HQ: cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean), as the paper's Table 1.
+    """Score separations on MUSDB18-HQ (--musdb) or any prepared stems folder (--data): cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean) per stem, as the paper's Table 1.
 
-    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged.
+    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. A stem a song lacks is silence in its reference, so its scores are left out. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged.
     """
     from mixitcli.evaluate import evaluate_musdb
 
     try:
         evaluate_musdb(
-            musdb, out, model=model, estimates=estimates, subset=subset.value, workers=workers,
+            musdb, out, data=data, model=model, estimates=estimates, subset=subset.value, workers=workers,
             device=device.value, bf16=bf16, batch_size=batch_size, console=console,
         )
     except _user_errors() as e:
