@@ -206,6 +206,21 @@ def _write(path: Path, x: np.ndarray) -> None:
         raise
 
 
+def _residual(mixture: str, total: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """(power of the mixture file, power of mixture - total), summed in float64; the mixture is
+    read block by block, so a long song costs one block besides ``total`` (2, t)."""
+    import soundfile as sf
+
+    power = residual = 0.0
+    with sf.SoundFile(mixture) as f:
+        for start in range(0, total.shape[1], block):
+            m = f.read(block, dtype="float32", always_2d=True).T  # (t, c) -> (c, b)
+            d = m - total[:, start : start + m.shape[1]]
+            power += float(np.sum(np.square(m, dtype=np.float64)))
+            residual += float(np.sum(np.square(d, dtype=np.float64)))
+    return power, residual
+
+
 def prepare_song(job: _Job, out: str, config: SadConfig) -> dict:
     """Build one song's stems and mixture, measure the mixture's residual, and find the salient
     segments of its stems when it is a training song.
@@ -216,7 +231,7 @@ def prepare_song(job: _Job, out: str, config: SadConfig) -> dict:
     """
     frames = job.frames
     derived = Path(out) / AUDIO / job.rel
-    total = np.zeros((2, frames), np.float64)  # every stem file: what the mixture should be
+    total = np.zeros((2, frames), np.float32)  # every stem file: what the mixture should be
     result = {"frames": frames, "stems": {}, "segments": {}, "candidates": 0, "residual_db": None}
     for stem, files in job.groups.items():
         if not files:
@@ -237,15 +252,13 @@ def prepare_song(job: _Job, out: str, config: SadConfig) -> dict:
     for path in job.dropped:
         total += _read(path, frames)
     if job.mixture is not None:
-        mixture = _read(job.mixture, frames).astype(np.float64)
-        power = float(np.sum(mixture**2))
-        residual = float(np.sum((mixture - total) ** 2))
+        power, residual = _residual(job.mixture, total)
         if power > 0:
             result["residual_db"] = round(10 * math.log10(max(residual, 1e-30) / power), 1)
         result["mixture"], result["mixture_summed"] = job.mixture, False
     else:
         result["mixture"], result["mixture_summed"] = str(derived / "mixture.wav"), True
-        _write(derived / "mixture.wav", total.astype(np.float32))
+        _write(derived / "mixture.wav", total)
     return result
 
 
@@ -326,7 +339,9 @@ def prepare_stems(
     return summary
 
 
-def _summary(root, spec, stems, found, how, by_subset, results, config) -> dict:
+def _summary(root: Path, spec: StemsSpec, stems: tuple[str, ...], found: dict[str, int], how: str,
+             by_subset: dict[str, list[_Job]], results: dict[str, dict], config: SadConfig) -> dict:
+    """The prepared folder's summary.json (module doc)."""
     train = [results[j.rel] for j in by_subset["train"]]
     n_segments = {stem: sum(len(r["segments"][stem]) for r in train) for stem in stems}
     listed = [s for s in stems if s != spec.rest]
