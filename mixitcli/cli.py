@@ -240,7 +240,6 @@ def make_demo_data(
     musdb_test: int = typer.Option(4, "--musdb-test", help="Songs with stems in OUT/musdb/test/."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of every song in seconds (use >= 10: prepare-fma cuts 10 s clips and prepare-musdb 8 s segments)."),
     seed: int = typer.Option(0, "--seed", help="Seed of everything (>= 0); another seed gives other songs."),
-    test_seconds: Optional[float] = typer.Option(None, "--test-seconds", help="Length of the songs in OUT/musdb/test/ in seconds (default: --seconds); short test songs make evaluation cheap (tests)."),
     guitar: bool = typer.Option(False, "--guitar", help="Give every song of OUT/musdb a fifth instrument in its own stem, guitar.wav: a plucked guitar-like line (for `make demo-stems`: prepare-stems --stems guitar --rest rest). The other four stems stay as without it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/unlabeled and OUT/musdb left by an earlier make-demo-data run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
@@ -249,7 +248,7 @@ def make_demo_data(
 
     try:
         summary = run(out, songs=songs, musdb_train=musdb_train, musdb_test=musdb_test, musdb_valid=musdb_valid,
-                      seconds=seconds, seed=seed, guitar=guitar, test_seconds=test_seconds, overwrite=overwrite, progress=progress)
+                      seconds=seconds, seed=seed, guitar=guitar, overwrite=overwrite, progress=progress)
     except DemoDataError as e:
         fail("make-demo-data cannot start:\n" + "\n".join(f"  - {p}" for p in e.problems))
     console.print(describe(summary), highlight=False)

@@ -8,8 +8,7 @@
 # Real music instead of the synthesised songs (docs/real-music.md says where to find some):
 #   make demo DEMO_UNLABELED=/path/to/game-soundtracks DEMO_MUSDB=/path/to/midistems
 # Scale (the defaults fit 20 minutes on 2 cores):
-#   DEMO_SONGS, DEMO_TRAIN, DEMO_TEST, DEMO_SECONDS, DEMO_TEST_SECONDS (synthesised data; the test
-#   songs are DEMO_SECONDS long unless DEMO_TEST_SECONDS is set), DEMO_PRE_STEPS,
+#   DEMO_SONGS, DEMO_TRAIN, DEMO_TEST, DEMO_SECONDS (synthesised data), DEMO_PRE_STEPS,
 #   DEMO_FT_STEPS (optimizer steps), DEMO_VALID_FRACTION (unlabeled tracks held out),
 #   DEMO_ARGS (extra options for the training commands).
 
@@ -18,7 +17,6 @@ DEMO_SONGS ?= 32
 DEMO_TRAIN ?= 12
 DEMO_TEST ?= 4
 DEMO_SECONDS ?= 30
-DEMO_TEST_SECONDS ?=
 DEMO_PRE_STEPS ?= 150
 DEMO_FT_STEPS ?= 125
 DEMO_VALID_FRACTION ?= 0.15
@@ -29,7 +27,6 @@ DEMO_MIXIT ?= mixit
 
 DEMO_GENERATED := $(if $(filter $(DEMO)/data/%,$(DEMO_UNLABELED) $(DEMO_MUSDB)),$(DEMO)/data/demo.json)
 DEMO_TRAIN_ARGS = --workers 2 --device cpu --auto-resume $(DEMO_ARGS)
-DEMO_TEST_LENGTH = $(if $(DEMO_TEST_SECONDS),--test-seconds $(DEMO_TEST_SECONDS))
 
 .PHONY: demo demo-stems demo-clean
 
@@ -42,7 +39,7 @@ demo-clean:
 	rm -rf $(DEMO)
 
 $(DEMO)/data/demo.json:
-	$(DEMO_MIXIT) make-demo-data $(DEMO)/data --songs $(DEMO_SONGS) --musdb-train $(DEMO_TRAIN) --musdb-test $(DEMO_TEST) --seconds $(DEMO_SECONDS) $(DEMO_TEST_LENGTH) --overwrite
+	$(DEMO_MIXIT) make-demo-data $(DEMO)/data --songs $(DEMO_SONGS) --musdb-train $(DEMO_TRAIN) --musdb-test $(DEMO_TEST) --seconds $(DEMO_SECONDS) --overwrite
 
 $(DEMO)/prep/fma/summary.json: $(DEMO_GENERATED)
 	$(DEMO_MIXIT) prepare-fma --audio-dir $(DEMO_UNLABELED) --out $(@D) --valid-fraction $(DEMO_VALID_FRACTION) --workers 2
@@ -108,7 +105,7 @@ demo-stems: $(DEMO_GUITAR)/report/report.md $(DEMO_GUITAR)/listen/index.html $(D
 
 $(DEMO_GUITAR)/data/demo.json:
 	$(DEMO_MIXIT) make-demo-data $(@D) --songs 0 --musdb-train $(DEMO_STEMS_TRAIN) --musdb-valid 0 --musdb-test $(DEMO_STEMS_TEST) \
-		--seconds $(DEMO_STEMS_SECONDS) $(DEMO_TEST_LENGTH) --seed 1 --guitar --overwrite
+		--seconds $(DEMO_STEMS_SECONDS) --seed 1 --guitar --overwrite
 
 $(DEMO_GUITAR)/prep/summary.json: $(DEMO_GUITAR)/data/demo.json
 	$(DEMO_MIXIT) prepare-stems $(DEMO_GUITAR)/data/musdb --out $(@D) --stems guitar --rest rest --valid-tracks 1 --workers 2

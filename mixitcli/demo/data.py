@@ -173,7 +173,7 @@ def _track_names(seed: int, n: int, taken: set[str]) -> list[str]:
 
 def make_musdb(
     out_dir: str | Path, n_train: int, n_test: int, seconds: float, seed: int, *, n_valid: int = 3,
-    guitar: bool = False, test_seconds: float | None = None, on_song: Callable[[str], None] | None = None,
+    guitar: bool = False, on_song: Callable[[str], None] | None = None,
 ) -> dict:
     """Write a MUSDB18-HQ-layout set: ``out_dir/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``
     (and ``guitar.wav`` with ``guitar``).
@@ -191,7 +191,6 @@ def make_musdb(
         seed: the set's seed.
         n_valid: how many training songs carry validation names (0 .. min(n_train, 14)).
         guitar: every song gets a fifth stem, a plucked guitar-like line (:func:`synthesize_song`).
-        test_seconds: length of the test songs (None: ``seconds``); short ones make evaluation cheap.
         on_song: called with each written track's "split/name".
 
     Returns:
@@ -200,9 +199,7 @@ def make_musdb(
     Raises:
         DemoDataError: a negative count or seed, a non-positive length, or n_valid out of range.
     """
-    test_seconds = seconds if test_seconds is None else test_seconds
     _check({"n_train": n_train, "n_test": n_test, "seed": seed}, ("seconds", seconds), ("n_valid", n_valid, n_train))
-    _check({}, ("test_seconds", test_seconds))
     out_dir = Path(out_dir)
     names = _track_names(seed, n_train - n_valid + n_test, set(VALIDATION_TRACKS))
     splits = {
@@ -212,8 +209,7 @@ def make_musdb(
     sources = SOURCES + ((GUITAR,) if guitar else ())
     for kind, (split, tracks) in enumerate(splits.items(), start=1):
         for i, name in enumerate(tracks):
-            length = test_seconds if split == "test" else seconds
-            song = synthesize_song(_song_seed(seed, kind, i), length, SAMPLE_RATE, guitar=guitar)
+            song = synthesize_song(_song_seed(seed, kind, i), seconds, SAMPLE_RATE, guitar=guitar)
             stems, mixture = exact_sum_int16(np.stack([song.stems[s] for s in sources[1:]]))
             folder = out_dir / split / name
             for source, data in zip(sources, [mixture, *stems]):
@@ -221,14 +217,13 @@ def make_musdb(
             if on_song:
                 on_song(f"{split}/{name}")
     tracks = {"train": splits["train"][n_valid:], "valid": splits["train"][:n_valid], "test": splits["test"]}
-    return {"root": str(out_dir), "songs": n_train + n_test, "seconds": n_train * seconds + n_test * test_seconds, "tracks": tracks,
+    return {"root": str(out_dir), "songs": n_train + n_test, "seconds": (n_train + n_test) * seconds, "tracks": tracks,
             "stems": list(sources[1:])}
 
 
 def make_demo_data(
     out: str | Path, *, songs: int = 40, musdb_train: int = 12, musdb_test: int = 4, musdb_valid: int | None = None,
-    seconds: float = 30.0, seed: int = 0, guitar: bool = False, test_seconds: float | None = None, overwrite: bool = False,
-    progress: bool = True,
+    seconds: float = 30.0, seed: int = 0, guitar: bool = False, overwrite: bool = False, progress: bool = True,
 ) -> dict:
     """Write both demo datasets: ``out/unlabeled/`` (:func:`make_unlabeled`) and ``out/musdb/`` (:func:`make_musdb`).
 
@@ -242,7 +237,6 @@ def make_demo_data(
             MUSDB-like songs, in about 30 s on one core.
         musdb_valid: ``n_valid`` of :func:`make_musdb` (None: min(3, musdb_train // 2), so train keeps songs).
         guitar: the MUSDB-layout songs get a fifth stem, guitar.wav (:func:`make_musdb`).
-        test_seconds: length of the MUSDB-layout test songs (None: ``seconds``; :func:`make_musdb`).
         overwrite: replace out/unlabeled and out/musdb when a previous run left them.
         progress: show the progress bar (:mod:`mixitcli.progress`) on stderr.
 
@@ -260,8 +254,6 @@ def make_demo_data(
     try:
         counts = {"--songs": songs, "--musdb-train": musdb_train, "--musdb-test": musdb_test, "--seed": seed}
         _check(counts, ("--seconds", seconds), ("--musdb-valid", musdb_valid, musdb_train))
-        if test_seconds is not None:
-            _check({}, ("--test-seconds", test_seconds))
     except DemoDataError as e:
         problems += e.problems
     existing = [p for p in targets if p.is_dir() and any(p.iterdir())]
@@ -275,7 +267,7 @@ def make_demo_data(
         shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
     options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed,
-               "guitar": guitar, "test_seconds": test_seconds}
+               "guitar": guitar}
     atomic_write_text(out / MARKER, json.dumps({"complete": False, "options": options}, indent=2))
     began = time.perf_counter()
     with Progress(enabled=progress) as display:
@@ -285,8 +277,7 @@ def make_demo_data(
             bar.advance(info=label)
 
         unlabeled = make_unlabeled(targets[0], songs, seconds, seed, on_song=advance)
-        musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, guitar=guitar,
-                           test_seconds=test_seconds, on_song=advance)
+        musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, guitar=guitar, on_song=advance)
         bar.update(info="")  # the final line counts the songs; it names none
     summary = {
         "complete": True, "options": options, "out": str(out), "seed": seed, "seconds_per_song": seconds,
