@@ -122,6 +122,13 @@ def test_five_stems_end_to_end(collection):
     assert model.stems == STEMS5 and model.config.n_outputs == 5
     valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "usdr/valid" in line]
     assert {f"usdr/valid/{s}" for s in STEMS5} <= valid[-1].keys()
+    invoke("finetune", "--out", run, "--resume", "--epochs", "2")  # a resumed k-stem run goes on
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    invoke("freeze-finetune", "--data", prep, "--out", tmp / "frozen", "--init", tmp / "pre", "--selection", selection, *fast,
+           "--batch-size", "1", "--max-steps", "1")
+    assert load_model(tmp / "frozen").stems == STEMS5
+    invoke("average", run, "--out", tmp / "model.pt")
+    assert load_model(tmp / "model.pt").stems == STEMS5
 
     # a resume on data of other stems is refused, naming both lists
     invoke("prepare-stems", root, "--out", tmp / "prep2", "--stems", "lead", "--rest", "rest", "--valid-tracks", "1", "--workers", "0", "--no-progress")
