@@ -180,7 +180,7 @@ def prepare_musdb(
 
 def musdb_spec(valid_tracks: int | None = None) -> StemsSpec:
     """The :class:`~mixitcli.data.prepare_stems.StemsSpec` of MUSDB18-HQ: its four stems, its five files."""
-    return StemsSpec(stems=STEMS, required=SOURCES, valid_tracks=valid_tracks)
+    return StemsSpec(stems=STEMS, required=SOURCES, valid_tracks=valid_tracks, command="prepare-musdb")
 
 
 __all__ = [

@@ -1,6 +1,6 @@
 """`mixit prepare-stems`: any set of stems, from a folders tree or MoisesDB, ready for training (issue 21).
 
-`mixit prepare-musdb` is this command with MUSDB18-HQ's defaults (:data:`mixitcli.data.musdb.MUSDB`:
+`mixit prepare-musdb` is this command with MUSDB18-HQ's defaults (:func:`mixitcli.data.musdb.musdb_spec`:
 the four stems, the five files every song must have); there is one code path.
 
 What it does (docs/stems.md):
@@ -75,6 +75,7 @@ class StemsSpec:
         test_tracks: MoisesDB only: tracks held out for testing (None: about 20 %, at least 1).
         required: files every song must have (prepare-musdb: mixture and the four stems); a song
             without another listed stem gets silence for it.
+        command: the command, for the progress bar and messages.
     """
 
     layout: str = "folders"
@@ -83,6 +84,7 @@ class StemsSpec:
     valid_tracks: int | None = None
     test_tracks: int | None = None
     required: tuple[str, ...] = ()
+    command: str = "prepare-stems"
 
 
 @dataclass
@@ -313,7 +315,7 @@ def prepare_stems(
     results: dict[str, dict] = {}
     tasks = [Task(key=j.rel, args=(j, str(out), config), weight=max(j.frames, 1)) for j in jobs]
     run_parallel(
-        prepare_song, tasks, workers=workers, label="prepare-stems", progress=progress,
+        prepare_song, tasks, workers=workers, label=spec.command, progress=progress,
         on_result=lambda task, r: results.__setitem__(task.key, r), on_crash=lambda task: results.__setitem__(task.key, None),
     )
     crashed = [k for k, r in results.items() if r is None]
