@@ -7,7 +7,6 @@ The 2-stem collection (guitar + rest) runs the same way in `make demo-stems` (te
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
