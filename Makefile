@@ -19,6 +19,7 @@ help:
 	@echo "make docs      regenerate docs/commands.md from the command-line app"
 	@echo "make gpu-check the whole CUDA path in one run, one JSON report (bench/gpu_check.py; about 8 min on a GPU)"
 	@echo "make demo      the whole pipeline on synthesised music with the tiny model (about 20 min on 2 CPU cores)"
+	@echo "make demo-stems  after make demo: a fifth instrument (guitar) learnt from 3 songs, as guitar + rest (docs/stems.md)"
 	@echo "make table1 FMA=... MUSDB=... GPUS=N   (also table2, table3): reproduce the paper's tables"
 
 install:

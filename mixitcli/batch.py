@@ -34,11 +34,12 @@ from mixitcli.lock import LockError, file_lock, holding
 from mixitcli.signals import Interrupted, raise_on_stop
 from mixitcli.storage import StorageError, WriteError, describe_os_error, remove_temporaries_of
 from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
+from mixitcli.stems import COMPLEMENT
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = {
     "track": "the input file's name without its extension",
-    "stem": "the stem name (bass, drums, vocals, other)",
+    "stem": "the stem name (the model's, e.g. bass, drums, vocals, other; STEM and no_STEM with --two-stems)",
     "ext": "the output format's extension (wav, flac, mp3)",
     "folder": "the input's folder relative to the INPUT folder it was found in (empty for files given directly)",
     "parent": "the name of the folder holding the input (e.g. the song folder of MUSDB's mixture.wav)",
@@ -359,12 +360,28 @@ def run_jobs(
     return summary
 
 
+def two_stem_outputs(stem: str, model_stems: tuple[str, ...]) -> list[str]:
+    """The files of ``--two-stems STEM``: STEM and ``no_STEM`` (the sum of the other outputs).
+
+    Raises:
+        SeparationError: the model has no such stem, or no other output to sum.
+    """
+    if stem not in model_stems:
+        raise SeparationError(f"--two-stems {stem}: this model outputs {', '.join(model_stems)}; name one of them")
+    if len(model_stems) < 2:
+        raise SeparationError(f"--two-stems {stem}: this model has no other output to make {COMPLEMENT}{stem} from")
+    if f"{COMPLEMENT}{stem}" in model_stems:
+        raise SeparationError(f"--two-stems {stem}: this model has a stem named {COMPLEMENT}{stem} already; use --stems")
+    return [stem, f"{COMPLEMENT}{stem}"]
+
+
 def separate_many(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
     model: str | None = None,
     stems: Sequence[str] | None = None,
+    two_stems: str | None = None,
     template: str = DEFAULT_TEMPLATE,
     ext: str = "wav",
     bits: str = "24",
@@ -386,6 +403,8 @@ def separate_many(
         model: a path for :func:`mixitcli.model.load_model` or a published model name
             (:mod:`mixitcli.registry`; None: the default model).
         stems: stems to write (None: all of the model's outputs).
+        two_stems: write this stem and ``no_<stem>``, the sum of the model's other outputs (demucs'
+            --two-stems); any model with two or more outputs, the published 4-stem ones included.
         template, ext, bits, sample_rate, skip_existing: see :func:`plan` and :func:`run_jobs`.
         options, device, bf16: chunking and where/how the model runs.
         console: a rich Console for progress (None: no progress display).
@@ -397,7 +416,7 @@ def separate_many(
     with raise_on_stop():
         try:
             return _separate_many(
-                inputs, out_dir, model=model, stems=stems, template=template, ext=ext, bits=bits, sample_rate=sample_rate,
+                inputs, out_dir, model=model, stems=stems, two_stems=two_stems, template=template, ext=ext, bits=bits, sample_rate=sample_rate,
                 skip_existing=skip_existing, options=options, device=device, bf16=bf16, console=console,
             )
         except Interrupted as e:
@@ -405,20 +424,25 @@ def separate_many(
                                         "command with --skip-existing to separate the rest.") from None
 
 
-def _separate_many(inputs, out_dir, *, model, stems, template, ext, bits, sample_rate, skip_existing, options, device, bf16, console) -> BatchSummary:
+def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, bits, sample_rate, skip_existing, options, device, bf16, console) -> BatchSummary:
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
 
     if bits == "float" and ext != "wav":
         raise SeparationError(f"--bits float needs --format wav (got --format {ext})")
+    if stems and two_stems:
+        raise SeparationError("give --stems or --two-stems, not both (--two-stems STEM writes STEM and no_STEM)")
     check_template(template)
     found = find_inputs(inputs, exclude=Path(out_dir))
     torch_device = pick_device(device)
     net = load_model(resolve_model(model, progress=console is not None)).to(torch_device).eval()
-    stems = list(stems) if stems else list(net.stems)
-    unknown = [s for s in stems if s not in net.stems]
-    if unknown:
-        raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
+    if two_stems is not None:
+        stems = two_stem_outputs(two_stems, tuple(net.stems))
+    else:
+        stems = list(stems) if stems else list(net.stems)
+        unknown = [s for s in stems if s not in net.stems]
+        if unknown:
+            raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
     found = without_own_outputs(found, out_dir, stems=stems, template=template, ext=ext)
     if not found:
         raise PlanError("cannot read the inputs:", [f"{', '.join(map(str, inputs))}: only this command's own outputs, no songs"])

@@ -20,7 +20,7 @@ from mixitcli import __version__
 
 COMMAND_ORDER = (
     # the pipeline
-    "prepare-fma", "prepare-musdb", "pretrain", "select-channels", "finetune", "freeze-finetune",
+    "prepare-fma", "prepare-musdb", "prepare-stems", "pretrain", "select-channels", "finetune", "freeze-finetune",
     "average", "separate", "eval", "report", "listen",
     # helpers
     "make-demo-data", "plot", "models",
@@ -176,20 +176,68 @@ def prepare_musdb(
 ) -> None:
     """Check MUSDB18-HQ, find each training stem's salient 8 s segments, list the splits.
 
-    Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left); a tree holding none of them (your own stems) gets --valid-tracks training tracks held out for validation instead. Source activity detection (docs/method.md §2.2) runs on vocals, drums, bass and other of the training tracks.
+    `mixit prepare-stems` with MUSDB18-HQ's defaults: the stems vocals, drums, bass and other, and the five files every song must have. Checks every file first and reports all problems at once. The standard 14 validation tracks are taken out of train (86 left); a tree holding none of them (your own stems) gets --valid-tracks training tracks held out for validation instead. Source activity detection (docs/method.md §2.2) runs on every stem of the training tracks.
 
-    Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
+    Writes DIR/salient/<stem>.jsonl (salient segments per stem), DIR/tracks.jsonl (each song's files), DIR/train.txt, DIR/valid.txt, DIR/test.txt (track names) and DIR/summary.json.
     """
+    from mixitcli.data.musdb import musdb_spec
+
+    _prepare(root, out, musdb_spec(valid_tracks), workers=workers, progress=progress)
+
+
+PREPARE_STEMS_HELP = """Prepare any set of stems for fine-tuning: your own multitracks, MoisesDB, or MUSDB18-HQ with other stems (docs/stems.md).
+
+Reads ROOT/{train,test}/<song>/<stem>.wav (every WAV file of a song folder is a stem named after the file; mixture.wav, when present, is the mixture), or a MoisesDB tree with --layout moisesdb. Stems found but not in --stems are summed into --rest NAME, or dropped without it; a song without a listed stem gets silence for it; a song without mixture.wav gets the sum of its stems as mixture, and a mixture that is not the sum of its stems gets a warning with the residual's level. Every file of a song must be stereo 44.1 kHz and of one length (an error names each file that is not).
+
+Then, as prepare-musdb: validation songs held out of train (the standard MUSDB18-HQ validation tracks when present, else --valid-tracks by a hash of the name) and the source activity detection of docs/method.md §2.2 on every stem of the training songs. `mixit prepare-musdb` is this command with MUSDB18-HQ's defaults.
+
+Writes DIR/summary.json (with the stem set), DIR/tracks.jsonl, DIR/salient/<stem>.jsonl, DIR/train.txt, DIR/valid.txt, DIR/test.txt and, for stems that are no single file (sums, a missing mixture), float WAVs under DIR/audio/. finetune, select-channels and eval --data take their stems from it.
+"""
+
+
+class Layout(str, Enum):
+    folders = "folders"
+    moisesdb = "moisesdb"
+
+
+@app.command("prepare-stems", help=PREPARE_STEMS_HELP)
+def prepare_stems(
+    root: Path = typer.Argument(..., help="The collection: ROOT/{train,test}/<song>/<stem>.wav, or a MoisesDB tree with --layout moisesdb."),
+    out: Path = typer.Option(..., "--out", help="Output folder DIR."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to keep, in output order, e.g. guitar,piano (default: every stem name found; the four MUSDB18-HQ stems in the order bass,drums,vocals,other, others alphabetically)."),
+    rest: Optional[str] = typer.Option(None, "--rest", help="Name of one more stem that sums every stem found but not in --stems (e.g. --stems guitar --rest rest); without it those stems are dropped."),
+    layout: Layout = typer.Option(Layout.folders, "--layout", help="folders: ROOT/{train,test}/<song>/<stem>.wav. moisesdb: MoisesDB's track folders (data.json and one folder of WAVs per stem category, which sum to that stem); categories are the stem names (vocals, bass, drums, guitar, piano, other_keys, bowed_strings, wind, percussion, other_plucked, other)."),
+    valid_tracks: Optional[int] = typer.Option(None, "--valid-tracks", help="Training songs held out for validation when ROOT/train holds none of the standard MUSDB18-HQ validation tracks, chosen by a hash of the name (default: about 10 %, at least 2)."),
+    test_tracks: Optional[int] = typer.Option(None, "--test-tracks", help="--layout moisesdb only (MoisesDB has no split): tracks held out for testing, chosen by a hash of the track folder's name (default: about 20 %, at least 1)."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 8), help="Worker processes (0: in this process)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+) -> None:
+    from mixitcli.data.prepare_stems import StemsSpec
+    from mixitcli.stems import StemsError, parse_stems
+
+    try:
+        spec = StemsSpec(layout=layout.value, stems=parse_stems(stems) if stems is not None else None, rest=rest,
+                         valid_tracks=valid_tracks, test_tracks=test_tracks)
+    except StemsError as e:
+        fail(str(e))
+    _prepare(root, out, spec, workers=workers, progress=progress)
+
+
+def _prepare(root: Path, out: Path, spec, *, workers: int, progress: bool) -> None:
+    """prepare-stems and prepare-musdb: run, then print the summary and its warnings."""
     from mixitcli.data import DataError
-    from mixitcli.data.musdb import describe, prepare_musdb as run
+    from mixitcli.data.prepare_stems import describe, prepare_stems as run, warnings
     from mixitcli.lock import folder_lock
+    from mixitcli.stems import StemsError
 
     try:
         with folder_lock(out):  # one writer per folder (a LockError names the other one)
-            summary = run(root, out, workers=workers, progress=progress, valid_tracks=valid_tracks)
-    except DataError as e:
+            summary = run(root, out, spec, workers=workers, progress=progress)
+    except (DataError, StemsError) as e:
         fail(str(e))
     console.print(describe(summary), highlight=False)
+    for note in warnings(summary):
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
 
 MAKE_DEMO_DATA_HELP = """Synthesise music for the demo and tests: no download needed.
@@ -211,6 +259,7 @@ def make_demo_data(
     musdb_test: int = typer.Option(4, "--musdb-test", help="Songs with stems in OUT/musdb/test/."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of every song in seconds (use >= 10: prepare-fma cuts 10 s clips and prepare-musdb 8 s segments)."),
     seed: int = typer.Option(0, "--seed", help="Seed of everything (>= 0); another seed gives other songs."),
+    guitar: bool = typer.Option(False, "--guitar", help="Give every song of OUT/musdb a fifth instrument in its own stem, guitar.wav: a plucked guitar-like line (for `make demo-stems`: prepare-stems --stems guitar --rest rest). The other four stems stay as without it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/unlabeled and OUT/musdb left by an earlier make-demo-data run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
@@ -218,7 +267,7 @@ def make_demo_data(
 
     try:
         summary = run(out, songs=songs, musdb_train=musdb_train, musdb_test=musdb_test, musdb_valid=musdb_valid,
-                      seconds=seconds, seed=seed, overwrite=overwrite, progress=progress)
+                      seconds=seconds, seed=seed, guitar=guitar, overwrite=overwrite, progress=progress)
     except DemoDataError as e:
         fail("make-demo-data cannot start:\n" + "\n".join(f"  - {p}" for p in e.problems))
     console.print(describe(summary), highlight=False)
@@ -308,14 +357,16 @@ app.command("freeze-finetune")(training_command(
 @app.command("select-channels")
 def select_channels(
     checkpoint: Path = typer.Argument(..., help="Pre-trained 12-output model: checkpoint, run folder (averaged best) or official folder."),
-    musdb: Path = typer.Option(..., "--musdb", help="prepare-musdb output folder (its validation songs are used)."),
+    data: Path = typer.Option(..., "--data", "--musdb", help="A prepare-stems or prepare-musdb output folder: its validation songs are used (one is enough), and its stems are the ones selected for (1 to 12 of them)."),
     out: Path = typer.Option(..., "--out", help="Selection JSON to write; a heatmap PNG is written beside it."),
     chunk_seconds: float = typer.Option(6.0, "--chunk-seconds", help="Chunk length in seconds (paper: 6)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Chunks separated together."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ) -> None:
-    """Pick, for each of bass, drums, vocals and other, the MixIT output that matches it most
-    often on the MUSDB validation songs (docs/method.md §6)."""
+    """Pick, for each stem of --data (bass, drums, vocals and other for MUSDB18-HQ), the MixIT output that matches it most often on its validation songs (docs/method.md §6).
+
+    Two stems never share an output: the outputs chosen maximise the total count over all stems (ties: the first stem takes the lowest output). Prints, per stem, the chunks where it is active, the share of them its output won, and the runner-up.
+    """
     from mixitcli.model import ModelLoadError, load_model
     from mixitcli.selection import SelectionError, plot_counts, select_channels as run
     from mixitcli.model.checkpoints import CheckpointError
@@ -326,11 +377,11 @@ def select_channels(
     try:
         from mixitcli.data.samplers import MusdbValidation
 
+        songs = MusdbValidation(data, subset="valid")
         model = load_model(checkpoint)
-        songs = MusdbValidation(musdb, subset="valid")
         with console.status("separating validation chunks") as status:
-            selection = run(model, songs, chunk_seconds=chunk_seconds, batch_size=batch_size, device=pick_device(device),
-                            progress=lambda name: status.update(f"done: {name}"))
+            selection = run(model, songs, stems=songs.stems, chunk_seconds=chunk_seconds, batch_size=batch_size,
+                            device=pick_device(device), progress=lambda name: status.update(f"done: {name}"))
     except (ModelLoadError, CheckpointError, SelectionError, DeviceError, DataError) as e:
         fail(str(e))
     selection.checkpoint = str(checkpoint)
@@ -338,7 +389,22 @@ def select_channels(
     plot_counts(selection, out.with_suffix(".png"))
     for note in selection.conflicts + selection.warnings:
         console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    _print_selection(selection)
     console.print(f"selected {dict(zip(selection.stems, selection.selected))} from {selection.chunks} chunks -> {out}")
+
+
+def _print_selection(selection) -> None:
+    """The per-stem report of select-channels as a table."""
+    from rich.table import Table
+
+    table = Table(title="outputs chosen per stem", title_justify="left")
+    for column in ("stem", "active chunks", "output", "share", "runner-up", "its share"):
+        table.add_column(column, justify="left" if column == "stem" else "right")
+    percent = lambda x: "–" if x is None else f"{100 * x:.0f} %"  # noqa: E731
+    for r in selection.report:
+        table.add_row(r["stem"], str(r["active_chunks"]), str(r["output"]), percent(r["share"]),
+                      "–" if r["runner_up"] is None else str(r["runner_up"]), percent(r["runner_up_share"]))
+    console.print(table)
 
 
 @app.command("average")
@@ -418,7 +484,8 @@ def separate_command(
     inputs: List[Path] = typer.Argument(..., help="Audio files or folders (walked recursively); any format soundfile or ffmpeg decodes, any sample rate, mono or stereo."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums (default: all)."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums (default: all of the model's stems)."),
+    two_stems: Optional[str] = typer.Option(None, "--two-stems", metavar="STEM", help="Write two files: STEM and no_STEM, the sum of the model's other outputs (e.g. --two-stems vocals: vocals and no_vocals, an accompaniment). Works with any model of two or more outputs."),
     filename: str = typer.Option("{track}/{stem}.{ext}", "--filename", help="Output path under --out. Fields: {track} input name without extension, {stem}, {ext}, {folder} input folder relative to the INPUT folder, {parent} name of the input's folder."),
     fmt: OutputFormat = typer.Option(OutputFormat.wav, "--format", help="Output format."),
     bits: Bits = typer.Option(Bits.b24, "--bits", help="Sample format: 16 or 24-bit integer (wav, flac) or 32-bit float (wav only). Ignored for mp3."),
@@ -431,7 +498,7 @@ def separate_command(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs: auto = CUDA, else MPS, else CPU."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model in bfloat16 autocast (meant for GPUs; outputs differ slightly from float32)."),
 ) -> None:
-    """Separate songs into bass, drums, vocals and other: INPUT... -> OUT/<track>/<stem>.wav.
+    """Separate songs into the model's stems (bass, drums, vocals and other for the published models): INPUT... -> OUT/<track>/<stem>.wav.
 
     Songs are read and stems written in blocks, so memory does not grow with the song's length. A file that fails is reported and the others are still separated; the exit code is then 1. Input files are never overwritten.
 
@@ -444,7 +511,7 @@ def separate_command(
     try:
         options = ChunkOptions(chunk_s=chunk, hop_s=hop, window=window.value, batch_size=batch_size)
         summary = separate_many(
-            inputs, out, model=model, stems=stem_list, template=filename, ext=fmt.value, bits=bits.value,
+            inputs, out, model=model, stems=stem_list, two_stems=two_stems, template=filename, ext=fmt.value, bits=bits.value,
             sample_rate=sample_rate, skip_existing=skip_existing, options=options, device=device.value,
             bf16=bf16, console=console,
         )
@@ -466,19 +533,20 @@ class Subset(str, Enum):
 
 @app.command("eval")
 def eval_command(
-    musdb: Path = typer.Option(..., "--musdb", help="MUSDB18-HQ root (holding train/ and test/)."),
+    musdb: Optional[Path] = typer.Option(None, "--musdb", help="MUSDB18-HQ root (holding train/ and test/): its four stems."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Instead of --musdb: a prepare-stems or prepare-musdb output folder; its songs of --subset are scored per stem of its stem set, and the model must have those stems."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder: results.jsonl / results.csv per track, summary.md / summary.json, and estimates/ when --model is given (default with --estimates: that folder). Run again with the same --out to resume."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Separate with this model first (a path or a published model name, as in `mixit separate`); stems go to OUT/estimates/<track>/<stem>.wav (float WAV)."),
     estimates: Optional[Path] = typer.Option(None, "--estimates", help="Score existing stems instead: a folder of <track>/<stem>.wav (any audio format)."),
-    subset: Subset = typer.Option(Subset.test, "--subset", help="MUSDB18-HQ subset: test (the paper's 50 tracks), valid (the standard 14) or train."),
+    subset: Subset = typer.Option(Subset.test, "--subset", help="Subset: test (MUSDB18-HQ: the paper's 50 tracks), valid (the standard 14, or the held-out ones) or train."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Processes scoring tracks in parallel (0: score in this process)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs (with --model)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for separation (with --model)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Chunks per forward pass (with --model; default: 4 on a GPU, 1 on the CPU)."),
 ) -> None:
-    """Score separations on MUSDB18-HQ: cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean), as the paper's Table 1.
+    """Score separations on MUSDB18-HQ (--musdb) or any prepared stems folder (--data): cSDR (museval BSSEval v4, median) and uSDR (paper and MDX21 variants, mean) per stem, as the paper's Table 1.
 
-    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged; so are estimates of another length than the reference (scored on the reference's length).
+    Give --model to separate the tracks first (12 s chunks, 6 s hop), or --estimates to score stems that exist. A stem a song lacks is silence in its reference, so its scores are left out. Results are written per track as they are computed, so an interrupted run resumes. Silent stems are scored as the README's "Evaluation: silent stems" defines and are flagged; so are estimates of another length than the reference (scored on the reference's length).
 
     One command writes a results folder at a time: a second one is refused, naming the first (docs/reliability.md). Ctrl-C, SIGTERM or SIGUSR1 stop at once, leaving no partial file.
     """
@@ -486,7 +554,7 @@ def eval_command(
 
     try:
         evaluate_musdb(
-            musdb, out, model=model, estimates=estimates, subset=subset.value, workers=workers,
+            musdb, out, data=data, model=model, estimates=estimates, subset=subset.value, workers=workers,
             device=device.value, bf16=bf16, batch_size=batch_size, console=console,
         )
     except _user_errors() as e:

@@ -1,10 +1,11 @@
-"""`mixit eval`: scores on MUSDB18-HQ per track and per stem, resumable and in parallel
-processes (docs/method.md §7).
+"""`mixit eval`: scores on MUSDB18-HQ, or on the test songs of any prepared stems folder, per
+track and per stem name, resumable and in parallel processes (docs/method.md §7).
 
 The metrics themselves are :mod:`mixitcli.metrics`; the summary over tracks and its tables are
 :mod:`mixitcli.report`. This module holds the runner (separate with a model or read existing
 estimates, score tracks in worker processes, show progress) and the results folder it fills.
-Records and the CSV list stems in the paper's table order (:data:`mixitcli.report.TABLE_STEMS`).
+Records and the CSV list MUSDB18-HQ's stems in the paper's table order
+(:data:`mixitcli.report.TABLE_STEMS`) and other stem sets in their own order.
 
 Non-finite samples (NaN, infinity) in a reference, an estimate or a mixture to separate are
 replaced by 0 as they are read (:func:`mixitcli.audio.read_blocks`); each file that had any is
@@ -35,9 +36,9 @@ import numpy as np
 from mixitcli.audio import require_ffmpeg
 from mixitcli.lock import folder_lock
 from mixitcli.metrics import METRICS, MUSEVAL_NEEDS, score_arrays
-from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, fmt, markdown_table, print_table, summarise
+from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, fmt, markdown_table, print_table, summarise, table_order
 from mixitcli.signals import STOP_SIGNALS, Interrupted, raise_on_stop
-from mixitcli.stems import STEMS
+from mixitcli.stems import STEMS, describe
 from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
 
 RECORDS, RECORDS_CSV, CONFIG = "results.jsonl", "results.csv", "eval_config.json"
@@ -51,34 +52,43 @@ class EvalError(Exception):
 # -- one track's files ---------------------------------------------------------------------
 
 
-def score_track(name: str, references: Mapping[str, Path], estimates: Mapping[str, Path]) -> dict:
+def score_track(name: str, references: Mapping[str, Path | None], estimates: Mapping[str, Path]) -> dict:
     """Read one track's reference and estimate files and score them (runs in a worker process).
+
+    Args:
+        references: stem -> reference file, in the record's stem order; None for a stem the
+            song lacks (silence, so its scores are left out as for any silent reference).
+        estimates: stem -> estimate file.
 
     Raises:
         EvalError: unreadable files, or sample rates or channel counts that differ.
     """
     started = time.perf_counter()
-    refs, ests, rate = [], [], None
+    stems = tuple(references)
+    refs, ests, rate = {}, {}, None
     nonfinite: dict[str, int] = {}
     lengths: dict[str, dict[str, int]] = {}
-    for stem in TABLE_STEMS:
-        pair = []
-        for path in (references[stem], estimates[stem]):
+    for stem in stems:
+        for found, path in ((refs, references[stem]), (ests, estimates[stem])):
+            if path is None:
+                continue
             data, sr = _read_finite(Path(path), nonfinite)  # (c, t)
             if rate is not None and sr != rate:
                 raise EvalError(f"{path}: {sr} Hz, but the references are {rate} Hz")
             rate = sr
-            pair.append(data)
-        if pair[0].shape[0] != pair[1].shape[0]:
-            raise EvalError(f"{estimates[stem]}: {pair[1].shape[0]} channel(s), the reference has {pair[0].shape[0]}")
-        if pair[1].shape[1] != pair[0].shape[1]:
-            lengths[stem] = {"estimate_samples": pair[1].shape[1], "reference_samples": pair[0].shape[1]}
-        refs.append(pair[0])
-        ests.append(pair[1][:, : pair[0].shape[1]])
-    t = refs[0].shape[1]
-    ests = [np.pad(e, ((0, 0), (0, t - e.shape[1]))) for e in ests]  # the reference's length: cut or zero-padded
+            found[stem] = data
+    first = next(iter(refs.values()), next(iter(ests.values())))
+    c, t = first.shape[0], first.shape[1]
+    for stem in stems:
+        ref = refs.setdefault(stem, np.zeros((c, t)))  # a stem the song lacks: silence
+        if ests[stem].shape[0] != ref.shape[0]:
+            raise EvalError(f"{estimates[stem]}: {ests[stem].shape[0]} channel(s), the reference has {ref.shape[0]}")
+        if ests[stem].shape[1] != t:
+            lengths[stem] = {"estimate_samples": ests[stem].shape[1], "reference_samples": t}
+        est = ests[stem][:, :t]
+        ests[stem] = np.pad(est, ((0, 0), (0, t - est.shape[1])))  # the reference's length: cut or zero-padded
     record = {"track": name, "seconds": round(t / rate, 2)}
-    record.update(score_arrays(np.stack(refs), np.stack(ests), stems=TABLE_STEMS))
+    record.update(score_arrays(np.stack([refs[s] for s in stems]), np.stack([ests[s] for s in stems]), stems=stems))
     if nonfinite:
         record["nonfinite"] = nonfinite
     if lengths:
@@ -112,8 +122,9 @@ class ResultsFolder:
     """OUT/results.jsonl (the truth, one line per track, appended as computed), OUT/results.csv
     (the same as a table), OUT/summary.{json,md}, OUT/eval_config.json (what is evaluated)."""
 
-    def __init__(self, out: Path, config: dict):
+    def __init__(self, out: Path, config: dict, stems: Sequence[str] = TABLE_STEMS):
         self.out = Path(out)
+        self.stems = tuple(stems)
         self.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out)
         cfg_path = self.out / CONFIG
@@ -161,7 +172,7 @@ class ResultsFolder:
     def _row(self, r: dict) -> list:
         row = [r["track"], r.get("seconds")]
         for metric in METRICS:
-            row += [r[metric].get(s) for s in TABLE_STEMS]
+            row += [r[metric].get(s) for s in self.stems]
         flags = [f"{s}: {f}" for s, f in r.get("flags", {}).items()]
         flags += [f"{s}: {length_note(n)}" for s, n in r.get("length_mismatch", {}).items()]
         return row + ["; ".join(flags)]
@@ -169,7 +180,7 @@ class ResultsFolder:
     def _rewrite_csv(self) -> None:
         with open(self.out / RECORDS_CSV, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["track", "seconds"] + [f"{m}_{s}" for m in METRICS for s in TABLE_STEMS] + ["flags"])
+            writer.writerow(["track", "seconds"] + [f"{m}_{s}" for m in METRICS for s in self.stems] + ["flags"])
             writer.writerows(self._row(r) for r in self.records)
 
     def add(self, record: dict) -> None:
@@ -184,7 +195,7 @@ class ResultsFolder:
         self.records.append(record)
 
     def finish(self, **meta) -> dict:
-        summary = summarise(sorted(self.records, key=lambda r: r["track"]), **meta)
+        summary = summarise(sorted(self.records, key=lambda r: r["track"]), stems=self.stems, **meta)
         atomic_write_text(self.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
         atomic_write_text(self.out / SUMMARY_MD, markdown_table(summary))
         return summary
@@ -207,6 +218,13 @@ def musdb_tracks(root: str | Path, subset: str) -> list:
     from mixitcli.data.musdb import scan_musdb
 
     return scan_musdb(root, subset)
+
+
+def data_tracks(data: str | Path, subset: str) -> tuple[list, tuple[str, ...]]:
+    """The songs of ``subset`` of a prepared stems folder, and its stems (DataError when unusable)."""
+    from mixitcli.data.prepared import load_prepared_tracks, prepared_stems
+
+    return load_prepared_tracks(data, subset), prepared_stems(data)
 
 
 def find_estimates(folder: Path, tracks: Sequence, stems: Sequence[str] = STEMS) -> dict[str, dict[str, Path]]:
@@ -236,9 +254,10 @@ def find_estimates(folder: Path, tracks: Sequence, stems: Sequence[str] = STEMS)
 
 
 def evaluate_musdb(
-    musdb: str | Path,
+    musdb: str | Path | None,
     out: str | Path | None = None,
     *,
+    data: str | Path | None = None,
     model: str | None = None,
     estimates: str | Path | None = None,
     subset: str = "test",
@@ -248,14 +267,16 @@ def evaluate_musdb(
     batch_size: int | None = None,
     console=None,
 ) -> dict:
-    """`mixit eval`: separate MUSDB18-HQ with ``model`` (into OUT/estimates) or read
-    ``estimates``, score every track, write per-track results as they come and the summary.
+    """`mixit eval`: separate MUSDB18-HQ, or a prepared stems folder's songs, with ``model`` (into
+    OUT/estimates) or read ``estimates``, score every track per stem, write per-track results as
+    they come and the summary.
 
-    Tracks already in OUT/results.jsonl are skipped (resume); separated tracks whose four
-    stems exist are not separated again.
+    Tracks already in OUT/results.jsonl are skipped (resume); separated tracks whose stems
+    all exist are not separated again.
 
     Args:
-        musdb: the MUSDB18-HQ root.
+        musdb: the MUSDB18-HQ root (its four stems), or None with ``data``.
+        data: a prepared stems folder (prepare-stems, prepare-musdb): its songs and its stems.
         out: results folder (None: the ``estimates`` folder; needed with ``model``).
         model: model path or published name (exclusive with ``estimates``).
         estimates: folder of ``<track>/<stem>.wav``.
@@ -268,7 +289,8 @@ def evaluate_musdb(
         The summary (also in OUT/summary.json and OUT/summary.md).
 
     Raises:
-        EvalError: bad arguments, missing estimates, a results folder of another evaluation.
+        EvalError: bad arguments, missing estimates, a results folder of another evaluation, a
+            model whose stems are not the data's (both named).
         MissingFFmpegError: ffmpeg/ffprobe are not on PATH (museval cannot be imported).
         LockError: another command is writing into OUT.
         Interrupted: a stop signal arrived (what was scored is kept).
@@ -276,34 +298,42 @@ def evaluate_musdb(
     require_ffmpeg(MUSEVAL_NEEDS)
     if (model is None) == (estimates is None):
         raise EvalError("give exactly one of --model (separate, then score) and --estimates (score existing stems)")
+    if (musdb is None) == (data is None):
+        raise EvalError("give exactly one of --musdb MUSDB18HQ (a MUSDB18-HQ tree) and --data DIR (a prepared stems folder)")
     if out is None and estimates is None:
         raise EvalError("--out is needed with --model (the separated stems and the results go there)")
     out = Path(out if out is not None else estimates)
-    tracks = musdb_tracks(musdb, subset)
+    if data is not None:
+        tracks, stems = data_tracks(data, subset)
+        config = {"data": str(Path(data).expanduser().resolve()), "stems": list(stems), "subset": subset, "model": model,
+                  "estimates": str(estimates) if estimates else None}
+    else:  # the keys of the evaluations made before stem sets, so that their folders resume
+        tracks, stems = musdb_tracks(musdb, subset), STEMS
+        config = {"musdb": str(Path(musdb).expanduser().resolve()), "subset": subset, "model": model, "estimates": str(estimates) if estimates else None}
     with raise_on_stop():
         try:
             with folder_lock(out):
-                return _evaluate(musdb, out, tracks, model=model, estimates=estimates, subset=subset, workers=workers,
-                                 device=device, bf16=bf16, batch_size=batch_size, console=console)
+                return _evaluate(out, tracks, stems, config, data=data, model=model, estimates=estimates, subset=subset,
+                                 workers=workers, device=device, bf16=bf16, batch_size=batch_size, console=console)
         except Interrupted as e:
             raise Interrupted(e.signum, f"{e}. No partial file is left; the tracks scored so far are in {out / RECORDS}: "
                                         "run the same command again to score the rest.") from None
 
 
-def _evaluate(musdb, out: Path, tracks, *, model, estimates, subset, workers, device, bf16, batch_size, console) -> dict:
+def _evaluate(out: Path, tracks, stems, config, *, data, model, estimates, subset, workers, device, bf16, batch_size,
+              console) -> dict:
     """:func:`evaluate_musdb`'s work, holding OUT's lock."""
     if model is not None:  # OUT/estimates is written by this command only, under OUT's lock
         remove_stale_temporaries(out / ESTIMATES, recursive=True, locked=True)
-    config = {"musdb": str(Path(musdb).expanduser().resolve()), "subset": subset, "model": model, "estimates": str(estimates) if estimates else None}
-    results = ResultsFolder(out, config)
+    separate = _separator(model, stems, device=device, bf16=bf16, batch_size=batch_size, console=console) if model else None
+    order = table_order(stems)
+    results = ResultsFolder(out, config, order)
     todo = [t for t in tracks if t.name not in results.done()]
-    refs = {t.name: {s: t.path(s) for s in STEMS} for t in todo}
+    refs = {t.name: {s: t.path(s) for s in order} for t in todo}
     if estimates is not None:
-        est_paths = find_estimates(Path(estimates), todo)
-        separate = None
+        est_paths = find_estimates(Path(estimates), todo, stems)
     else:
-        est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in STEMS} for t in todo}
-        separate = _separator(model, device=device, bf16=bf16, batch_size=batch_size, console=console)
+        est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in stems} for t in todo}
     progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn(), initializer=_ignore_stop_signals) if workers > 0 else None
     pending: dict[Future, str] = {}
@@ -332,7 +362,8 @@ def _evaluate(musdb, out: Path, tracks, *, model, estimates, subset, workers, de
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         progress.stop()
-    summary = results.finish(model=model, estimates=str(estimates) if estimates else None, subset=subset)
+    meta = {"data": config["data"]} if data is not None else {}
+    summary = results.finish(model=model, estimates=str(estimates) if estimates else None, subset=subset, **meta)
     if console is not None:
         print_table(summary, console)
     return summary
@@ -375,17 +406,24 @@ def _record(results: ResultsFolder, record: dict, progress) -> None:
         progress.warn(f"{record['track']}: estimates of another length than their references, scored on the reference's length ({notes})")
 
 
-def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
-    """A function (track, outputs, progress) that writes a track's four stems with the model."""
+def _separator(spec: str, stems: tuple[str, ...], *, device: str, bf16: bool, batch_size: int, console):
+    """A function (track, outputs, progress) that writes a track's stems with the model.
+
+    Raises:
+        EvalError: the model's stems are not the data's (issue 21): both lists named.
+    """
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
     from mixitcli.separate import ChunkOptions, pick_device, separate_file
 
     torch_device = pick_device(device)
     net = load_model(resolve_model(spec, progress=console is not None)).to(torch_device).eval()
-    missing = [s for s in STEMS if s not in net.stems]
-    if missing:
-        raise EvalError(f"{spec}: the model outputs {', '.join(net.stems)}, but evaluation needs {', '.join(STEMS)}")
+    if set(net.stems) != set(stems):
+        raise EvalError(
+            f"{spec}: the model outputs the stems {describe(net.stems)}, but the data's stems are {describe(stems)}; "
+            "evaluate a model fine-tuned on these stems (its run's --data), or data prepared with the model's stems "
+            f"(`mixit prepare-stems ROOT --out DIR --stems {','.join(net.stems)}`)"
+        )
     options = ChunkOptions(batch_size=batch_size)
 
     def run(track, outputs: dict[str, Path], progress) -> None:
@@ -415,7 +453,7 @@ class _Progress:
         self.sep.advance(info="")
 
     def scored(self, record: dict) -> None:
-        csdr = " ".join(f"{s[:1].upper()}{fmt(record['csdr'][s])}" for s in TABLE_STEMS)
+        csdr = " ".join(f"{s[:1].upper()}{fmt(v)}" for s, v in record["csdr"].items())
         self.score.advance(info=f"{record['track'][:30]}: cSDR {csdr}")
 
     def warn(self, text: str) -> None:

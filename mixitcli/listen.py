@@ -5,8 +5,9 @@ Inputs (each optionally named ``LABEL=PATH``, as in `mixit report`):
 - a `mixit separate` output folder: every folder holding audio files is a track, every file
   in it a stem (``mixture.*`` is the track's mixture); any number of stems per track, so the
   12 outputs of a MixIT model (``out0`` ... ``out11``) work;
-- a `mixit eval` results folder (it holds ``eval_config.json``): the estimates, the per-track
-  scores, and the MUSDB18-HQ mixture and reference stems named by its configuration.
+- a `mixit eval` results folder (it holds ``eval_config.json``): the estimates of its stems
+  (MUSDB18-HQ's four, or the stem set of the prepared folder it scored), the per-track scores,
+  and the mixture and reference stems named by its configuration.
 
 Several inputs are shown side by side, track by track (matched by track name), for A/B
 listening. For each track the page has a player, a spectrogram and the integrated loudness
@@ -47,8 +48,7 @@ from mixitcli.data.errors import with_problems
 from mixitcli.evaluate import CONFIG, ESTIMATES, RECORDS
 from mixitcli.listen_page import CODECS, DB_RANGE, MIXTURE, REFERENCE, stem_order
 from mixitcli.lock import LOCK_NAME, folder_lock
-from mixitcli.report import SUMMARY_JSON
-from mixitcli.report import TABLE_STEMS as STEMS  # the paper's table order
+from mixitcli.report import SUMMARY_JSON, TABLE_STEMS, table_order
 from mixitcli.signals import Interrupted, raise_on_stop
 from mixitcli.storage import atomic_write_text, atomic_write_with, diagnose_write_failure, remove_stale_temporaries, temp_path
 
@@ -87,6 +87,7 @@ class Source:
         references: track name -> stem -> reference file (eval only).
         records: track name -> the per-track record of results.jsonl (eval only).
         summary: summary.json (eval only; None when the evaluation did not finish).
+        stems: the evaluated stems (eval only), in table order.
     """
 
     label: str
@@ -97,6 +98,7 @@ class Source:
     references: dict[str, dict[str, Path]] = field(default_factory=dict)
     records: dict[str, dict] = field(default_factory=dict)
     summary: dict | None = None
+    stems: tuple[str, ...] = TABLE_STEMS
 
 
 def _split_label(spec: str) -> tuple[str, Path]:
@@ -130,12 +132,12 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
     """A `mixit eval` results folder: estimates, per-track records, summary, references.
 
     Args:
-        musdb: where MUSDB18-HQ is now (None: the path in eval_config.json).
+        musdb: where MUSDB18-HQ (or the prepared stems folder scored) is now (None: the path in
+            eval_config.json).
 
     Returns:
         (source, problems): problems name what is missing and how to fix it.
     """
-    from mixitcli.data.musdb import MusdbTrack
 
     problems: list[str] = []
     try:
@@ -146,7 +148,8 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
     if not label:
         model = (summary or {}).get("model") or config.get("model") or folder.name
         label = Path(str(model)).name or str(model)
-    source = Source(label, folder, "eval", summary=summary)
+    stems = tuple((summary or {}).get("stems") or config.get("stems") or TABLE_STEMS)
+    source = Source(label, folder, "eval", summary=summary, stems=table_order(stems))
     if (folder / RECORDS).is_file():
         for line in (folder / RECORDS).read_text().splitlines():
             try:
@@ -157,26 +160,43 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
     if not source.records:
         problems.append(f"{folder}: no scored track in {RECORDS}; run `mixit eval` into it first")
     estimates = _estimates_folder(folder, config)
-    root = Path(musdb if musdb is not None else config["musdb"]).expanduser()
+    root = Path(musdb if musdb is not None else (config.get("data") or config["musdb"])).expanduser()
     if not root.is_dir():
-        problems.append(f"{folder}: the references are in {root} (from {CONFIG}), which does not exist; give --musdb PATH (where MUSDB18-HQ is now)")
-    split = "test" if config.get("subset", "test") == "test" else "train"
+        problems.append(f"{folder}: the references are in {root} (from {CONFIG}), which does not exist; give --musdb PATH (where it is now)")
+    tracks = _reference_tracks(root, config, list(source.records), problems) if root.is_dir() else {}
     for name in source.records:
-        found = {s: _find_audio(estimates / name, s) for s in STEMS}
+        found = {s: _find_audio(estimates / name, s) for s in source.stems}
         missing = [s for s, p in found.items() if p is None]
         if missing:
             problems.append(f"{estimates / name}: no estimate of {', '.join(missing)}")
             continue
         source.tracks[name] = found
-        if root.is_dir():
-            track = MusdbTrack(name=name, subset=config.get("subset", "test"), folder=root / split / name)
-            refs = {s: track.path(s) for s in (MIXTURE, *STEMS)}
-            absent = [p.name for p in refs.values() if not p.is_file()]
+        if name in tracks:  # a stem the song lacks (silence) has no reference to play
+            refs = {s: tracks[name].path(s) for s in (MIXTURE, *source.stems) if tracks[name].path(s) is not None}
+            absent = [str(p) for p in refs.values() if not p.is_file()]
             if absent:
-                problems.append(f"{track.folder}: no {', '.join(absent)} (references of {folder}); give --musdb PATH")
+                problems.append(f"{name}: no {', '.join(absent)} (references of {folder}); give --musdb PATH")
             source.mixtures[name] = refs.pop(MIXTURE)
             source.references[name] = refs
     return source, problems
+
+
+def _reference_tracks(root: Path, config: dict, names: list[str], problems: list[str]) -> dict:
+    """Track name -> its song (``.path(source)``) in MUSDB18-HQ or the prepared folder that was scored."""
+    from mixitcli.data.errors import DataError
+    from mixitcli.data.musdb import MusdbTrack
+
+    subset = config.get("subset", "test")
+    if config.get("data"):
+        from mixitcli.data.prepared import load_prepared_tracks
+
+        try:
+            return {t.name: t for t in load_prepared_tracks(root, subset)}
+        except DataError as e:
+            problems.append(str(e))
+            return {}
+    split = "test" if subset == "test" else "train"
+    return {n: MusdbTrack(name=n, subset=subset, folder=root / split / n) for n in names}
 
 
 def _estimates_folder(folder: Path, config: dict) -> Path:
@@ -470,7 +490,7 @@ def read_selection_counts(path: Path) -> dict:
     if "selected" in d and "stems" in d:
         by_stem = dict(zip(d["stems"], d["selected"]))
     else:
-        by_stem = d.get("by_stem") or {k: v for k, v in d.items() if k in STEMS}
+        by_stem = d.get("by_stem") or {k: v for k, v in d.items() if k in TABLE_STEMS}
     if not by_stem or not all(isinstance(v, int) for v in by_stem.values()):
         raise ListenError(f"{path}: not a selection JSON (from `mixit select-channels`, or the official inst_head.json)")
     counts = {i: dict(zip(d["stems"], row)) for i, row in enumerate(d["counts"])} if "counts" in d and "stems" in d else {}

@@ -28,13 +28,13 @@ DB_RANGE = 80.0
 
 
 def stem_order(names) -> list[str]:
-    """The four MUSDB stems in Table order, then other names in natural order (out2 before out10)."""
+    """The four MUSDB stems in Table order, then other names in natural order (out2 before out10):
+    the rows of a track, and the columns of the score tables when evaluations differ in stems."""
     known = [s for s in STEMS if s in names]
     rest = sorted((n for n in names if n not in STEMS), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
     return known + rest
 
 
-COLUMNS = list(STEMS) + ["average"]
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
 
 CSS = """
@@ -113,9 +113,14 @@ def _td(x) -> str:
     return f'<td data-v="{x:.6g}">{_num(x)}</td>' if ok else '<td data-v="">–</td>'
 
 
+def columns(evals) -> list[str]:
+    """The score tables' columns: every evaluated stem (:func:`stem_order`), then the average."""
+    return stem_order({s for e in evals for s in e.stems}) + ["average"]
+
+
 def _track_average(record: dict, metric: str) -> float | None:
-    values = [record[metric].get(s) for s in STEMS]
-    return None if any(v is None for v in values) else sum(values) / len(values)
+    values = list(record[metric].values())
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
 
 def _lufs(value: float | None, x_is_silent: bool) -> str:
@@ -130,17 +135,17 @@ def _lufs(value: float | None, x_is_silent: bool) -> str:
 
 def summary_table(evals) -> str:
     """Rows: evaluations; columns: cSDR and uSDR per stem and average (as `mixit report`)."""
-    metrics = ("csdr", "usdr")
+    metrics, cols = ("csdr", "usdr"), columns(evals)
     heads = ['<th data-col="0" data-type="text">model</th><th data-col="1" data-type="number">tracks</th>']
     col = 2
     for m in metrics:
-        for c in COLUMNS:
+        for c in cols:
             heads.append(f'<th data-col="{col}" data-type="number">{SHORT[m]} {c.capitalize()}</th>')
             col += 1
     rows = []
     for s in evals:
         cells = [f"<td>{escape(s.label)}</td>", f'<td data-v="{s.summary.get("tracks", 0)}">{s.summary.get("tracks", "–")}</td>']
-        cells += [_td(s.summary[m].get(c)) for m in metrics for c in COLUMNS]
+        cells += [_td(s.summary[m].get(c)) for m in metrics for c in cols]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
         '<table class="sortable" id="summary-table"><thead><tr>' + "".join(heads) + "</tr></thead><tbody>"
@@ -150,12 +155,12 @@ def summary_table(evals) -> str:
 
 def scores_table(evals, pages) -> str:
     """Rows: tracks (linked to their section); per evaluation cSDR and uSDR of each stem and their mean."""
-    metrics = ("csdr", "usdr")
-    group = ['<th rowspan="1"></th>'] + [f'<th colspan="{len(metrics) * len(COLUMNS)}" style="text-align:center">{escape(s.label)}</th>' for s in evals]
+    metrics, cols = ("csdr", "usdr"), columns(evals)
+    group = ['<th rowspan="1"></th>'] + [f'<th colspan="{len(metrics) * len(cols)}" style="text-align:center">{escape(s.label)}</th>' for s in evals]
     heads, col = ['<th data-col="0" data-type="text">track</th>'], 1
     for _ in evals:
         for m in metrics:
-            for c in COLUMNS:
+            for c in cols:
                 heads.append(f'<th data-col="{col}" data-type="number">{SHORT[m]} {c[:1].upper() + c[1:3] if c != "average" else "Avg"}</th>')
                 col += 1
     rows = []
@@ -164,7 +169,7 @@ def scores_table(evals, pages) -> str:
         for s in evals:
             record = s.records.get(page.name)
             for m in metrics:
-                for c in COLUMNS:
+                for c in cols:
                     value = None if record is None else (_track_average(record, m) if c == "average" else record[m].get(c))
                     cells.append(_td(value))
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -17,7 +17,8 @@ says (docs/method.md §9):
 - ``freeze`` anywhere: the separator was frozen (Table 2).
 
 Published model names (:mod:`mixitcli.registry`) say all of this. Results that say nothing
-appear only in the "All results" table.
+appear only in the "All results" table. Results of other stems than MUSDB18-HQ's four (issue 21)
+get that generic table alone, one column per stem (a summary records its stems).
 """
 
 from __future__ import annotations
@@ -33,9 +34,26 @@ import numpy as np
 from mixitcli.metrics import METRICS
 
 TABLE_STEMS: tuple[str, ...] = ("vocals", "bass", "drums", "other")
-"""The paper's table order (Table 1), used wherever results are written or printed; models
-output :data:`mixitcli.stems.STEMS`."""
+"""The paper's table order (Table 1), used wherever MUSDB18-HQ results are written or printed;
+models output :data:`mixitcli.stems.STEMS`."""
 COLUMNS = list(TABLE_STEMS) + ["average"]
+"""The columns of a MUSDB18-HQ table; a summary of other stems has its own (:func:`columns`)."""
+
+
+def table_order(stems) -> tuple[str, ...]:
+    """The order results list stems in: the paper's Table 1 order for MUSDB18-HQ's four stems,
+    otherwise the stem set's own order (issue 21)."""
+    return TABLE_STEMS if set(stems) == set(TABLE_STEMS) else tuple(stems)
+
+
+def summary_stems(summary: dict) -> tuple[str, ...]:
+    """The stems of an evaluation's summary (MUSDB18-HQ's, for a summary written before stem sets)."""
+    return tuple(summary.get("stems") or TABLE_STEMS)
+
+
+def columns(summary: dict) -> list[str]:
+    """The table columns of one summary: its stems and the average."""
+    return list(summary_stems(summary)) + ["average"]
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 """The summary files of a `mixit eval` results folder (written by :mod:`mixitcli.evaluate`, read here)."""
 PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), docs/method.md §9
@@ -53,21 +71,26 @@ class ReportError(Exception):
 # -- the summary of one evaluation -----------------------------------------------------------
 
 
-def summarise(records: Iterable[dict], **meta) -> dict:
-    """Per stem: median cSDR and mean uSDRs over tracks (NaN/None left out); Average over stems."""
+def summarise(records: Iterable[dict], *, stems: Sequence[str] = TABLE_STEMS, **meta) -> dict:
+    """Per stem: median cSDR and mean uSDRs over tracks (NaN/None left out); Average over stems.
+
+    Args:
+        stems: the evaluated stems, in table order (:func:`table_order`); recorded as ``stems``.
+    """
     records = list(records)
     summary = dict(meta)
     summary["tracks"] = len(records)
+    summary["stems"] = list(stems)
     for metric in METRICS:
         per_stem = {}
-        for stem in TABLE_STEMS:
+        for stem in stems:
             values = np.array([r[metric][stem] for r in records if r[metric].get(stem) is not None], dtype=np.float64)
             if values.size == 0:
                 per_stem[stem] = None
             else:
                 per_stem[stem] = float(np.median(values) if metric == "csdr" else np.mean(values))
         done = [v for v in per_stem.values() if v is not None]
-        per_stem["average"] = float(np.mean(done)) if len(done) == len(TABLE_STEMS) else None
+        per_stem["average"] = float(np.mean(done)) if len(done) == len(stems) else None
         summary[metric] = per_stem
     summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
     summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
@@ -82,9 +105,10 @@ def fmt(x: float | None) -> str:
 
 def markdown_table(summary: dict) -> str:
     """The paper's Table 1 layout for one model: rows are metrics, columns the stems and Average."""
-    lines = ["| metric | " + " | ".join(c.capitalize() for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    cols = columns(summary)
+    lines = ["| metric | " + " | ".join(c.capitalize() for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for metric, label in METRICS.items():
-        lines.append(f"| {label} | " + " | ".join(fmt(summary[metric][c]) for c in COLUMNS) + " |")
+        lines.append(f"| {label} | " + " | ".join(fmt(summary[metric][c]) for c in cols) + " |")
     note = f"\n{summary['tracks']} tracks"
     if summary.get("flagged"):
         note += f"; {len(summary['flagged'])} stem(s) flagged (silent), see summary.json"
@@ -97,12 +121,13 @@ def print_table(summary: dict, console) -> None:
     """The table of :func:`markdown_table` on a rich console (what `mixit eval` prints)."""
     from rich.table import Table
 
-    table = Table(title=f"{summary.get('model') or summary.get('estimates')} on MUSDB18-HQ {summary.get('subset', '')} ({summary['tracks']} tracks)")
+    on = summary.get("data") or "MUSDB18-HQ"
+    table = Table(title=f"{summary.get('model') or summary.get('estimates')} on {on} {summary.get('subset', '')} ({summary['tracks']} tracks)")
     table.add_column("metric")
-    for c in COLUMNS:
+    for c in columns(summary):
         table.add_column(c.capitalize(), justify="right")
     for metric, label in METRICS.items():
-        table.add_row(label, *(fmt(summary[metric][c]) for c in COLUMNS))
+        table.add_row(label, *(fmt(summary[metric][c]) for c in columns(summary)))
     console.print(table)
     if summary.get("flagged"):
         console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
@@ -161,18 +186,19 @@ def load_result(spec: str) -> Result:
     return Result(label, summary, size, pretrain, freeze)
 
 
-def _cells(summary: dict, metric: str) -> list[str]:
-    return [fmt(summary[metric].get(c)) for c in COLUMNS]
+def _cells(summary: dict, metric: str, cols: Sequence[str]) -> list[str]:
+    return [fmt(summary[metric].get(c)) for c in cols]
 
 
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
 
 
-def _table(rows: Sequence[tuple[str, Result | None]], *, metrics: Sequence[str] = ("csdr", "usdr")) -> str:
-    head = "| model | " + " | ".join(f"{SHORT[m]} {c.capitalize()}" for m in metrics for c in COLUMNS) + " |"
-    lines = [head, "|---" * (1 + len(COLUMNS) * len(metrics)) + "|"]
+def _table(rows: Sequence[tuple[str, Result | None]], *, metrics: Sequence[str] = ("csdr", "usdr"),
+           cols: Sequence[str] = COLUMNS) -> str:
+    head = "| model | " + " | ".join(f"{SHORT[m]} {c.capitalize()}" for m in metrics for c in cols) + " |"
+    lines = [head, "|---" * (1 + len(cols) * len(metrics)) + "|"]
     for name, result in rows:
-        cells = [c for m in metrics for c in (_cells(result.summary, m) if result else ["–"] * len(COLUMNS))]
+        cells = [c for m in metrics for c in (_cells(result.summary, m, cols) if result else ["–"] * len(cols))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -188,9 +214,24 @@ def _label(r: Result | None, fallback: str) -> str:
     return f"{fallback} ({r.label})" if r else fallback
 
 
+def report_columns(results: Sequence[Result]) -> list[str]:
+    """The stems of all results in one order (the first result's first, then new ones), and the average."""
+    stems: list[str] = []
+    for r in results:
+        stems += [s for s in summary_stems(r.summary) if s not in stems]
+    return list(COLUMNS) if set(stems) == set(TABLE_STEMS) else stems + ["average"]
+
+
 def build_report(results: Sequence[Result]) -> str:
-    """The Markdown report: all results, then Tables 1–3 where the results fill them."""
-    out = ["# MUSDB18-HQ results\n", "cSDR: museval BSSEval v4, median over tracks; uSDR: mean over tracks (paper: per-channel; MDX21: both channels). README, 'Evaluation'.\n"]
+    """The Markdown report: all results, then Tables 1–3 where the results fill them. Results of
+    other stems than MUSDB18-HQ's four get the generic table of all results only (issue 21)."""
+    cols = report_columns(results)
+    note = "cSDR: museval BSSEval v4, median over tracks; uSDR: mean over tracks (paper: per-channel; MDX21: both channels). README, 'Evaluation'.\n"
+    if cols != COLUMNS:
+        stems = ", ".join(cols[:-1])
+        return "\n".join(["# Results\n", f"Stems: {stems}; Average: their mean. {note}", "## All results\n",
+                          _table([(r.label, r) for r in results], metrics=tuple(METRICS), cols=cols)])
+    out = ["# MUSDB18-HQ results\n", note]
     out += ["## All results\n", _table([(r.label, r) for r in results], metrics=tuple(METRICS))]
     table1 = []
     for size, letter in (("small", "S"), ("medium", "M"), ("large", "L")):
@@ -228,7 +269,8 @@ def bar_charts(results: Sequence[Result], out_dir: Path) -> list[Path]:
     y = np.arange(len(results))[::-1]  # first result on top
     metrics = ("csdr", "usdr", "usdr_mdx")
     height = 0.8 / len(metrics)
-    for column in COLUMNS:
+    cols = report_columns(results)
+    for column in cols:
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.75 * len(results)))
         for k, metric in enumerate(metrics):
             values = [r.summary[metric].get(column) for r in results]
@@ -237,7 +279,7 @@ def bar_charts(results: Sequence[Result], out_dir: Path) -> list[Path]:
             ax.bar_label(bars, labels=["–" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
         ax.set_yticks(y, [r.label for r in results], fontsize=8)
         ax.set_xlabel("dB")
-        ax.set_title(f"{column.capitalize()} on MUSDB18-HQ")
+        ax.set_title(f"{column.capitalize()} on MUSDB18-HQ" if cols == COLUMNS else column.capitalize())
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.5 + 0.4 * len(results))), ncol=3, frameon=False)
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.12)

@@ -1,17 +1,24 @@
-"""Channel selection (docs/method.md §6): which of the 12 MixIT outputs becomes which stem.
+"""Channel selection (docs/method.md §6): which of the 12 MixIT outputs becomes which stem, for
+any stem set of 1 to 12 stems (issue 21; MUSDB18-HQ's four by default).
 
 1. Cut each validation song into 6 s chunks (6 s hop; the last chunk ends at the song's end,
    as the official recipe; chunks whose mixture is digital silence are skipped).
 2. Separate each chunk with the pre-trained model and find the assignment of distinct
    outputs to the chunk's active stems (those not all-zero) that maximises the mean SNR on
-   the first channel (the official evaluate_snr_pit).
-3. For each stem, count how often each output was assigned to it; pick the most frequent.
-   When two stems pick the same output, the distinct outputs with the largest total count
-   are chosen instead, and the conflict is reported.
+   the first channel (the official evaluate_snr_pit; :func:`best_assignment`).
+3. For each stem, count how often each output was assigned to it. The outputs chosen are the
+   assignment of distinct outputs to the stems that maximises the total count over all stems
+   (:func:`best_assignment` on the counts; ties: the first stem, in the stem order, takes the
+   lowest output index, then the next stem, and so on). When every stem's most frequent output
+   is a different one, that is the choice; when two stems share their most frequent output,
+   the conflict is reported.
 4. A stem with no vote at all (silent in every chunk of the validation songs, issue 10) has
    no evidence: it gets, among the outputs no other stem took, the one that matched the other
    stems least often (ties: the lowest index), and a warning naming it and the fix is printed,
    stored in the selection JSON (``unmatched``, ``warnings``) and printed again by fine-tuning.
+
+The report says per stem how many chunks it was active in, which share of them its output won,
+and the runner-up output and its share, so that a choice made from one song shows how sure it is.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ from pathlib import Path
 import torch
 
 from mixitcli.model import BSLocoformer
-from mixitcli.stems import STEMS
+from mixitcli.stems import STEMS, describe
 
 
 class SelectionError(Exception):
-    """A selection file is missing, malformed or does not fit the model."""
+    """A selection file is missing, malformed or does not fit the model or the data."""
 
 
 @dataclass
@@ -37,7 +44,7 @@ class Selection:
     """Result of channel selection.
 
     Attributes:
-        stems: the stem order of ``selected`` (bass, drums, vocals, other).
+        stems: the stem order of ``selected`` (the data's stems, e.g. bass, drums, vocals, other).
         selected: output index per stem.
         counts: (n_outputs x n_stems) how often each output was the best match of each stem.
         chunks: number of chunks that voted.
@@ -46,6 +53,9 @@ class Selection:
         unmatched: stems that no chunk voted for (silent in all validation songs); their
             outputs are a stated guess, not evidence.
         warnings: what the user must know about this selection (one per unmatched stem).
+        report: per stem, {"stem", "active_chunks", "output", "share", "runner_up", "runner_up_share"}:
+            the chunks in which it was active, its output and the share of those chunks that output
+            won, and the next most frequent output (None when no other output won any).
     """
 
     stems: list[str]
@@ -56,6 +66,7 @@ class Selection:
     checkpoint: str = ""
     unmatched: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    report: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -73,24 +84,40 @@ def chunk_starts(length: int, chunk: int) -> list[int]:
     return starts
 
 
-def best_assignment(snr: torch.Tensor) -> tuple[int, ...]:
-    """Distinct outputs for the stems maximising the summed SNR.
+def best_assignment(scores: torch.Tensor) -> tuple[int, ...]:
+    """Distinct outputs for the stems maximising the summed score: an exact assignment solver.
+
+    Ties between assignments of the same total go to the lexicographically smallest one: the
+    first stem takes the lowest output index it can while the total stays maximal, then the
+    second, and so on (what taking the first maximum over all permutations in order would give).
+    Dynamic programming over the sets of outputs used: at most 2^n states (4,096 for 12 outputs).
 
     Args:
-        snr: (n_outputs, r) SNR of each output against each of r stems.
+        scores: (n_outputs, r) score of each output for each of r <= n_outputs stems (SNRs in
+            dB, or counts).
 
     Returns:
         r output indices, one per stem.
     """
-    n, r = snr.shape
-    perms = _permutations(n, r)  # (K, r)
-    totals = snr[perms, torch.arange(r)].sum(-1)  # (K,)
-    return tuple(perms[int(totals.argmax())].tolist())
+    n, r = scores.shape
+    if r > n:
+        raise ValueError(f"{r} stems cannot get distinct outputs of a model with {n} outputs")
+    s = scores.tolist()
 
+    @functools.lru_cache(maxsize=None)
+    def best(j: int, used: int) -> float:
+        """The largest total of stems j.. with the outputs in the bit set ``used`` taken."""
+        if j == r:
+            return 0
+        return max(s[o][j] + best(j + 1, used | 1 << o) for o in range(n) if not used >> o & 1)
 
-@functools.lru_cache(maxsize=None)
-def _permutations(n: int, r: int) -> torch.Tensor:
-    return torch.tensor(list(itertools.permutations(range(n), r)), dtype=torch.long).view(-1, r)
+    picks, used = [], 0
+    for j in range(r):  # the same sums as in best(), so the maximum is met exactly
+        target = best(j, used)
+        o = next(o for o in range(n) if not used >> o & 1 and s[o][j] + best(j + 1, used | 1 << o) == target)
+        picks.append(o)
+        used |= 1 << o
+    return tuple(picks)
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -102,32 +129,35 @@ def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Ten
 UNMATCHED_RULE = "the unused output that matched the other stems least often (ties: the lowest index)"
 
 
-def resolve(counts: torch.Tensor) -> tuple[list[int], list[str]]:
-    """Per stem the most frequent output; distinct outputs with the largest total on a tie-up.
+def resolve(counts: torch.Tensor, stems: tuple[str, ...] | None = None) -> tuple[list[int], list[str]]:
+    """The outputs of the stems: distinct ones with the largest total count (:func:`best_assignment`).
 
-    Stems with no vote at all (a column of zeros) take no part in that; each then gets
-    :data:`UNMATCHED_RULE`'s output among those left (in stem order).
+    When every stem's most frequent output is a different one, that is the answer; when two
+    stems share their most frequent output, the conflict is noted. Stems with no vote at all (a
+    column of zeros) take no part in that; each then gets :data:`UNMATCHED_RULE`'s output among
+    those left (in stem order).
 
     Args:
         counts: (n_outputs, n_stems) votes; at least one stem has some.
+        stems: the stem names, for the notes (default: VDBO for 4 stems, else numbers).
 
     Returns:
         (output per stem, notes on conflicts).
     """
     n_outputs, n_stems = counts.shape
-    name = (lambda j: STEMS[j]) if n_stems == len(STEMS) else str
+    stems = stems or (STEMS if n_stems == len(STEMS) else tuple(str(j) for j in range(n_stems)))
     voted = [j for j in range(n_stems) if counts[:, j].sum() > 0]
-    wanted = counts[:, voted].argmax(0).tolist()  # per voted stem
+    favourite = counts[:, voted].argmax(0).tolist()  # per voted stem
+    wanted = list(best_assignment(counts[:, voted]))
     conflicts = []
-    if len(set(wanted)) < len(voted):
-        for out in sorted(set(wanted)):
-            who = [name(j) for j, w in zip(voted, wanted) if w == out]
+    if len(set(favourite)) < len(voted):
+        for out in sorted(set(favourite)):
+            who = [stems[j] for j, w in zip(voted, favourite) if w == out]
             if len(who) > 1:
                 conflicts.append(f"output {out} is the most frequent match of {', '.join(who)}")
-        wanted = list(best_assignment(counts[:, voted].double()))
         conflicts.append(
             "resolved by choosing distinct outputs with the largest total count: "
-            + ", ".join(f"{name(j)} -> {o}" for j, o in zip(voted, wanted))
+            + ", ".join(f"{stems[j]} -> {o}" for j, o in zip(voted, wanted))
         )
     selected = dict(zip(voted, wanted))
     totals = counts.sum(1).tolist()  # (n_outputs,) votes for any stem
@@ -145,34 +175,61 @@ def unmatched_warning(stem: str, output: int) -> str:
     )
 
 
+def stem_report(counts: torch.Tensor, selected: list[int], stems: tuple[str, ...]) -> list[dict]:
+    """Per stem: chunks where it was active, its output's share of them, and the runner-up.
+
+    Every active stem of a voting chunk is given exactly one output, so a stem's active chunks
+    are its column sum. The runner-up is the other output that won most of them (ties: the
+    lowest index), None when no other output won any.
+    """
+    rows = []
+    for j, stem in enumerate(stems):
+        column = counts[:, j].tolist()
+        active, out = sum(column), selected[j]
+        others = [o for o in range(len(column)) if o != out and column[o] > 0]
+        runner = min(others, key=lambda o: (-column[o], o)) if others else None
+        rows.append({
+            "stem": stem, "active_chunks": active, "output": out,
+            "share": round(column[out] / active, 4) if active else None,
+            "runner_up": runner, "runner_up_share": round(column[runner] / active, 4) if runner is not None else None,
+        })
+    return rows
+
+
 @torch.no_grad()
 def select_channels(
     model: BSLocoformer,
     songs,
     *,
+    stems: tuple[str, ...] = STEMS,
     chunk_seconds: float = 6.0,
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     progress=None,
 ) -> Selection:
-    """Run channel selection over ``songs``: an iterable of (name, mixture (c, t), stems (4, c, t))
-    with stems in the order bass, drums, vocals, other."""
-    n = model.config.n_outputs
-    if n < len(STEMS):
-        raise SelectionError(f"the model has {n} outputs; selection needs at least {len(STEMS)}")
+    """Run channel selection over ``songs``: an iterable of (name, mixture (c, t), stems (k, c, t))
+    with the k stems in the order of ``stems`` (1 <= k <= the model's outputs).
+
+    Raises:
+        SelectionError: more stems than outputs, no song, or no chunk in which a stem plays.
+    """
+    n, k = model.config.n_outputs, len(stems)
+    if not 1 <= k <= n:
+        raise SelectionError(f"the model has {n} outputs, so it can give at most {n} stems distinct outputs; "
+                             f"the data has {k} ({describe(stems)})")
     model = model.to(device).eval()
     chunk = int(round(chunk_seconds * model.config.sample_rate))
-    counts = torch.zeros(n, len(STEMS), dtype=torch.long)
+    counts = torch.zeros(n, k, dtype=torch.long)
     voted = n_songs = 0
-    for name, mixture, stems in songs:
+    for name, mixture, refs in songs:
         n_songs += 1
-        pieces = [(mixture[:, s : s + chunk], stems[:, :, s : s + chunk]) for s in chunk_starts(mixture.shape[-1], chunk)]
+        pieces = [(mixture[:, s : s + chunk], refs[:, :, s : s + chunk]) for s in chunk_starts(mixture.shape[-1], chunk)]
         pieces = [(m, r) for m, r in pieces if m[0].abs().sum() > 0]  # skip digital silence
         for start in range(0, len(pieces), batch_size):
             mix = torch.stack([m for m, _ in pieces[start : start + batch_size]]).to(device)
             est = model(mix).float().cpu()  # (b, n, c, t)
             for i, (_, ref) in enumerate(pieces[start : start + batch_size]):
-                active = [j for j in range(len(STEMS)) if ref[j].abs().sum() > 0]
+                active = [j for j in range(k) if ref[j].abs().sum() > 0]
                 if not active:
                     continue
                 snr = snr_db(est[i, :, 0], ref[active, 0])  # first channel only: (n, r)
@@ -182,7 +239,7 @@ def select_channels(
         if progress is not None:
             progress(name)
     if n_songs == 0:
-        from mixitcli.data.musdb import NO_VALIDATION_FIX
+        from mixitcli.data.splits import NO_VALIDATION_FIX
 
         raise SelectionError(f"there are no validation songs (the prepared folder's valid.txt lists none); {NO_VALIDATION_FIX}")
     if voted == 0:
@@ -190,32 +247,61 @@ def select_channels(
             f"no chunk with an active stem: the {n_songs} validation song(s) are all silent or shorter than "
             f"--chunk-seconds {chunk_seconds:g}; use longer songs or a shorter --chunk-seconds"
         )
-    selected, conflicts = resolve(counts)
-    unmatched = [j for j in range(len(STEMS)) if counts[:, j].sum() == 0]
+    selected, conflicts = resolve(counts, stems)
+    unmatched = [j for j in range(k) if counts[:, j].sum() == 0]
     return Selection(
-        stems=list(STEMS), selected=selected, counts=counts.tolist(), chunks=voted, conflicts=conflicts,
-        unmatched=[STEMS[j] for j in unmatched], warnings=[unmatched_warning(STEMS[j], selected[j]) for j in unmatched],
+        stems=list(stems), selected=selected, counts=counts.tolist(), chunks=voted, conflicts=conflicts,
+        unmatched=[stems[j] for j in unmatched], warnings=[unmatched_warning(stems[j], selected[j]) for j in unmatched],
+        report=stem_report(counts, selected, stems),
     )
 
 
-def read_selection(path: str | Path, *, n_outputs: int) -> list[int]:
-    """Output indices in the order bass, drums, vocals, other, from a selection JSON.
+def read_selection(path: str | Path, *, n_outputs: int, stems: tuple[str, ...] = STEMS) -> list[int]:
+    """The output of each of ``stems`` (in that order), from a selection JSON.
 
-    Accepts our format (``stems`` + ``selected``) and the official ``inst_head.json``
-    ({"vocals": 3, "bass": 7, ...}).
+    Accepts our format (``stems`` + ``selected``, from `mixit select-channels`) and the official
+    ``inst_head.json`` ({"vocals": 3, "bass": 7, ...}). Anything else is refused with the reason,
+    never a traceback (issue 20): not a JSON object, ``selected`` without ``stems`` (or of
+    another length), an output that is not a whole number, out of range or chosen twice, a stem
+    of the data that the selection does not cover.
+
+    Raises:
+        SelectionError: the message names the file, the problem and how to make a selection.
     """
     path = Path(path)
+    fix = f"make one with `mixit select-channels PRETRAINED --data DIR --out {path}`"
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise SelectionError(f"{path}: cannot read the selection ({e})") from e
-    by_stem = d.get("by_stem") or (dict(zip(d["stems"], d["selected"])) if "selected" in d else d)
-    missing = [s for s in STEMS if s not in by_stem]
+        raise SelectionError(f"{path}: cannot read the selection ({e}); {fix}") from e
+    if not isinstance(d, dict):
+        raise SelectionError(f"{path}: a selection is a JSON object (`mixit select-channels` writes one; the official "
+                             f"inst_head.json is {{\"vocals\": 3, ...}}), not a {type(d).__name__}; {fix}")
+    if "stems" in d or "selected" in d:  # ours
+        names, outputs = d.get("stems"), d.get("selected")
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            raise SelectionError(f"{path}: no \"stems\" list of names beside \"selected\"; {fix}")
+        if not isinstance(outputs, list) or len(outputs) != len(names):
+            raise SelectionError(f"{path}: \"selected\" must list one output per stem of \"stems\" ({len(names)}); {fix}")
+        by_stem = dict(zip(names, outputs))
+    else:  # the official inst_head.json
+        by_stem = d
+    missing = [s for s in stems if s not in by_stem]
     if missing:
-        raise SelectionError(f"{path}: no output chosen for {', '.join(missing)}")
-    keep = [int(by_stem[s]) for s in STEMS]
-    if any(not 0 <= k < n_outputs for k in keep) or len(set(keep)) != len(keep):
-        raise SelectionError(f"{path}: outputs {keep} are not distinct indices of a {n_outputs}-output model")
+        raise SelectionError(
+            f"{path}: no output chosen for {', '.join(missing)}: it selects for {describe(by_stem) or 'no stem'}, and the data's "
+            f"stems are {describe(stems)}; select for this data: `mixit select-channels PRETRAINED --data DIR --out {path}`"
+        )
+    keep = [by_stem[s] for s in stems]
+    head = f"{path}: outputs {keep} are not distinct indices of a {n_outputs}-output model"
+    bad = [f"{s} -> {by_stem[s]!r}" for s in stems if not isinstance(by_stem[s], int) or isinstance(by_stem[s], bool)
+           or not 0 <= by_stem[s] < n_outputs]
+    if bad:
+        raise SelectionError(f"{head}: {', '.join(bad)} is not a whole number from 0 to {n_outputs - 1}; {fix}")
+    twice = sorted({o for o in keep if keep.count(o) > 1})
+    if twice:
+        who = "; ".join(f"output {o} is chosen for {' and '.join(s for s in stems if by_stem[s] == o)}" for o in twice)
+        raise SelectionError(f"{head}: {who}, but each stem needs its own output; {fix}")
     return keep
 
 
@@ -237,7 +323,7 @@ def plot_counts(selection: Selection, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     counts = torch.tensor(selection.counts)
-    fig, ax = plt.subplots(figsize=(4.5, 0.35 * len(counts) + 1.5))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.75 * len(selection.stems), 0.35 * len(counts) + 1.5))
     ax.imshow(counts, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(selection.stems)), selection.stems)
     ax.set_yticks(range(len(counts)), [f"out {i}" for i in range(len(counts))])

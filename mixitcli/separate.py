@@ -42,6 +42,28 @@ class SeparationError(Exception):
     that would overwrite its input); the message says what to change."""
 
 
+def output_groups(model_stems: tuple[str, ...], names: list[str]) -> list[list[int]]:
+    """The model outputs that make each named output file: a stem of the model is its own
+    output; ``no_STEM`` (`mixit separate --two-stems STEM`) is the sum of all the others.
+
+    Raises:
+        SeparationError: a name that is neither.
+    """
+    from mixitcli.stems import COMPLEMENT
+
+    groups, unknown = [], []
+    for name in names:
+        if name in model_stems:
+            groups.append([model_stems.index(name)])
+        elif name.startswith(COMPLEMENT) and name[len(COMPLEMENT):] in model_stems:
+            groups.append([i for i, s in enumerate(model_stems) if s != name[len(COMPLEMENT):]])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise SeparationError(f"unknown stem(s) {unknown}: this model outputs {', '.join(model_stems)}")
+    return groups
+
+
 @dataclass(frozen=True)
 class ChunkOptions:
     """How a long input is cut for the model.
@@ -351,7 +373,8 @@ def separate_file(
     Args:
         model: a BS-Locoformer in eval mode.
         source: the mixture file (any format :func:`mixitcli.audio.read_blocks` decodes).
-        outputs: stem name (from ``model.stems``) -> file to write; the suffix sets the format.
+        outputs: stem name (from ``model.stems``, or ``no_STEM``: the sum of the other outputs) -> file
+            to write; the suffix sets the format.
         options: chunking (:class:`ChunkOptions`).
         device, bf16: as :class:`ChunkedSeparator`.
         sample_rate: rate of the written stems in Hz (None: the input's).
@@ -369,9 +392,7 @@ def separate_file(
     started = time.perf_counter()
     source = Path(source)
     outputs = {stem: Path(p) for stem, p in outputs.items()}
-    unknown = [s for s in outputs if s not in model.stems]
-    if unknown:
-        raise SeparationError(f"unknown stem(s) {unknown}: this model outputs {', '.join(model.stems)}")
+    groups = output_groups(tuple(model.stems), list(outputs))  # output indices summed into each file
     for path in outputs.values():
         if path.exists() and source.exists() and path.resolve() == source.resolve():
             raise SeparationError(f"{path}: refusing to overwrite the input file with a stem")
@@ -381,11 +402,10 @@ def separate_file(
     mono = meta.channels == 1
     model_rate = model.config.sample_rate
     out_rate = sample_rate or meta.sample_rate
-    keep = [model.stems.index(s) for s in outputs]  # output indices to write
     separator = ChunkedSeparator(model, options=options, device=device, bf16=bf16)
     to_model = _Resampler(meta.sample_rate, model_rate, meta.channels)
-    from_model = _Resampler(model_rate, out_rate, len(keep) * meta.channels)
-    held = np.zeros((len(keep) * meta.channels, 0), dtype=np.float32)  # (k*c_out, <= HOLD_BACK)
+    from_model = _Resampler(model_rate, out_rate, len(groups) * meta.channels)
+    held = np.zeros((len(groups) * meta.channels, 0), dtype=np.float32)  # (k*c_out, <= HOLD_BACK)
     n_in = 0
     separated = 0
 
@@ -397,7 +417,7 @@ def separate_file(
         def write(y: torch.Tensor, last: bool = False) -> None:
             nonlocal held, separated
             separated += y.shape[-1]
-            y = y[keep]  # (k, 2, t)
+            y = torch.stack([y[g].sum(0) for g in groups])  # (n, 2, t) -> (k, 2, t): a stem, or the others' sum
             if mono:
                 y = y.mean(dim=1, keepdim=True)  # (k, 1, t)
             stems = from_model(y.reshape(y.shape[0] * y.shape[1], y.shape[-1]).numpy(), last=last)  # (k*c_out, t')

@@ -110,6 +110,26 @@ def test_stems_occupy_their_registers(seed):
     assert max(share(s, 4000, SR / 2) for s in ("bass", "vocals", "other")) < 0.05
 
 
+def test_a_guitar_song_adds_a_picked_line_in_its_sections_and_keeps_the_other_stems():
+    """`make demo-stems`' fifth instrument (issue 21): the same song with a guitar stem that plays only
+    in verses, choruses and the outro; the four other stems are the guitar-less song's up to the
+    common master gain, and the guitar's energy lies in its register (82 Hz to a few kHz)."""
+    plain, song = synthesize_song(2, 12.0), synthesize_song(2, 12.0, guitar=True)
+    assert list(song.stems) == [*STEMS, "guitar"]
+    gains = [np.abs(song.stems[s]).max() / np.abs(plain.stems[s]).max() for s in STEMS]
+    for name, gain in zip(STEMS, gains):
+        np.testing.assert_allclose(song.stems[name], plain.stems[name] * gain, atol=1e-6)
+    assert max(gains) - min(gains) < 1e-5
+    guitar = song.stems["guitar"]
+    power = np.mean(np.square(guitar, dtype=np.float64))
+    for section in song.sections:
+        part = guitar[:, section.stop - (section.stop - section.start) // 4 : section.stop]
+        assert (db(part, power) > -25) == (section.kind in ("verse", "chorus", "outro")), section.kind
+    f = np.fft.rfftfreq(guitar.shape[1], 1 / SR)
+    spectrum = np.abs(np.fft.rfft(guitar[0])) ** 2
+    assert spectrum[(f > 75) & (f < 4000)].sum() / spectrum.sum() > 0.9
+
+
 # --------------------------------------------------------------------------- int16 stems
 
 

@@ -1,6 +1,8 @@
 """Channel selection with odd validation songs (issue 10, items 6 and 7), through the real CLI:
 a stem silent in every validation song is warned about, recorded, chosen by a stated rule and
-warned about again by finetune; no validation songs at all is said plainly, with the fix."""
+warned about again by finetune; no validation songs at all is said plainly, with the fix.
+The assignment rule for k stems on constructed counts (issue 21), and malformed selection files
+given to finetune (issue 20)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 from mixitcli.cli import app
 from mixitcli.data.musdb import VALIDATION_TRACKS
 from mixitcli.model import build_model, model_to_dict
-from mixitcli.selection import resolve
+from mixitcli.selection import best_assignment, resolve, stem_report
 from tests.data.conftest import noise, write
 
 runner = CliRunner()
@@ -33,6 +35,26 @@ def test_a_stem_without_votes_gets_the_least_matched_unused_output():
     counts[:, 1] = 0  # drums without votes too: free outputs 1, 2, 3, 5 now have 1, 0, 0, 3 votes
     chosen, _ = resolve(counts)
     assert chosen == [0, 2, 3, 4]  # in stem order: drums -> 2, vocals -> 3 (fewest votes, then lowest index)
+
+
+def test_the_outputs_chosen_maximise_the_total_count_not_each_stem_in_turn():
+    """Outputs x stems. Stem 0's favourite is output 0 (10 votes), and so is stem 1's (10 votes, its
+    only strong one): taking the stems in turn gives stem 0 output 0 and stem 1 output 1, a total
+    of 11; the rule gives stem 0 output 1 and stem 1 output 0, a total of 19."""
+    counts = torch.tensor([[10, 10, 0], [9, 1, 0], [0, 0, 4], [0, 0, 4]])
+    chosen, notes = resolve(counts, ("guitar", "piano", "rest"))
+    assert chosen == [1, 0, 2]  # rest: outputs 2 and 3 tie at 4 votes, the lowest index wins
+    assert notes == ["output 0 is the most frequent match of guitar, piano",
+                     "resolved by choosing distinct outputs with the largest total count: guitar -> 1, piano -> 0, rest -> 2"]
+    ties = torch.tensor([[3, 3], [3, 3], [3, 3]])  # every assignment totals 6: the first stem takes the lowest output
+    assert best_assignment(ties) == (0, 1) and resolve(ties)[0] == [0, 1]
+    twelve = torch.eye(12, dtype=torch.long).flip(0) * 5 + 1  # 12 stems: stem j's output is 11 - j
+    assert best_assignment(twelve) == tuple(range(11, -1, -1))
+    assert stem_report(counts, chosen, ("guitar", "piano", "rest")) == [
+        {"stem": "guitar", "active_chunks": 19, "output": 1, "share": round(9 / 19, 4), "runner_up": 0, "runner_up_share": round(10 / 19, 4)},
+        {"stem": "piano", "active_chunks": 11, "output": 0, "share": round(10 / 11, 4), "runner_up": 1, "runner_up_share": round(1 / 11, 4)},
+        {"stem": "rest", "active_chunks": 8, "output": 2, "share": 0.5, "runner_up": 3, "runner_up_share": 0.5},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +125,26 @@ def test_no_validation_songs_says_so_and_how_to_make_some(setup, tmp_path):
     assert "there are no validation songs" in text and "too short or silent" not in text
     assert "mixit prepare-musdb ROOT --out DIR" in text and "--valid-tracks N" in text
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_malformed_selection_is_one_clear_error(setup, tmp_path):
+    """Issue 20: each of these gave finetune a traceback (or silently a wrong slice)."""
+    cases = {
+        "list": ([3, 1, 2, 0], "a selection is a JSON object"),
+        "text": ("vocals", "a selection is a JSON object"),
+        "no stems": ({"selected": [0, 1, 2, 3]}, 'no "stems" list of names beside "selected"'),
+        "out of range": ({"stems": ["bass", "drums", "vocals", "other"], "selected": [0, 1, 2, 9]},
+                         "outputs [0, 1, 2, 9] are not distinct indices of a 6-output model: other -> 9 is not a whole number from 0 to 5"),
+        "repeated": ({"bass": 1, "drums": 1, "vocals": 2, "other": 3}, "output 1 is chosen for bass and drums"),
+        "other stems": ({"stems": ["guitar", "rest"], "selected": [0, 1]},
+                        "no output chosen for bass, drums, vocals, other: it selects for guitar, rest"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        result = runner.invoke(app, ["finetune", "--data", str(setup["prep"]), "--out", str(tmp_path / "run"), "--init", str(setup["model"]),
+                                     "--selection", str(path), "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output)
+        text = flat(result.output)
+        assert expected in text and f"mixit select-channels PRETRAINED --data DIR --out {path}" in text, (name, text)
+    assert not (tmp_path / "run" / "checkpoints").exists()

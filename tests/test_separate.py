@@ -211,3 +211,28 @@ def test_memory_does_not_grow_with_the_song(tmp_path):
         assert sf.info(tmp_path / f"out{seconds}.wav").frames == seconds * SR
     # Holding the extra 336 s in memory would take about 590 MB (input + 4 stems, float32).
     assert peaks[360] - peaks[24] < 16, peaks
+
+
+def test_two_stems_with_a_published_four_stem_model(official, tmp_path):
+    """`mixit separate --two-stems vocals` (issue 21) with the authors' model format: vocals.wav is the
+    vocals output, no_vocals.wav the sum of bass, drums and other, as written by a plain run."""
+    from typer.testing import CliRunner
+
+    from mixitcli.cli import app
+
+    runner = CliRunner()
+    song = tmp_path / "song.wav"
+    sf.write(song, _tone(1.0, SR, 2).T, SR)
+    model = str(official.folder("tiny4"))
+    common = [str(song), "--model", model, "--device", "cpu", "--bits", "float"]
+    plain = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "four")])
+    two = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "two"), "--two-stems", "vocals"])
+    assert plain.exit_code == 0 and two.exit_code == 0, plain.output + two.output
+    assert sorted(p.name for p in (tmp_path / "two" / "song").iterdir()) == ["no_vocals.wav", "vocals.wav"]
+    four = {s: sf.read(tmp_path / "four" / "song" / f"{s}.wav")[0] for s in ("bass", "drums", "vocals", "other")}
+    np.testing.assert_array_equal(sf.read(tmp_path / "two" / "song" / "vocals.wav")[0], four["vocals"])
+    np.testing.assert_allclose(sf.read(tmp_path / "two" / "song" / "no_vocals.wav")[0], four["bass"] + four["drums"] + four["other"], atol=1e-6)
+    wrong = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "x"), "--two-stems", "guitar"])
+    assert wrong.exit_code == 1 and isinstance(wrong.exception, SystemExit)
+    assert "--two-stems guitar: this model outputs bass, drums, vocals, other; name one of them" in " ".join(wrong.output.split())
+    assert not (tmp_path / "x").exists()

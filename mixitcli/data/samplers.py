@@ -16,14 +16,14 @@ Datasets:
   different tracks; the first is rescaled so that the level difference is uniform in
   [-5, 5] dB. ``refs`` (m=2, c=2, t); the model input is ``refs.sum(0)``.
   ``MixtureOfMixtures.validation`` gives the held-out version.
-- :class:`DynamicMixing` (fine-tuning, docs/method.md §2.2): stems (n=4, c=2, t) drawn independently
-  from the salient segments of MUSDB18-HQ; the mixture is ``stems.sum(0)``.
-- :class:`MusdbValidation`: whole MUSDB tracks, (name, mixture (c, t), stems (n, c, t)).
+- :class:`DynamicMixing` (fine-tuning, docs/method.md §2.2): stems (n, c=2, t) drawn independently
+  from the salient segments of a prepared stems folder (MUSDB18-HQ's four, or any stem set of
+  `mixit prepare-stems`); the mixture is ``stems.sum(0)``.
+- :class:`MusdbValidation`: whole songs of a prepared folder, (name, mixture (c, t), stems (n, c, t)).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,8 @@ from torch.utils.data import Dataset, Sampler
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.errors import PreparedDataError
 from mixitcli.data.manifest import SegmentIndex
-from mixitcli.data.musdb import load_prepared_tracks
-from mixitcli.stems import STEMS
+from mixitcli.data.prepared import load_prepared_tracks, prepared_stems, read_salient
+from mixitcli.stems import describe
 
 DEFAULT_DM_EPOCH = 110 * 32
 """Dynamic-mixing epoch: 110 steps of batch 32 (docs/method.md §5)."""
@@ -184,7 +184,7 @@ def stem_level(x: np.ndarray, norm: str) -> float:
 
 
 class DynamicMixing(Dataset):
-    """Dynamic mixing of MUSDB18-HQ stems from a `mixit prepare-musdb` folder (docs/method.md §2.2).
+    """Dynamic mixing of the stems of a `mixit prepare-stems` / `prepare-musdb` folder (docs/method.md §2.2).
 
     ``ds[i]``: for each stem an independent salient segment (so stems usually come from
     different songs); each stem dropped (zeros) with probability ``p_dropout``, redrawn until
@@ -193,10 +193,10 @@ class DynamicMixing(Dataset):
     zero stem stays zero); each scaled by an independent gain uniform in ``gain_db``.
 
     Args:
-        prep_dir: the prepared MUSDB folder (salient/<stem>.jsonl).
+        prep_dir: the prepared stems folder (salient/<stem>.jsonl).
         segment_seconds: crop length in seconds.
         seed: the seed of every example.
-        stems: stem names and their output order.
+        stems: stem names and their output order (None: the folder's stem set, in its order).
         p_dropout: probability of dropping each stem, in [0, 1).
         gain_db: (low, high) of the per-stem gain in dB.
         epoch_size: nominal epoch size (default 110 steps x batch 32).
@@ -212,7 +212,7 @@ class DynamicMixing(Dataset):
         *,
         segment_seconds: float = 6.0,
         seed: int = 0,
-        stems: tuple[str, ...] = STEMS,
+        stems: tuple[str, ...] | None = None,
         p_dropout: float = 0.05,
         gain_db: tuple[float, float] = (-10.0, 10.0),
         epoch_size: int = DEFAULT_DM_EPOCH,
@@ -221,9 +221,11 @@ class DynamicMixing(Dataset):
         if stem_norm not in STEM_NORMS:
             raise ValueError(f"stem_norm must be one of {STEM_NORMS}, got {stem_norm!r}")
         self.stem_norm = stem_norm
-        unknown = [s for s in stems if s not in STEMS]
+        have = prepared_stems(prep_dir)
+        stems = have if stems is None else tuple(stems)
+        unknown = [s for s in stems if s not in have]
         if unknown or len(set(stems)) != len(stems) or not stems:
-            raise ValueError(f"stems must be distinct names out of {STEMS}, got {stems}")
+            raise ValueError(f"stems must be distinct names of the folder's stems {describe(have)}, got {describe(stems)}")
         if not 0.0 <= p_dropout < 1.0:
             raise ValueError(f"p_dropout must be in [0, 1), got {p_dropout}")
         self.stems, self.seed, self.p_dropout = tuple(stems), seed, float(p_dropout)
@@ -238,21 +240,19 @@ class DynamicMixing(Dataset):
             raise PreparedDataError(f"{prep_dir}: a {segment_seconds} s crop is longer than the salient segments ({self.segment_length} samples)")
 
     def _load(self, prep_dir: Path, stem: str) -> tuple[np.ndarray, int]:
-        path = prep_dir / "salient" / f"{stem}.jsonl"
-        if not path.is_file():
-            raise PreparedDataError(f"{prep_dir}: no salient/{stem}.jsonl; run `mixit prepare-musdb ROOT --out {prep_dir}`")
         ids: dict[str, int] = {p: i for i, p in enumerate(self.paths)}
         rows, lengths = [], set()
-        with open(path) as f:
-            for line in f:
-                r = json.loads(line)
-                if r["path"] not in ids:
-                    ids[r["path"]] = len(self.paths)
-                    self.paths.append(r["path"])
-                rows.append((ids[r["path"]], r["start"]))
-                lengths.add(r["length"])
+        for path, start, length in read_salient(prep_dir, stem):  # checked line by line (issue 20)
+            if path not in ids:
+                ids[path] = len(self.paths)
+                self.paths.append(path)
+            rows.append((ids[path], start))
+            lengths.add(length)
         if not rows:
-            raise PreparedDataError(f"{path}: no salient segment for {stem}; dynamic mixing needs at least one")
+            raise PreparedDataError(
+                f"{prep_dir}/salient/{stem}.jsonl: no salient segment for {stem} (it is silent or shorter than 8 s in every "
+                "training song); dynamic mixing needs at least one: add training songs in which it plays"
+            )
         return np.array(rows, dtype=np.int64), min(lengths)
 
     def __len__(self) -> int:
@@ -296,15 +296,19 @@ class DynamicMixing(Dataset):
 
 
 class MusdbValidation(Dataset):
-    """Whole MUSDB18-HQ tracks of a prepared folder (validation by default, or test).
+    """Whole songs of a prepared stems folder (validation by default, or test).
+
+    Args:
+        stems: the stems to return, in this order (None: the folder's stem set).
 
     Returns (``ds[i]``):
-        (name, mixture float32 (c, t), stems float32 (n, c, t) in the order of ``stems``).
+        (name, mixture float32 (c, t), stems float32 (n, c, t) in the order of ``stems``;
+        a stem the song lacks is zeros).
     """
 
-    def __init__(self, prep_dir: str | Path, *, subset: str = "valid", stems: tuple[str, ...] = STEMS) -> None:
+    def __init__(self, prep_dir: str | Path, *, subset: str = "valid", stems: tuple[str, ...] | None = None) -> None:
         self.tracks = load_prepared_tracks(prep_dir, subset)
-        self.stems = tuple(stems)
+        self.stems = tuple(stems) if stems is not None else prepared_stems(prep_dir)
 
     def __len__(self) -> int:
         return len(self.tracks)

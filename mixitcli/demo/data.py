@@ -10,6 +10,7 @@ two datasets the pipeline reads (docs/method.md §2), from songs of :mod:`mixitc
   (``OUT/musdb/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``), 16-bit
   stereo 44.1 kHz WAV like the real dataset, with the mixture the exact integer sum of the
   stems; a few training songs carry standard validation names so the validation split exists.
+  With ``guitar``, every song has a fifth stem, ``guitar.wav`` (`make demo-stems`, issue 21).
 
 Everything follows from the seed: the same options write the same files (bit for bit, except
 that Ogg streams carry a random serial number; their audio is identical).
@@ -29,7 +30,7 @@ import numpy as np
 from mixitcli import audio
 from mixitcli.audio import SAMPLE_RATE
 from mixitcli.data.musdb import SOURCES, VALIDATION_TRACKS
-from mixitcli.demo.synth import synthesize_song
+from mixitcli.demo.synth import GUITAR, synthesize_song
 from mixitcli.progress import Progress
 from mixitcli.storage import atomic_write_text
 
@@ -172,9 +173,10 @@ def _track_names(seed: int, n: int, taken: set[str]) -> list[str]:
 
 def make_musdb(
     out_dir: str | Path, n_train: int, n_test: int, seconds: float, seed: int, *, n_valid: int = 3,
-    on_song: Callable[[str], None] | None = None,
+    guitar: bool = False, on_song: Callable[[str], None] | None = None,
 ) -> dict:
-    """Write a MUSDB18-HQ-layout set: ``out_dir/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``.
+    """Write a MUSDB18-HQ-layout set: ``out_dir/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``
+    (and ``guitar.wav`` with ``guitar``).
 
     Stereo 44.1 kHz 16-bit WAV; each mixture is the exact sum of its stems' samples (see
     :func:`exact_sum_int16`). The first ``n_valid`` training songs are named after standard
@@ -188,6 +190,7 @@ def make_musdb(
         seconds: length of each song in seconds (> 0; prepare-musdb needs >= 8 to find segments).
         seed: the set's seed.
         n_valid: how many training songs carry validation names (0 .. min(n_train, 14)).
+        guitar: every song gets a fifth stem, a plucked guitar-like line (:func:`synthesize_song`).
         on_song: called with each written track's "split/name".
 
     Returns:
@@ -203,22 +206,24 @@ def make_musdb(
         "train": list(VALIDATION_TRACKS[:n_valid]) + names[: n_train - n_valid],
         "test": names[n_train - n_valid :],
     }
+    sources = SOURCES + ((GUITAR,) if guitar else ())
     for kind, (split, tracks) in enumerate(splits.items(), start=1):
         for i, name in enumerate(tracks):
-            song = synthesize_song(_song_seed(seed, kind, i), seconds, SAMPLE_RATE)
-            stems, mixture = exact_sum_int16(np.stack([song.stems[s] for s in SOURCES[1:]]))
+            song = synthesize_song(_song_seed(seed, kind, i), seconds, SAMPLE_RATE, guitar=guitar)
+            stems, mixture = exact_sum_int16(np.stack([song.stems[s] for s in sources[1:]]))
             folder = out_dir / split / name
-            for source, data in zip(SOURCES, [mixture, *stems]):
+            for source, data in zip(sources, [mixture, *stems]):
                 _write_pcm16(folder / f"{source}.wav", data, SAMPLE_RATE)
             if on_song:
                 on_song(f"{split}/{name}")
     tracks = {"train": splits["train"][n_valid:], "valid": splits["train"][:n_valid], "test": splits["test"]}
-    return {"root": str(out_dir), "songs": n_train + n_test, "seconds": (n_train + n_test) * seconds, "tracks": tracks}
+    return {"root": str(out_dir), "songs": n_train + n_test, "seconds": (n_train + n_test) * seconds, "tracks": tracks,
+            "stems": list(sources[1:])}
 
 
 def make_demo_data(
     out: str | Path, *, songs: int = 40, musdb_train: int = 12, musdb_test: int = 4, musdb_valid: int | None = None,
-    seconds: float = 30.0, seed: int = 0, overwrite: bool = False, progress: bool = True,
+    seconds: float = 30.0, seed: int = 0, guitar: bool = False, overwrite: bool = False, progress: bool = True,
 ) -> dict:
     """Write both demo datasets: ``out/unlabeled/`` (:func:`make_unlabeled`) and ``out/musdb/`` (:func:`make_musdb`).
 
@@ -231,6 +236,7 @@ def make_demo_data(
             ``n_train``, ``n_test``, ...). The defaults make 20 min of unlabeled music and 16
             MUSDB-like songs, in about 30 s on one core.
         musdb_valid: ``n_valid`` of :func:`make_musdb` (None: min(3, musdb_train // 2), so train keeps songs).
+        guitar: the MUSDB-layout songs get a fifth stem, guitar.wav (:func:`make_musdb`).
         overwrite: replace out/unlabeled and out/musdb when a previous run left them.
         progress: show the progress bar (:mod:`mixitcli.progress`) on stderr.
 
@@ -260,7 +266,8 @@ def make_demo_data(
     for p in existing:
         shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed}
+    options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed,
+               "guitar": guitar}
     atomic_write_text(out / MARKER, json.dumps({"complete": False, "options": options}, indent=2))
     began = time.perf_counter()
     with Progress(enabled=progress) as display:
@@ -270,7 +277,7 @@ def make_demo_data(
             bar.advance(info=label)
 
         unlabeled = make_unlabeled(targets[0], songs, seconds, seed, on_song=advance)
-        musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, on_song=advance)
+        musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, guitar=guitar, on_song=advance)
         bar.update(info="")  # the final line counts the songs; it names none
     summary = {
         "complete": True, "options": options, "out": str(out), "seed": seed, "seconds_per_song": seconds,
@@ -288,7 +295,8 @@ def describe(summary: dict) -> str:
     t = m["tracks"]
     lines = [
         f"unlabeled: {u['songs']} songs of {summary['seconds_per_song']:g} s in {u['dir']} ({formats}; {rates})",
-        f"musdb: {len(t['train'])} train + {len(t['valid'])} valid (in train/) + {len(t['test'])} test songs in {m['root']}",
+        f"musdb: {len(t['train'])} train + {len(t['valid'])} valid (in train/) + {len(t['test'])} test songs in {m['root']}"
+        + (f" (stems: {', '.join(m['stems'])})" if GUITAR in m.get("stems", []) else ""),
         f"took {summary['elapsed_s']:.1f} s. Next: mixit prepare-fma --audio-dir {u['dir']} --out ...; mixit prepare-musdb {m['root']} --out ...",
     ]
     if summary["seconds_per_song"] < 10:

@@ -12,7 +12,11 @@ groove, outro) that switches stems off: no vocals or bass in the intro, no drums
   (a bright wavetable crossfading into a dark one);
 - vocals: a monophonic melody with glides, delayed vibrato, vowel formants (harmonic
   amplitudes shaped by F1-F3 of a, e, i, o, u; diphthongs), breath and consonant noise;
-- other: detuned stereo pads, plucked arpeggios and/or rhythmic chord stabs.
+- other: detuned stereo pads, plucked arpeggios and/or rhythmic chord stabs;
+- guitar (only with ``guitar=True``, for `make demo-stems`, issue 21): a fifth instrument in its
+  own stem, a plucked guitar-like line picking chord tones in a rhythm (harmonics of a string
+  plucked near one end, the higher ones dying away faster, with a touch of inharmonicity and
+  pick noise), playing in verses, choruses and the outro only.
 
 Each song draws its own timbres, pans, room (a noise reverb), echo and levels from its seed,
 so songs differ. Oscillators are band-limited wavetables (no aliasing) rendered per note with
@@ -21,6 +25,7 @@ numpy; a 30 s song takes about 0.3 s on one core. Audio is float (c, t), channel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -38,6 +43,11 @@ SECTION_STEMS = {
     "outro": ("drums", "bass", "other"),
 }
 """Which stems play in each kind of section: every stem is off in at least one kind."""
+GUITAR = "guitar"
+GUITAR_SECTIONS = ("verse", "chorus", "outro")
+"""Where the guitar of a ``guitar=True`` song plays: it is silent in intros, breaks and grooves."""
+_PICKING = ((0, 2, 4, 6, 8, 10, 12, 14), (0, 3, 6, 8, 11, 14), (0, 2, 3, 6, 8, 10, 11, 14), (0, 4, 6, 8, 12, 14))
+"""Picking rhythms of the guitar, 16th-note steps of a bar."""
 _CYCLE = ("verse", "break", "chorus", "groove", "verse", "chorus")
 
 _SCALES = {
@@ -78,8 +88,8 @@ class Song:
     """A synthesised song.
 
     Attributes:
-        stems: name (vocals, drums, bass, other) -> float32 (c=2, t) at ``sample_rate``, peaks
-            below 1 together (the mixture does not clip).
+        stems: name (bass, drums, vocals, other, and guitar when asked for) -> float32 (c=2, t)
+            at ``sample_rate``, peaks below 1 together (the mixture does not clip).
         sample_rate: in Hz.
         tempo_bpm: beats per minute (4 beats a bar).
         key: e.g. "F# dorian".
@@ -95,7 +105,7 @@ class Song:
     @property
     def mixture(self) -> np.ndarray:
         """The sum of the stems, float32 (2, t)."""
-        return np.sum([self.stems[s] for s in STEMS], axis=0, dtype=np.float32)
+        return np.sum(list(self.stems.values()), axis=0, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- signal helpers
@@ -464,6 +474,48 @@ def _other(rng: np.random.Generator, p: _Plan) -> np.ndarray:
     return out
 
 
+def _pluck(rng: np.random.Generator, f0: float, n_gate: int, sr: int, brightness: float, position: float) -> np.ndarray:
+    """One plucked-string note of ``n_gate`` samples plus a short damping release; (n,).
+
+    Harmonic k has the amplitude of a string plucked at ``position`` of its length
+    (|sin(pi k position)| / k) and dies away at a rate growing with k^2, so the note starts
+    bright and mellows; the partials are slightly stretched (inharmonicity) and the pick adds
+    2 ms of noise.
+    """
+    n_rel = int(0.015 * sr)
+    t = np.arange(n_gate + n_rel) / sr
+    k = _harmonics(f0 * 1.02, sr, 24)  # (H,)
+    amps = np.abs(np.sin(np.pi * k * position)) / k
+    decay = 2.5 + (k / brightness) ** 2  # per second
+    freq = k * f0 * np.sqrt(1 + 2e-4 * k**2)
+    phase = rng.random(len(k))
+    partials = np.sin(2 * np.pi * (freq[:, None] * t[None] + phase[:, None])) * np.exp(-decay[:, None] * t[None])  # (H, n)
+    note = (amps[:, None] * partials).sum(axis=0)
+    attack = int(0.002 * sr)
+    note[:attack] += 0.3 * rng.standard_normal(attack) * np.linspace(1, 0, attack)
+    note[n_gate:] *= np.linspace(1.0, 0.0, n_rel)  # the next pick damps the string
+    return note
+
+
+def _guitar(rng: np.random.Generator, p: _Plan) -> np.ndarray:
+    """A picked guitar line on the chord tones (root, fifth, octave, third) in its sections; (2, n)."""
+    sr = p.sr
+    rhythm = _PICKING[rng.integers(len(_PICKING))]
+    octave = int(rng.choice([2, 3]))
+    brightness, position = rng.uniform(6, 14), rng.uniform(0.08, 0.22)
+    order = (0, 4, 7, 2) if rng.random() < 0.5 else (0, 2, 4, 7)  # scale steps above the chord root
+    out = np.zeros(p.n)
+    onsets = [s for s in range(p.n_steps) if s % 16 in rhythm and p.plays(GUITAR, s)]
+    for i, s in enumerate(onsets):
+        nxt = onsets[i + 1] if i + 1 < len(onsets) else s + 4
+        length = min(nxt - s, 6, p.section_end(s) - s)
+        midi = p.pitch(p.chord(s) + order[i % len(order)], octave)
+        midi += 12 if midi < 40 else 0  # nothing below E2, the guitar's lowest string
+        note = _pluck(rng, _hz(midi), int(length * p.step), sr, brightness, position)
+        _add(out, p.at(s), note * rng.uniform(0.7, 1.0))
+    return _pan(out, rng.uniform(-0.6, 0.6))
+
+
 def _room(rng: np.random.Generator, sr: int) -> np.ndarray:
     """A stereo noise reverb: decorrelated channels, -60 dB at its end (so tails end); (2, r)."""
     t60, predelay = rng.uniform(0.4, 1.2), int(rng.uniform(0.005, 0.025) * sr)
@@ -476,13 +528,15 @@ def _room(rng: np.random.Generator, sr: int) -> np.ndarray:
 # --------------------------------------------------------------------------- songs
 
 
-def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE) -> Song:
-    """Synthesise one song with true stems. The same (seed, seconds, sample_rate) gives the same song.
+def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE, *, guitar: bool = False) -> Song:
+    """Synthesise one song with true stems. The same (seed, seconds, sample_rate, guitar) gives the same song.
 
     Args:
         seed: any non-negative integer; different seeds give different tempo, key, timbres, mix.
         seconds: length in seconds (> 0). Below ~10 s a song may not hold every kind of section.
         sample_rate: in Hz.
+        guitar: add a fifth stem, ``guitar`` (a picked line in :data:`GUITAR_SECTIONS`). The
+            four other stems are drawn as without it; only the common master gain differs.
 
     Returns:
         A :class:`Song` with stems float32 (2, round(seconds * sample_rate)).
@@ -494,6 +548,9 @@ def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE) -
         raise ValueError(f"seed must be >= 0 and seconds, sample_rate > 0; got {seed}, {seconds}, {sample_rate}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x50_4E_47]))
     plan, tempo, key = _plan(rng, seconds, sample_rate)
+    if guitar:
+        sections = [dataclasses.replace(x, stems=x.stems + (GUITAR,)) if x.kind in GUITAR_SECTIONS else x for x in plan.sections]
+        plan = dataclasses.replace(plan, sections=sections)
     # One generator per instrument, so that changing one instrument keeps the others.
     *instrument_rngs, mix_rng = rng.spawn(len(STEMS) + 1)
     gens = dict(zip(STEMS, instrument_rngs))
@@ -513,6 +570,11 @@ def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE) -
             x = x + sends[name] * reverb(x.mean(axis=0))
         rms = np.sqrt(np.mean(x**2))
         stems[name] = x / (rms + 1e-12) * 10 ** ((levels_db[name] + mix_rng.uniform(-3, 3)) / 20)
+    if guitar:  # its own generator, so that the other instruments and their mix stay as they are
+        guitar_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x50_4E_47, len(STEMS)]))
+        x = _guitar(guitar_rng, plan)
+        x = x + guitar_rng.uniform(0.1, 0.3) * reverb(x.mean(axis=0))
+        stems[GUITAR] = x / (np.sqrt(np.mean(x**2)) + 1e-12) * 10 ** (guitar_rng.uniform(-5, -1) / 20)
     # Master: a loudness drawn per song (mixture RMS in dBFS), then a common gain keeps peaks < 1.
     mixture = sum(stems.values())
     gain = 10 ** (mix_rng.uniform(-20, -14) / 20) / (np.sqrt(np.mean(mixture**2)) + 1e-12)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mixitcli.stems import STEMS
 from mixitcli.train.options import (
     BATCHES,
     DATA,
@@ -55,8 +56,11 @@ class TrainConfig:
                               "official model folder, or the name of a published model (`mixit models`; e.g. "
                               "mixit.fma-large.bslocoformer-medium.12outputs). Pretrain: continue pre-training from them.",
                               group=DATA, metavar="PATH")
-    selection: str | None = option(None, "select-channels JSON that picks the 4 stems among the 12 outputs of --init.",
-                                   group=DATA, metavar="JSON")
+    selection: str | None = option(None, "select-channels JSON that picks the outputs of --init for the stems of --data "
+                                   "(e.g. 4 of the 12 MixIT outputs).", group=DATA, metavar="JSON")
+    stems: tuple[str, ...] | None = option(None, "The fine-tuned model's stems in output order: those of --data (its "
+                                           "summary.json), recorded when the run starts.", group=DATA, cli=False,
+                                           stages=("finetune", "freeze-finetune"))
     trainable: Literal["all", "encdec"] = option("all", "What trains: all, or encdec (the separator stays frozen).", group=DATA)
     dropout: float = option(0.1, "Dropout of the model (docs/method.md §3).", group=DATA, at_least=0, below=1)
     # -- objective
@@ -123,7 +127,8 @@ class TrainConfig:
 
     @property
     def n_outputs(self) -> int:
-        return 12 if self.loss == "mixit" else 4
+        """12 MixIT outputs for pre-training; one per stem for fine-tuning (VDBO until the data's are known)."""
+        return 12 if self.loss == "mixit" else len(self.stems or STEMS)
 
     @property
     def total_steps(self) -> int:
@@ -189,7 +194,8 @@ class PretrainConfig(TrainConfig):
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """Supervised fine-tuning on MUSDB18-HQ: 4 outputs (bass, drums, vocals, other), batch 32,
+    """Supervised fine-tuning on a prepared stems folder: one output per stem of the data (MUSDB18-HQ:
+    bass, drums, vocals, other), batch 32,
     900 epochs x 110 steps, warm-up 5000 then constant to epoch 550, then x0.98 every 2 epochs."""
 
     stage: Stage = "finetune"

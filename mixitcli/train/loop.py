@@ -34,11 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mixitcli.losses import SolverError, finetune_loss, mixit_loss_from_spectra
-from mixitcli.model import BSLocoformer, build_model, load_model, slice_outputs
+from mixitcli.model import BSLocoformer, load_model, slice_outputs
 from mixitcli.model.config import PRESETS
+from mixitcli.model.config import preset as preset_config
 from mixitcli.progress import Progress
 from mixitcli.signals import Interrupted, StopRequest, deferred_stop, ignore_stop_signals, signal_name
-from mixitcli.stems import STEMS
+from mixitcli.stems import describe
 from mixitcli.storage import StorageError, check_writable, describe_os_error, naming, remove_stale_temporaries
 from mixitcli.train import memory
 from mixitcli.train.checkpoint import (
@@ -121,12 +122,18 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
     """The model the run starts from, and a line saying where its weights come from.
 
     A resumed run: the model saved in ``checkpoint`` (read from ``source``), as it was.
-    From scratch: the preset with ``n_outputs`` outputs. From ``init``: a mixit checkpoint,
-    run folder (average of its best checkpoints) or official folder; a 12-output model is
-    sliced to the 4 stems of ``selection`` (official order bass, drums, vocals, other), and
-    the selection's warnings (a stem no validation chunk matched) are appended to ``warnings``.
+    From scratch: the preset with ``n_outputs`` outputs, named after the data's stems when
+    fine-tuning. From ``init``: a mixit checkpoint, run folder (average of its best checkpoints)
+    or official folder; fine-tuning with ``selection`` keeps the outputs it chooses for the data's
+    stems (e.g. 4 or 2 of 12), and the selection's warnings (a stem no validation chunk matched)
+    are appended to ``warnings``.
+
+    Raises:
+        TrainingError: the weights cannot be loaded, or the model's outputs are not the data's
+            stems (both lists named).
     """
     torch.manual_seed(config.seed)  # the same initial weights on every rank
+    supervised = config.loss == "supervised"
     if checkpoint is not None:
         from mixitcli.model import ModelLoadError, model_from_dict
 
@@ -141,10 +148,17 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
             raise TrainingError(f"--resume: {source} does not hold a usable model ({e}).{then}") from e
         started = f"{config.init}" if config.init is not None else "random initialisation"
         origin = f"{source} (step {checkpoint['step']}; the run started from {started})"
+        if supervised and model.stems != tuple(config.stems):
+            raise TrainingError(
+                f"--resume: the run's model outputs the stems {describe(model.stems)}, but --data {config.data} holds "
+                f"{describe(config.stems)}; resume with --data set to a folder of the run's stems"
+            )
         model.train().requires_grad_(True)
     elif config.init is None:
-        model = build_model(config.size or "medium", n_outputs=config.n_outputs, dropout=config.dropout)
-        origin = f"random initialisation ({config.size or 'medium'}, {config.n_outputs} outputs)"
+        size = config.size or "medium"
+        model = BSLocoformer(preset_config(size, n_outputs=config.n_outputs, dropout=config.dropout),
+                             stems=tuple(config.stems) if supervised else None)
+        origin = f"random initialisation ({size}, {config.n_outputs} outputs)"
     else:
         from mixitcli.model import ModelLoadError
         from mixitcli.registry import RegistryError, resolve_model
@@ -162,26 +176,34 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
                 f"{model.config.n_outputs} outputs ({', '.join(model.stems)}); pass a pre-trained run folder or "
                 f"{config.n_outputs}-output model as --init, or drop --init to pre-train from random weights"
             )
-        if model.config.n_outputs != config.n_outputs:
-            if config.selection is None:
-                raise TrainingError(
-                    f"--init has {model.config.n_outputs} outputs and this stage needs {config.n_outputs}: "
-                    "pass --selection (from `mixit select-channels`) to choose them"
-                )
-            from mixitcli.selection import read_selection, selection_warnings
+        if supervised and config.selection is not None:
+            from mixitcli.selection import SelectionError, read_selection, selection_warnings
 
-            keep = read_selection(config.selection, n_outputs=model.config.n_outputs)
+            try:
+                keep = read_selection(config.selection, n_outputs=model.config.n_outputs, stems=tuple(config.stems))
+                notes = selection_warnings(config.selection)
+            except SelectionError as e:
+                raise TrainingError(f"--selection {e}") from e
             if warnings is not None:
-                warnings += [f"{config.selection}: {note}" for note in selection_warnings(config.selection)]
-            model = slice_outputs(model, keep, stems=STEMS)
+                warnings += [f"{config.selection}: {note}" for note in notes]
+            model = slice_outputs(model, keep, stems=tuple(config.stems))
             origin += f", outputs {keep} selected by {config.selection}"
+        elif model.config.n_outputs != config.n_outputs:
+            raise TrainingError(
+                f"--init has {model.config.n_outputs} outputs and this stage needs {config.n_outputs}: "
+                "pass --selection (from `mixit select-channels`) to choose them"
+            )
+        if supervised and model.stems != tuple(config.stems):
+            raise TrainingError(
+                f"--init {config.init} outputs the stems {describe(model.stems)}, but --data {config.data} holds "
+                f"{describe(config.stems)}: pass --selection to choose its outputs for them "
+                f"(`mixit select-channels {config.init} --data {config.data} --out selection.json`)"
+            )
         if model.config.dropout != config.dropout:
             rebuilt = BSLocoformer(model.config.replace(dropout=config.dropout), stems=model.stems)
             rebuilt.load_state_dict(model.state_dict())
             model = rebuilt
         model.train().requires_grad_(True)
-    if config.loss == "supervised" and model.stems != STEMS:
-        raise TrainingError(f"fine-tuning needs outputs {STEMS}, the model has {model.stems}")
     if config.trainable == "encdec":
         model.separator.requires_grad_(False)
     model.set_activation_checkpointing(checkpointing_on(config, model))
@@ -202,11 +224,37 @@ def checkpointing_on(config: TrainConfig, model: BSLocoformer) -> bool:
     return pick_device(config.device).type == "cuda" or model.config.d_model >= 128
 
 
+def with_data_stems(config: TrainConfig) -> TrainConfig:
+    """Fine-tuning: ``config`` with the stems of its data, which the run records (issue 21).
+
+    Raises:
+        TrainingError: the data is unusable, or the run (resumed, or a recipe naming its stems)
+            has other stems than the data (both lists named).
+    """
+    if config.loss == "mixit":
+        return config
+    from mixitcli.data.errors import DataError
+    from mixitcli.data.prepared import prepared_stems
+
+    check_data_kind(config)
+    try:
+        have = prepared_stems(config.data)
+    except DataError as e:
+        raise TrainingError(f"--data: {e}") from e
+    if config.stems is not None and tuple(config.stems) != have:
+        raise TrainingError(
+            f"this run fine-tunes the stems {describe(config.stems)}, but --data {config.data} holds {describe(have)}: "
+            "give the run a folder prepared with its stems, or start a new run (another --out) on this data"
+        )
+    return config.replace(stems=have)
+
+
 def make_datasets(config: TrainConfig):
     """(train, valid) datasets of the stage. Raises TrainingError for an unusable data folder."""
     from mixitcli.data.errors import DataError
 
     check_data_kind(config)
+    config = with_data_stems(config)
     try:
         return _make_datasets(config)
     except DataError as e:
@@ -236,9 +284,9 @@ def check_data_kind(config: TrainConfig) -> None:
     found = prepared_kind(Path(config.data))
     if found is None or found == needed:
         return
-    what = {"prepare-fma": "unlabeled music cut into clips", "prepare-musdb": "MUSDB18-HQ stems"}
+    what = {"prepare-fma": "unlabeled music cut into clips", "prepare-musdb": "songs with their stems"}
     make = {"prepare-fma": "`mixit prepare-fma --audio-dir MUSIC --out DIR` (or ROOT --subset ...)",
-            "prepare-musdb": "`mixit prepare-musdb MUSDB18HQ --out DIR`"}
+            "prepare-musdb": "`mixit prepare-musdb MUSDB18HQ --out DIR` (any other stems: `mixit prepare-stems ROOT --out DIR`)"}
     raise TrainingError(
         f"--data {config.data} is a {found} folder ({what[found]}); {config.stage} trains on a {needed} folder "
         f"({what[needed]}): make one with {make[needed]} and pass it as --data"
@@ -249,7 +297,7 @@ def _make_datasets(config: TrainConfig):
     from mixitcli.data.samplers import DynamicMixing, MixtureOfMixtures, MusdbValidation
 
     epoch_size = config.steps_per_epoch * config.batch_size
-    stems = STEMS
+    stems = tuple(config.stems) if config.stems else None  # the data's, by default
     if config.loss == "mixit":
         train = MixtureOfMixtures(
             config.data, split="train", segment_seconds=config.segment_seconds, seed=config.seed,
@@ -513,6 +561,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         config = config.replace(bf16=rt.device.type == "cuda")
     micro = micro_batch(config, rt.world)
 
+    config = with_data_stems(config)  # config.yaml and every checkpoint record the data's stems
     train_set, valid_set = make_datasets(config)  # checks the data before the heavy work
     notes: list[str] = []
     ckpt = load_last(run, stage=config.stage) if resume else None

@@ -12,7 +12,8 @@ A stage subclass changes a default by restating the field with a plain value
 (``batch_size: int = 32``); the declaration of the base class still describes it.
 
 Types understood: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]`` (a closed set of
-names), ``tuple[float, float]``, and any of them ``| None``.
+names), ``tuple[float, float]``, ``tuple[str, ...]`` (a list of names, e.g. the stems), and any
+of them ``| None``.
 """
 
 from __future__ import annotations
@@ -225,6 +226,10 @@ def _convert(tp: Any, value: Any, text: bool) -> Any:
         if value in choices:
             return value
         raise Refused(f"must be one of {', '.join(choices)}; got {value!r}")
+    if typing.get_origin(tp) is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # any length
+        if not isinstance(value, (list, tuple)):
+            raise Refused(f"must be {_expected(tp)}, got {value!r}")
+        return tuple(_convert(typing.get_args(tp)[0], v, text) for v in value)
     if typing.get_origin(tp) is tuple:
         parts = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(parts):
@@ -263,6 +268,8 @@ def _convert(tp: Any, value: Any, text: bool) -> Any:
 
 
 def _expected(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple and typing.get_args(tp)[1:] == (Ellipsis,):
+        return "a list of names"
     if typing.get_origin(tp) is tuple:
         return f"a list of {len(typing.get_args(tp))} numbers"
     if typing.get_origin(tp) is Literal:
