@@ -1,5 +1,6 @@
-"""The package's import graph: every module imports on its own, and no mixitcli module reaches
-itself through its imports (top-level or inside functions), so data flows one way."""
+"""The package's import graph: every module imports on its own, no mixitcli module reaches
+itself through its imports (top-level or inside functions), and the layers of
+docs/architecture.md hold, so data flows one way."""
 
 from __future__ import annotations
 
@@ -97,3 +98,46 @@ def test_import_graph_of_mixitcli_has_no_cycle():
 @pytest.mark.parametrize("name", sorted(n for n in module_names() if not n.endswith("__main__")))  # __main__ runs the CLI
 def test_every_module_imports(name):
     assert importlib.import_module(name).__name__ == name
+
+
+# The layers of docs/architecture.md, lowest first: a module may import its own layer and the
+# layers below it, never one above. "mixitcli.data" covers mixitcli.data.* (and so on).
+LAYERS = [
+    ("foundations", ["mixitcli.stems", "mixitcli.signals", "mixitcli.storage", "mixitcli.progress", "mixitcli.devices",
+                     "mixitcli.allocator", "mixitcli.losses", "mixitcli.lock", "mixitcli.audio"]),
+    ("model", ["mixitcli.model"]),
+    ("data and metrics", ["mixitcli.data", "mixitcli.metrics", "mixitcli.report", "mixitcli.separate", "mixitcli.demo"]),
+    ("stages", ["mixitcli.registry", "mixitcli.selection", "mixitcli.train", "mixitcli.evaluate", "mixitcli.batch",
+                "mixitcli.listen", "mixitcli.listen_page"]),
+    ("command line", ["mixitcli.cli", "mixitcli.__main__", "mixitcli"]),
+]
+
+
+def layer_of(name: str) -> int:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    assert best is not None, f"{name} is in no layer of LAYERS: add it (and to docs/architecture.md)"
+    return best[0]
+
+
+def test_layers_point_down():
+    modules = module_names()
+    graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
+    upward = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+                    for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+    assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
+    # within the stages, training and the command line are leaves: only the CLI starts a stage
+    assert {m for m, deps in graph.items() if "mixitcli.cli" in deps} == {"mixitcli.__main__"}
+    train_users = {m for m, deps in graph.items() for d in deps if d.startswith("mixitcli.train") and not m.startswith("mixitcli.train")}
+    assert train_users <= {"mixitcli.cli"}, train_users
+    # the data stage knows nothing of models: it prepares and reads files
+    data_to_model = {(m, d) for m, deps in graph.items() if m.startswith("mixitcli.data") for d in deps if d.startswith("mixitcli.model")}
+    assert not data_to_model, data_to_model
+
+
+def test_layer_rule_catches_an_upward_import():
+    assert layer_of("mixitcli.model.bslocoformer") < layer_of("mixitcli.train.loop") < layer_of("mixitcli.cli")
+    assert layer_of("mixitcli.data.fma") > layer_of("mixitcli.audio")
