@@ -9,7 +9,7 @@ The public Python API (see README, "Python API"):
 Heavy modules (torch) are imported on first use, so ``mixit --help`` stays fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = ["__version__", "build_model", "load_model"]
 

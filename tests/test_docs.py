@@ -83,3 +83,14 @@ def test_slugs_follow_github():
 def test_readme_is_a_five_minute_read():
     lines = (REPO / "README.md").read_text().count("\n")
     assert lines <= 300, f"README.md has {lines} lines: move reference material to docs/"
+
+
+def test_the_version_is_the_newest_changelog_section():
+    from typer.testing import CliRunner
+
+    from mixitcli.cli import app
+
+    newest = re.search(r"^## (\S+)", (REPO / "CHANGELOG.md").read_text(), re.M).group(1)
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"mixit {newest}"
