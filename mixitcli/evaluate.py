@@ -216,7 +216,7 @@ def evaluate_musdb(
     subset: str = "test",
     workers: int = 2,
     device: str = "auto",
-    bf16: bool = False,
+    precision: str = "fp32",
     batch_size: int | None = None,
     console=None,
 ) -> dict:
@@ -233,7 +233,8 @@ def evaluate_musdb(
         estimates: folder of ``<track>/<stem>.wav``.
         subset: "test" (the paper's), "valid" or "train".
         workers: scoring processes (0: score in this process).
-        device, bf16, batch_size: separation settings (paper chunking, 12 s / 6 s).
+        device, precision, batch_size: separation settings (paper chunking, 12 s / 6 s;
+            precision as :mod:`mixitcli.inference`).
         console: rich Console for progress and the table (None: silent).
 
     Returns:
@@ -259,7 +260,7 @@ def evaluate_musdb(
         separate = None
     else:
         est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in STEMS} for t in todo}
-        separate = _separator(model, device=device, bf16=bf16, batch_size=batch_size, console=console)
+        separate = _separator(model, device=device, precision=precision, batch_size=batch_size, console=console)
     progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) if workers > 0 else None
     pending: dict[Future, str] = {}
@@ -305,10 +306,11 @@ def _record(results: ResultsFolder, record: dict, progress) -> None:
         progress.warn(nonfinite_message(path, n) + " before scoring")
 
 
-def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
+def _separator(spec: str, *, device: str, precision: str, batch_size: int, console):
     """A function (track, outputs, progress) that writes a track's four stems with the model."""
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
+    from mixitcli.inference import prepare
     from mixitcli.separate import ChunkOptions, pick_device, separate_file
 
     torch_device = pick_device(device)
@@ -317,10 +319,11 @@ def _separator(spec: str, *, device: str, bf16: bool, batch_size: int, console):
     if missing:
         raise EvalError(f"{spec}: the model outputs {', '.join(net.stems)}, but evaluation needs {', '.join(STEMS)}")
     options = ChunkOptions(batch_size=batch_size)
+    network = prepare(net, device=torch_device, precision=precision)  # once for all tracks
 
     def run(track, outputs: dict[str, Path], progress) -> None:
         progress.separating(track.name)
-        result = separate_file(net, track.path("mixture"), outputs, options=options, device=torch_device, bf16=bf16, bits="float")
+        result = separate_file(network, track.path("mixture"), outputs, options=options, bits="float")
         for note in result.warnings():
             progress.warn(note)
 
