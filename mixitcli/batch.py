@@ -3,7 +3,8 @@
 :func:`separate_many` is what `mixit separate` calls. Output naming lives here and only
 here: :func:`plan` turns inputs and a filename template into :class:`Job` s, and rejects
 (all at once, before any separation) templates whose outputs collide or would overwrite an
-input. :func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
+input. :func:`load_network` picks the backend and precision and prepares the model once.
+:func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
 a file that fails is reported and the others go on.
 """
 
@@ -19,7 +20,8 @@ from typing import Sequence
 from mixitcli import audio
 from mixitcli.data.errors import with_problems
 from mixitcli.storage import StorageError, WriteError, describe_os_error
-from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
+from mixitcli.inference import Network, OnnxNetwork, prepare
+from mixitcli.separate import ChunkOptions, FileResult, SeparationError, pick_device, separate_file
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = {
@@ -174,7 +176,7 @@ def plan(
 class Reporter:
     """Progress callbacks of :func:`run_jobs`; this base class shows nothing."""
 
-    def start(self, n_files: int, device: str, dtype: str) -> None: ...
+    def start(self, n_files: int, how: str) -> None: ...
     def file_started(self, job: Job, seconds: float) -> None: ...
     def file_progress(self, seconds_done: float) -> None: ...
     def file_done(self, job: Job, result: FileResult) -> None: ...
@@ -192,9 +194,9 @@ class RichReporter(Reporter):
         self.console = console
         self.progress = Progress(console)
 
-    def start(self, n_files: int, device: str, dtype: str) -> None:
+    def start(self, n_files: int, how: str) -> None:
         self.progress.start()
-        self.overall = self.progress.bar("separating", n_files, unit="files", info=f"{device}, {dtype}")
+        self.overall = self.progress.bar("separating", n_files, unit="files", info=how)
         self.current = None
 
     def file_started(self, job: Job, seconds: float) -> None:
@@ -232,16 +234,18 @@ class RichReporter(Reporter):
 
 @dataclass
 class BatchSummary:
-    """What :func:`run_jobs` did."""
+    """What :func:`run_jobs` did, and how the model ran (:meth:`mixitcli.inference.Network.describe`)."""
 
     done: list[FileResult] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    network: str = ""
 
     def line(self) -> str:
         seconds = sum(r.seconds for r in self.done)
         wall = sum(r.wall_s for r in self.done)
         rtf = f", RTF {wall / seconds:.2f}" if seconds else ""
+        rtf += f" ({self.network})" if self.network else ""
         nonfinite = sum(bool(r.nonfinite) for r in self.done)
         return (
             f"separated {len(self.done)} file(s), {seconds / 60:.1f} min of audio in {wall:.0f} s{rtf}; "
@@ -256,16 +260,21 @@ def run_jobs(
     *,
     options: ChunkOptions = ChunkOptions(),
     device=None,
-    bf16: bool = False,
+    precision: str = "fp32",
     sample_rate: int | None = None,
     bits: str = "24",
     skip_existing: bool = False,
     reporter: Reporter | None = None,
 ) -> BatchSummary:
-    """Separate every job; a failing file is recorded in the summary and the others go on."""
+    """Separate every job; a failing file is recorded in the summary and the others go on.
+
+    ``model`` is prepared once for all files (:func:`mixitcli.inference.prepare`, with ``device``
+    and ``precision``), unless it is a :class:`mixitcli.inference.Network` already.
+    """
+    network = prepare(model, device=device, precision=precision)
     reporter = reporter or Reporter()
-    summary = BatchSummary()
-    reporter.start(len(jobs), str(device or next(model.parameters()).device), dtype_name(bf16))
+    summary = BatchSummary(network=network.describe())
+    reporter.start(len(jobs), summary.network)
     try:
         for job in jobs:
             if skip_existing and job.done():
@@ -275,8 +284,8 @@ def run_jobs(
             try:
                 reporter.file_started(job, audio.info(job.input).seconds)
                 result = separate_file(
-                    model, job.input, job.outputs, options=options, device=device, bf16=bf16,
-                    sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
+                    network, job.input, job.outputs, options=options, sample_rate=sample_rate, bits=bits,
+                    on_progress=reporter.file_progress,
                 )
             except WriteError as e:  # the machine's problem: every other file would fail too
                 raise StorageError(
@@ -296,6 +305,56 @@ def run_jobs(
     return summary
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+"""Values of ``--backend``: auto runs a .onnx file with onnxruntime and every other model with torch."""
+
+
+def load_network(model: str | None = None, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                 progress: bool = False) -> Network:
+    """The model `mixit separate` runs, loaded and prepared once.
+
+    Args:
+        model: as :func:`separate_many`'s; a ``.onnx`` file is a graph of `mixit export --onnx`.
+        backend: one of :data:`BACKENDS`.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (onnxruntime: the CPU only).
+        precision: "auto", "fp32" or "bf16" (:mod:`mixitcli.inference`; onnxruntime: float32 only).
+        progress: show a download's progress.
+
+    Raises:
+        PlanError: a backend, model, device and precision that do not go together (all listed).
+        SeparationError: the ONNX file cannot be run.
+        RegistryError, ModelLoadError, DeviceError: as :func:`separate_many`.
+    """
+    from mixitcli.model import load_model
+    from mixitcli.onnxrun import OnnxError
+    from mixitcli.registry import DEFAULT_MODEL, resolve_model
+
+    onnx_file = model is not None and str(model).lower().endswith(".onnx")
+    backend = ("onnxruntime" if onnx_file else "torch") if backend == "auto" else backend
+    problems = []
+    if backend == "onnxruntime":
+        if not onnx_file:
+            name = model or DEFAULT_MODEL
+            problems.append(f"--backend onnxruntime runs an ONNX file, which {name} is not: export it once with "
+                            f"`mixit export {name} --onnx model.onnx`, then separate with --model model.onnx")
+        if precision == "bf16":
+            problems.append("--precision bf16 needs --backend torch: the ONNX graph computes in float32 (use --precision fp32 or auto)")
+        if device not in ("auto", "cpu"):
+            problems.append(f"--device {device}: the onnxruntime backend runs on the CPU (use --device cpu, or --backend torch)")
+    elif onnx_file:
+        problems.append(f"{model} is an ONNX file: run it with --backend onnxruntime (or leave --backend at auto)")
+    if problems:
+        raise PlanError("the model cannot run as asked:", problems)
+    if backend == "onnxruntime":
+        try:
+            return OnnxNetwork(model)
+        except OnnxError as e:
+            raise SeparationError(str(e)) from e
+    torch_device = pick_device(device)
+    net = load_model(resolve_model(model, progress=progress)).to(torch_device).eval()
+    return prepare(net, device=torch_device, precision=precision)
+
+
 def separate_many(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -309,7 +368,8 @@ def separate_many(
     skip_existing: bool = False,
     options: ChunkOptions = ChunkOptions(),
     device: str = "auto",
-    bf16: bool = False,
+    precision: str = "auto",
+    backend: str = "auto",
     console=None,
 ) -> BatchSummary:
     """`mixit separate`: find the inputs, get the model, name the outputs, separate.
@@ -321,24 +381,22 @@ def separate_many(
         inputs: files and folders (walked recursively).
         out_dir: output folder.
         model: a path for :func:`mixitcli.model.load_model` or a published model name
-            (:mod:`mixitcli.registry`; None: the default model).
+            (:mod:`mixitcli.registry`; None: the default model), or a .onnx file of
+            `mixit export --onnx`.
         stems: stems to write (None: all of the model's outputs).
         template, ext, bits, sample_rate, skip_existing: see :func:`plan` and :func:`run_jobs`.
-        options, device, bf16: chunking and where/how the model runs.
+        options: chunking.
+        device, precision, backend: where and how the model runs (:func:`load_network`).
         console: a rich Console for progress (None: no progress display).
 
     Raises:
         PlanError, SeparationError, RegistryError, ModelLoadError: before any work is done.
     """
-    from mixitcli.model import load_model
-    from mixitcli.registry import resolve_model
-
     if bits == "float" and ext != "wav":
         raise SeparationError(f"--bits float needs --format wav (got --format {ext})")
     check_template(template)
     found = find_inputs(inputs, exclude=Path(out_dir))
-    torch_device = pick_device(device)
-    net = load_model(resolve_model(model, progress=console is not None)).to(torch_device).eval()
+    net = load_network(model, backend=backend, device=device, precision=precision, progress=console is not None)
     stems = list(stems) if stems else list(net.stems)
     unknown = [s for s in stems if s not in net.stems]
     if unknown:
@@ -349,6 +407,5 @@ def separate_many(
     jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
     reporter = RichReporter(console) if console is not None else None
     return run_jobs(
-        net, jobs, options=options, device=torch_device, bf16=bf16, sample_rate=sample_rate,
-        bits=bits, skip_existing=skip_existing, reporter=reporter,
+        net, jobs, options=options, sample_rate=sample_rate, bits=bits, skip_existing=skip_existing, reporter=reporter,
     )

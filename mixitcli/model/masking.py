@@ -176,3 +176,33 @@ def masked_spectrum(hidden: torch.Tensor, spec: torch.Tensor, weights, biases, *
     params = [p for pair in zip(weights, biases) for p in pair]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, spec, *params))
     return MaskedSpectrum.apply(hidden, spec, n_channels, keep, *params)
+
+
+def masked_planes(hidden: torch.Tensor, re: torch.Tensor, im: torch.Tensor, weights, biases, *,
+                  n_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_spectrum` composed from standard operators on real planes, for exporters.
+
+    The same function (values equal to float rounding), written without the autograd Function,
+    in-place operators or complex tensors, none of which an ONNX graph holds: per band, the
+    last layer, the GLU, then the complex product written out on the real and imaginary planes.
+
+    Args:
+        hidden: (k, b*l, D) hidden features per band, rows ordered (b, l).
+        re, im: (b, c, f, l) real and imaginary planes of the mixture spectrum.
+        weights, biases: per band, (n, 4 c w, D) and (n, 4 c w) (rows: GLU half, re/im, channel, bin).
+        n_channels: c.
+
+    Returns:
+        real and imaginary planes (b, n, c, f, l) of the outputs' spectra.
+    """
+    b, c, f, l = re.shape
+    out_re, out_im, start = [], [], 0
+    for h, weight, bias in zip(hidden.unbind(0), weights, biases):
+        w = weight.shape[1] // (4 * n_channels)
+        mask = torch.nn.functional.glu(per_output_affine(h, weight, bias), dim=-1)  # (n, b*l, 2cw)
+        mask = mask.reshape(-1, b, l, 2, c, w).permute(3, 1, 0, 4, 5, 2)  # (r, b, n, c, w, l)
+        x_re, x_im = re[:, None, :, start : start + w], im[:, None, :, start : start + w]  # (b, 1, c, w, l)
+        out_re.append(mask[0] * x_re - mask[1] * x_im)
+        out_im.append(mask[0] * x_im + mask[1] * x_re)
+        start += w
+    return torch.cat(out_re, dim=3), torch.cat(out_im, dim=3)
