@@ -474,11 +474,12 @@ def export_command(
 
     The graph maps the mixture's spectrum (real and imaginary planes, and its per-channel scale) to the stems' masked spectra; the STFT and iSTFT run outside it, in numpy. Batch and frames are dynamic. The export is checked: onnxruntime's separation of 2 s of noise against torch's, to 1e-4 (relative). Needs pip install 'mixit-mss\\[onnx]'.
     """
-    from mixitcli.export import ExportError, export_onnx
+    from mixitcli.export import ExportError, export_onnx, require
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
 
     try:
+        require()  # before a model is loaded, or downloaded
         result = export_onnx(load_model(resolve_model(model)), onnx)
     except (ExportError, *_user_errors()) as e:
         fail(str(e))

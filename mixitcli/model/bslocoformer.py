@@ -177,13 +177,8 @@ class BandSplitEncoder(nn.Module):
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """spec: complex (b, c, f, l) -> embedding (b, l, k, d)."""
-        return self.from_planes(torch.cat((spec.real, spec.imag), dim=1))
-
-    def from_planes(self, planes: torch.Tensor) -> torch.Tensor:
-        """The same from the real planes (b, 2c, f, l), real parts then imaginary parts (what an
-        ONNX graph takes: mixitcli.export)."""
-        b, _, f, l = planes.shape
-        x = planes.permute(0, 3, 2, 1)  # (b, 2c, f, l) -> (b, l, f, 2c)
+        b, c, f, l = spec.shape
+        x = torch.cat((spec.real, spec.imag), dim=1).permute(0, 3, 2, 1)  # (b, 2c, f, l) -> (b, l, f, 2c)
         bands = torch.split(x, self.bands, dim=2)  # k x (b, l, w, 2c)
         out = [
             proj(norm(band.reshape(b, l, -1)))  # (b, l, w*2c) bin-major -> (b, l, d)
