@@ -195,8 +195,8 @@ class CpuBfloat16(Network):
       convolutions run channels-last (:class:`ChannelsLastConv`).
     - The norms' gains move into the layers after them (:func:`fold_gain`).
     - The STFT, the iSTFT, the norms, the masks' product with the spectrum and the residual
-      stream between the blocks stay float32; products run in bfloat16 autocast, attention
-      through :func:`mixitcli.model.attention.attention`'s bfloat16 path.
+      stream between the blocks stay float32; products and attention (SDPA) run in bfloat16
+      autocast.
     """
 
     def __init__(self, model: nn.Module):

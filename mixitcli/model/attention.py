@@ -1,5 +1,4 @@
-"""Scaled dot-product attention, with a memory-lean dropout path for CPU training and a faster
-bfloat16 path for CPU inference (:func:`_bf16_products`).
+"""Scaled dot-product attention, with a memory-lean dropout path for CPU training.
 
 Attention dropout (docs/method.md §3.5: 0.1) makes PyTorch fall back to its "math" kernel on CPU,
 which stores the whole (N, h, s, s) probability matrix, its dropout mask and the dropped
@@ -53,10 +52,6 @@ tiny time path 0.25 s drawing again, 0.23 s with bits, 0.22 s with bytes; medium
 NARROW_DH = 16
 """Head dimensions below this are "narrow": the (s, dh) operands are stored transposed, as (dh, s)."""
 
-SHORT_ROWS = 256
-"""bfloat16 attention on CPU (:func:`_bf16_products`) takes the softmax of rows shorter than
-this in float32: measured at 62 scores a row (the frequency path) and 1033 (the time path)."""
-
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(dh)) v with attention dropout ``dropout_p``.
@@ -69,51 +64,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     Returns:
         (N, h, s, dh).
     """
-    if dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.numel():
-        return _bf16_products(q, k, v)
     if dropout_p == 0.0 or q.is_cuda or q.numel() == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from the global RNG: reproducible runs
     return _DropoutAttention.apply(q, k, v, dropout_p, seed)
-
-
-def _bf16_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention without dropout in bfloat16 on CPU (inference): per chunk of scores, a bfloat16
-    product, the softmax and a second product (issue 23).
-
-    SDPA's CPU kernel takes 0.75 s for the medium time path of a 12 s chunk (1033 frames,
-    dh = 16; one thread, AMD EPYC with AVX512-BF16) where these products take 0.66 s, and 0.13 s
-    for its frequency path (62 bands) where they take 0.085 s. Their output is off float32
-    attention by 4e-3 to 5e-3 (relative), SDPA's by 2e-3, well inside separation's precision bar.
-    Rows shorter than :data:`SHORT_ROWS` take the softmax in float32 (copied in and out: the
-    bfloat16 softmax is slower on short rows), longer ones in bfloat16 in place. The (s, dh)
-    operands are not stored transposed here (:data:`NARROW_DH`): bfloat16 products with
-    transposed operands were several times slower.
-
-    Args:
-        q, k, v: (N, h, s, dh) bfloat16.
-
-    Returns:
-        (N, h, s, dh) bfloat16.
-    """
-    n, h, s, dh = q.shape
-    mm = _Products(narrow=False)
-    qs, kk, vv = _operand(q, dh**-0.5, False), _operand(k, 1.0, False), _operand(v, 1.0, False)  # (N*h, s, dh)
-    out = torch.empty_like(qs)
-    chunks = _chunks(n * h, s, _chunk_elements())
-    (scores_buffer,) = _buffers(q, chunks, s, 1)
-    wide = _buffers(q, chunks, s, 1, torch.float32)[0] if s < SHORT_ROWS else None
-    for a, b, r0, r1 in chunks:
-        seqs, rows, shape = slice(a, b), slice(r0, r1), (b - a, r1 - r0, s)
-        size = shape[0] * shape[1] * s
-        scores = mm.scores(mm.rows(qs, seqs, rows), kk[seqs], out=scores_buffer[:size].view(shape))
-        if wide is None:
-            torch.softmax(scores, dim=-1, out=scores)  # in place
-        else:
-            probs = wide[:size].view(shape).copy_(scores)
-            scores.copy_(torch.softmax(probs, dim=-1, out=probs))
-        mm.times(scores, vv[seqs], out=mm.rows(out, seqs, rows))
-    return out.view(n, h, s, dh)
 
 
 def _chunk_elements() -> int:
