@@ -60,13 +60,22 @@ def run_in(script: str, argv: list[str], tree: Path) -> dict:
     return result
 
 
-def alternate(script: str, argv: list[str], ref_tree: Path, reps: int) -> dict[str, list[dict]]:
+def alternate(script: str, argv: list[str], ref_tree: Path, reps: int, *,
+              variants: dict[str, list[str]] | None = None) -> dict[str, list[dict]]:
     """Paired mode: ``reps`` fresh processes each of this checkout ("ours") and of ``ref_tree``
-    ("ref"), alternating which goes first, so slow phases of a shared machine hit both sides."""
-    runs = {"ours": [], "ref": []}
+    ("ref"), alternating which goes first, so slow phases of a shared machine hit both sides.
+
+    ``variants`` measures several configurations of ours against one ref run per repetition:
+    name -> arguments appended to ``argv`` for ours; the result has a list per name and "ref",
+    and the order of the sides is reversed every other repetition.
+    """
+    sides = {name: (REPO, argv + extra) for name, extra in (variants or {"ours": []}).items()}
+    sides["ref"] = (ref_tree, argv)
+    runs = {side: [] for side in sides}
     for rep in range(reps):
-        for side in ("ours", "ref") if rep % 2 == 0 else ("ref", "ours"):
-            runs[side].append(run_in(script, argv, REPO if side == "ours" else ref_tree))
+        for side in list(sides) if rep % 2 == 0 else list(sides)[::-1]:
+            tree, args = sides[side]
+            runs[side].append(run_in(script, args, tree))
     return runs
 
 

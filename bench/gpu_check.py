@@ -471,10 +471,10 @@ def check_separation(ctx: Context) -> dict:
         per_stem = {s: snr_db(ref["stems"][s], run["stems"][s]) for s in ref["stems"]}
         return {"snr_vs_cpu_fp32_db": per_stem, "snr_min_db": min(per_stem.values())}
 
-    runs = {"cpu_fp32": separate("cpu_fp32", "cpu")}
+    runs = {"cpu_fp32": separate("cpu_fp32", "cpu", "--precision", "fp32")}  # the default, auto, is bf16 on some CPUs
     if ctx.cuda:
-        runs["device_fp32_cold"] = separate("device_fp32_cold", "cuda")
-        runs["device_fp32"] = separate("device_fp32", "cuda")
+        runs["device_fp32_cold"] = separate("device_fp32_cold", "cuda", "--precision", "fp32")
+        runs["device_fp32"] = separate("device_fp32", "cuda", "--precision", "fp32")
     runs["device_bf16"] = separate("device_bf16", ctx.args.device, "--bf16")
     ref = runs["cpu_fp32"]
     out = {"preset": ctx.args.preset, "song_s": ctx.scale.song_s, "stems": sorted(ref["stems"]), "problems": [],

@@ -3,7 +3,8 @@
 :func:`separate_many` is what `mixit separate` calls. Output naming lives here and only
 here: :func:`plan` turns inputs and a filename template into :class:`Job` s, and rejects
 (all at once, before any separation) templates whose outputs collide or would overwrite an
-input. :func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
+input. :func:`load_network` picks the backend and precision and prepares the model once.
+:func:`run_jobs` separates the jobs one by one with :func:`mixitcli.separate.separate_file`;
 a file that fails is reported and the others go on.
 
 One writer per output file (issue 20): while a job is separated, the lock of each of its stem
@@ -30,11 +31,12 @@ from typing import Iterator, Sequence
 
 from mixitcli import audio
 from mixitcli.data.errors import with_problems
+from mixitcli.inference import Network, OnnxNetwork, prepare
 from mixitcli.lock import LockError, file_lock, holding
+from mixitcli.separate import ChunkOptions, FileResult, SeparationError, pick_device, separate_file
 from mixitcli.signals import Interrupted, raise_on_stop
-from mixitcli.storage import StorageError, WriteError, describe_os_error, remove_temporaries_of
-from mixitcli.separate import ChunkOptions, FileResult, SeparationError, dtype_name, pick_device, separate_file
 from mixitcli.stems import COMPLEMENT
+from mixitcli.storage import StorageError, WriteError, describe_os_error, remove_temporaries_of
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = {
@@ -189,7 +191,7 @@ def plan(
 class Reporter:
     """Progress callbacks of :func:`run_jobs`; this base class shows nothing."""
 
-    def start(self, n_files: int, device: str, dtype: str) -> None: ...
+    def start(self, n_files: int, how: str) -> None: ...
     def file_started(self, job: Job, seconds: float) -> None: ...
     def file_progress(self, seconds_done: float) -> None: ...
     def file_done(self, job: Job, result: FileResult) -> None: ...
@@ -207,9 +209,9 @@ class RichReporter(Reporter):
         self.console = console
         self.progress = Progress(console)
 
-    def start(self, n_files: int, device: str, dtype: str) -> None:
+    def start(self, n_files: int, how: str) -> None:
         self.progress.start()
-        self.overall = self.progress.bar("separating", n_files, unit="files", info=f"{device}, {dtype}")
+        self.overall = self.progress.bar("separating", n_files, unit="files", info=how)
         self.current = None
 
     def file_started(self, job: Job, seconds: float) -> None:
@@ -247,16 +249,18 @@ class RichReporter(Reporter):
 
 @dataclass
 class BatchSummary:
-    """What :func:`run_jobs` did."""
+    """What :func:`run_jobs` did, and how the model ran (:meth:`mixitcli.inference.Network.describe`)."""
 
     done: list[FileResult] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    network: str = ""
 
     def line(self) -> str:
         seconds = sum(r.seconds for r in self.done)
         wall = sum(r.wall_s for r in self.done)
         rtf = f", RTF {wall / seconds:.2f}" if seconds else ""
+        rtf += f" ({self.network})" if self.network else ""
         nonfinite = sum(bool(r.nonfinite) for r in self.done)
         return (
             f"separated {len(self.done)} file(s), {seconds / 60:.1f} min of audio in {wall:.0f} s{rtf}; "
@@ -308,7 +312,7 @@ def run_jobs(
     *,
     options: ChunkOptions = ChunkOptions(),
     device=None,
-    bf16: bool = False,
+    precision: str = "fp32",
     sample_rate: int | None = None,
     bits: str = "24",
     skip_existing: bool = False,
@@ -316,12 +320,15 @@ def run_jobs(
 ) -> BatchSummary:
     """Separate every job; a failing file is recorded in the summary and the others go on.
 
-    Each job holds the locks of its output files while it runs (see :func:`claimed`); a job
-    whose outputs another process is writing fails with that process's name.
+    ``model`` is prepared once for all files (:func:`mixitcli.inference.prepare`, with ``device``
+    and ``precision``), unless it is a :class:`mixitcli.inference.Network` already. Each job
+    holds the locks of its output files while it runs (see :func:`claimed`); a job whose
+    outputs another process is writing fails with that process's name.
     """
+    network = prepare(model, device=device, precision=precision)
     reporter = reporter or Reporter()
-    summary = BatchSummary()
-    reporter.start(len(jobs), str(device or next(model.parameters()).device), dtype_name(bf16))
+    summary = BatchSummary(network=network.describe())
+    reporter.start(len(jobs), summary.network)
     try:
         for job in jobs:
             if skip_existing and job.done():
@@ -334,8 +341,8 @@ def run_jobs(
                 with claimed(job):
                     reporter.file_started(job, audio.info(job.input).seconds)
                     result = separate_file(
-                        model, job.input, job.outputs, options=options, device=device, bf16=bf16,
-                        sample_rate=sample_rate, bits=bits, on_progress=reporter.file_progress,
+                        network, job.input, job.outputs, options=options, sample_rate=sample_rate, bits=bits,
+                        on_progress=reporter.file_progress,
                     )
             except LockError as e:
                 message = f"{e} This song was left out; run the same command with --skip-existing once that one has finished."
@@ -375,6 +382,56 @@ def two_stem_outputs(stem: str, model_stems: tuple[str, ...]) -> list[str]:
     return [stem, f"{COMPLEMENT}{stem}"]
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+"""Values of ``--backend``: auto runs a .onnx file with onnxruntime and every other model with torch."""
+
+
+def load_network(model: str | None = None, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                 progress: bool = False) -> Network:
+    """The model `mixit separate` runs, loaded and prepared once.
+
+    Args:
+        model: as :func:`separate_many`'s; a ``.onnx`` file is a graph of `mixit export --onnx`.
+        backend: one of :data:`BACKENDS`.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (onnxruntime: the CPU only).
+        precision: "auto", "fp32" or "bf16" (:mod:`mixitcli.inference`; onnxruntime: float32 only).
+        progress: show a download's progress.
+
+    Raises:
+        PlanError: a backend, model, device and precision that do not go together (all listed).
+        SeparationError: the ONNX file cannot be run.
+        RegistryError, ModelLoadError, DeviceError: as :func:`separate_many`.
+    """
+    from mixitcli.model import load_model
+    from mixitcli.onnxrun import OnnxError
+    from mixitcli.registry import DEFAULT_MODEL, resolve_model
+
+    onnx_file = model is not None and str(model).lower().endswith(".onnx")
+    backend = ("onnxruntime" if onnx_file else "torch") if backend == "auto" else backend
+    problems = []
+    if backend == "onnxruntime":
+        if not onnx_file:
+            name = model or DEFAULT_MODEL
+            problems.append(f"--backend onnxruntime runs an ONNX file, which {name} is not: export it once with "
+                            f"`mixit export {name} --onnx model.onnx`, then separate with --model model.onnx")
+        if precision == "bf16":
+            problems.append("--precision bf16 needs --backend torch: the ONNX graph computes in float32 (use --precision fp32 or auto)")
+        if device not in ("auto", "cpu"):
+            problems.append(f"--device {device}: the onnxruntime backend runs on the CPU (use --device cpu, or --backend torch)")
+    elif onnx_file:
+        problems.append(f"{model} is an ONNX file: run it with --backend onnxruntime (or leave --backend at auto)")
+    if problems:
+        raise PlanError("the model cannot run as asked:", problems)
+    if backend == "onnxruntime":
+        try:
+            return OnnxNetwork(model)
+        except OnnxError as e:
+            raise SeparationError(str(e)) from e
+    torch_device = pick_device(device)
+    net = load_model(resolve_model(model, progress=progress)).to(torch_device).eval()
+    return prepare(net, device=torch_device, precision=precision)
+
+
 def separate_many(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -389,7 +446,8 @@ def separate_many(
     skip_existing: bool = False,
     options: ChunkOptions = ChunkOptions(),
     device: str = "auto",
-    bf16: bool = False,
+    precision: str = "auto",
+    backend: str = "auto",
     console=None,
 ) -> BatchSummary:
     """`mixit separate`: find the inputs, get the model, name the outputs, separate.
@@ -401,12 +459,14 @@ def separate_many(
         inputs: files and folders (walked recursively).
         out_dir: output folder.
         model: a path for :func:`mixitcli.model.load_model` or a published model name
-            (:mod:`mixitcli.registry`; None: the default model).
+            (:mod:`mixitcli.registry`; None: the default model), or a .onnx file of
+            `mixit export --onnx`.
         stems: stems to write (None: all of the model's outputs).
         two_stems: write this stem and ``no_<stem>``, the sum of the model's other outputs (demucs'
             --two-stems); any model with two or more outputs, the published 4-stem ones included.
         template, ext, bits, sample_rate, skip_existing: see :func:`plan` and :func:`run_jobs`.
-        options, device, bf16: chunking and where/how the model runs.
+        options: chunking.
+        device, precision, backend: where and how the model runs (:func:`load_network`).
         console: a rich Console for progress (None: no progress display).
 
     Raises:
@@ -417,25 +477,21 @@ def separate_many(
         try:
             return _separate_many(
                 inputs, out_dir, model=model, stems=stems, two_stems=two_stems, template=template, ext=ext, bits=bits, sample_rate=sample_rate,
-                skip_existing=skip_existing, options=options, device=device, bf16=bf16, console=console,
+                skip_existing=skip_existing, options=options, device=device, precision=precision, backend=backend, console=console,
             )
         except Interrupted as e:
             raise Interrupted(e.signum, f"{e}. No partial stem file is left and finished songs are kept: run the same "
                                         "command with --skip-existing to separate the rest.") from None
 
 
-def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, bits, sample_rate, skip_existing, options, device, bf16, console) -> BatchSummary:
-    from mixitcli.model import load_model
-    from mixitcli.registry import resolve_model
-
+def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, bits, sample_rate, skip_existing, options, device, precision, backend, console) -> BatchSummary:
     if bits == "float" and ext != "wav":
         raise SeparationError(f"--bits float needs --format wav (got --format {ext})")
     if stems and two_stems:
         raise SeparationError("give --stems or --two-stems, not both (--two-stems STEM writes STEM and no_STEM)")
     check_template(template)
     found = find_inputs(inputs, exclude=Path(out_dir))
-    torch_device = pick_device(device)
-    net = load_model(resolve_model(model, progress=console is not None)).to(torch_device).eval()
+    net = load_network(model, backend=backend, device=device, precision=precision, progress=console is not None)
     if two_stems is not None:
         stems = two_stem_outputs(two_stems, tuple(net.stems))
     else:
@@ -449,6 +505,5 @@ def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, b
     jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
     reporter = RichReporter(console) if console is not None else None
     return run_jobs(
-        net, jobs, options=options, device=torch_device, bf16=bf16, sample_rate=sample_rate,
-        bits=bits, skip_existing=skip_existing, reporter=reporter,
+        net, jobs, options=options, sample_rate=sample_rate, bits=bits, skip_existing=skip_existing, reporter=reporter,
     )

@@ -263,7 +263,7 @@ def evaluate_musdb(
     subset: str = "test",
     workers: int = 2,
     device: str = "auto",
-    bf16: bool = False,
+    precision: str = "fp32",
     batch_size: int | None = None,
     console=None,
 ) -> dict:
@@ -282,7 +282,8 @@ def evaluate_musdb(
         estimates: folder of ``<track>/<stem>.wav``.
         subset: "test" (the paper's), "valid" or "train".
         workers: scoring processes (0: score in this process).
-        device, bf16, batch_size: separation settings (paper chunking, 12 s / 6 s).
+        device, precision, batch_size: separation settings (paper chunking, 12 s / 6 s;
+            precision as :mod:`mixitcli.inference`).
         console: rich Console for progress and the table (None: silent).
 
     Returns:
@@ -314,18 +315,18 @@ def evaluate_musdb(
         try:
             with folder_lock(out):
                 return _evaluate(out, tracks, stems, config, data=data, model=model, estimates=estimates, subset=subset,
-                                 workers=workers, device=device, bf16=bf16, batch_size=batch_size, console=console)
+                                 workers=workers, device=device, precision=precision, batch_size=batch_size, console=console)
         except Interrupted as e:
             raise Interrupted(e.signum, f"{e}. No partial file is left; the tracks scored so far are in {out / RECORDS}: "
                                         "run the same command again to score the rest.") from None
 
 
-def _evaluate(out: Path, tracks, stems, config, *, data, model, estimates, subset, workers, device, bf16, batch_size,
+def _evaluate(out: Path, tracks, stems, config, *, data, model, estimates, subset, workers, device, precision, batch_size,
               console) -> dict:
     """:func:`evaluate_musdb`'s work, holding OUT's lock."""
     if model is not None:  # OUT/estimates is written by this command only, under OUT's lock
         remove_stale_temporaries(out / ESTIMATES, recursive=True, locked=True)
-    separate = _separator(model, stems, device=device, bf16=bf16, batch_size=batch_size, console=console) if model else None
+    separate = _separator(model, stems, device=device, precision=precision, batch_size=batch_size, console=console) if model else None
     order = table_order(stems)
     results = ResultsFolder(out, config, order)
     todo = [t for t in tracks if t.name not in results.done()]
@@ -406,7 +407,7 @@ def _record(results: ResultsFolder, record: dict, progress) -> None:
         progress.warn(f"{record['track']}: estimates of another length than their references, scored on the reference's length ({notes})")
 
 
-def _separator(spec: str, stems: tuple[str, ...], *, device: str, bf16: bool, batch_size: int, console):
+def _separator(spec: str, stems: tuple[str, ...], *, device: str, precision: str, batch_size: int, console):
     """A function (track, outputs, progress) that writes a track's stems with the model.
 
     Raises:
@@ -414,6 +415,7 @@ def _separator(spec: str, stems: tuple[str, ...], *, device: str, bf16: bool, ba
     """
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
+    from mixitcli.inference import prepare
     from mixitcli.separate import ChunkOptions, pick_device, separate_file
 
     torch_device = pick_device(device)
@@ -425,10 +427,11 @@ def _separator(spec: str, stems: tuple[str, ...], *, device: str, bf16: bool, ba
             f"(`mixit prepare-stems ROOT --out DIR --stems {','.join(net.stems)}`)"
         )
     options = ChunkOptions(batch_size=batch_size)
+    network = prepare(net, device=torch_device, precision=precision)  # once for all tracks
 
     def run(track, outputs: dict[str, Path], progress) -> None:
         progress.separating(track.name)
-        result = separate_file(net, track.path("mixture"), outputs, options=options, device=torch_device, bf16=bf16, bits="float")
+        result = separate_file(network, track.path("mixture"), outputs, options=options, bits="float")
         for note in result.warnings():
             progress.warn(note)
 

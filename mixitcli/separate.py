@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -31,6 +31,7 @@ import torch
 
 from mixitcli import audio
 from mixitcli.devices import pick_device  # noqa: F401  (re-exported: batch and evaluate pick devices here)
+from mixitcli.inference import Network, prepare
 
 WINDOWS = ("equal", "triangle", "hann")
 """Cross-fade weights of overlapping chunks. "equal" is the paper's (and the only one that
@@ -114,11 +115,6 @@ def overlap_window(name: str, length: int) -> torch.Tensor:
     return w.float()
 
 
-def dtype_name(bf16: bool) -> str:
-    """How the model computes, for progress displays."""
-    return "bfloat16 autocast" if bf16 else "float32"
-
-
 class ChunkedSeparator:
     """Separate a stream of mixture blocks into a stream of output blocks.
 
@@ -129,23 +125,26 @@ class ChunkedSeparator:
     Memory: the input kept is at most one batch of chunks plus a hop; the output kept is
     the not-yet-final overlap. Nothing grows with the song's length.
 
-    The model is used as it is (call ``model.eval()`` first); it runs under ``no_grad`` on
-    ``device`` (default: where its parameters are), optionally in bfloat16 autocast.
-    Outputs are float32 on the CPU.
+    The model runs as :func:`mixitcli.inference.prepare` makes it run (call ``model.eval()``
+    first): under ``no_grad`` on ``device`` (default: where its parameters are) at
+    ``precision``; a :class:`mixitcli.inference.Network` (prepared once for many files, or the
+    ONNX backend's) is used as it is. Outputs are float32 on the CPU.
     """
 
-    def __init__(self, model: torch.nn.Module, *, options: ChunkOptions = ChunkOptions(), device: torch.device | str | None = None, bf16: bool = False):
-        self.model = model
+    def __init__(self, model: torch.nn.Module | Network, *, options: ChunkOptions = ChunkOptions(),
+                 device: torch.device | str | None = None, precision: str | None = None, bf16: bool = False):
+        self.network = prepare(model, device=device, precision=precision or ("bf16" if bf16 else "fp32"))
         self.options = options
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.bf16 = bf16
-        rate = model.config.sample_rate
+        self.device = self.network.device
+        rate = self.network.config.sample_rate
         self.chunk = int(round(options.chunk_s * rate))  # T
         self.hop = int(round(options.hop_s * rate))  # H
-        if self.chunk < model.min_samples:
-            raise SeparationError(f"chunk of {options.chunk_s} s is shorter than the model's minimum input ({model.min_samples} samples)")
-        self.n_outputs = model.config.n_outputs
-        self.n_channels = model.config.n_channels
+        if self.chunk < self.network.min_samples:
+            raise SeparationError(
+                f"chunk of {options.chunk_s} s is shorter than the model's minimum input ({self.network.min_samples} samples)"
+            )
+        self.n_outputs = self.network.config.n_outputs
+        self.n_channels = self.network.config.n_channels
         self.window = overlap_window(options.window, self.chunk)  # (T,)
         self.batch_size = options.batch_size or (1 if self.device.type == "cpu" else 4)
         self._buf = torch.zeros(self.n_channels, 0)  # input samples from _buf_start on
@@ -185,7 +184,7 @@ class ChunkedSeparator:
         if self._scheduled == 0 and length < self.chunk:
             # Shorter than one chunk: one pass over the whole input, unpadded (as css does).
             x = self._buf[:, :length]
-            pad = max(0, self.model.min_samples - length)  # too short for the STFT: pad, then cut
+            pad = max(0, self.network.min_samples - length)  # too short for the STFT: pad, then cut
             y = self._forward_or_zeros(torch.nn.functional.pad(x, (0, pad))[None])[0, ..., :length]
             self._accumulate(0, y, torch.ones(length))
             return self._emit(length)
@@ -230,11 +229,7 @@ class ChunkedSeparator:
         active = chunks.abs().flatten(1).sum(1) > 0  # (B,)
         if not active.any():
             return torch.zeros(b, self.n_outputs, c, t)
-        # Without bf16 the caller's autocast state (e.g. training validation under bf16) applies.
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        with torch.no_grad(), amp:
-            y = self.model(chunks[active].to(self.device) if not active.all() else chunks.to(self.device))
-        y = y.float().cpu()
+        y = self.network(chunks if active.all() else chunks[active])
         if active.all():
             return y
         out = torch.zeros(b, self.n_outputs, c, t)
@@ -270,16 +265,20 @@ def separate_array(
     window: str = "equal",
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    precision: str | None = None,
     bf16: bool = False,
 ) -> torch.Tensor:
     """Separate a whole song held in memory, chunk by chunk (docs/method.md §7).
 
     Args:
-        model: a BS-Locoformer in eval mode (``model(x (b, c, t)) -> (b, n, c, t)``).
+        model: a BS-Locoformer in eval mode (``model(x (b, c, t)) -> (b, n, c, t)``), or a
+            :class:`mixitcli.inference.Network`.
         mixture: (c, t) waveform at ``model.config.sample_rate``, any length.
         chunk_s, hop_s, window, batch_size: see :class:`ChunkOptions` (defaults: the paper's).
         device: where the model runs (default: where its parameters are).
-        bf16: bfloat16 autocast (without it, an autocast the caller entered applies).
+        precision: "fp32" (default: the model as it is; an autocast the caller entered
+            applies), "bf16" or "auto" (:mod:`mixitcli.inference`).
+        bf16: the same as ``precision="bf16"`` (the earlier name).
 
     Returns:
         (n, c, t) float32 CPU tensor, outputs in the order of ``model.stems``.
@@ -292,7 +291,7 @@ def separate_array(
     if mixture.ndim != 2:
         raise ValueError(f"expected a mixture shaped (channels, samples), got {tuple(mixture.shape)}")
     options = ChunkOptions(chunk_s=chunk_s, hop_s=hop_s, window=window, batch_size=batch_size)
-    separator = ChunkedSeparator(model, options=options, device=device, bf16=bf16)
+    separator = ChunkedSeparator(model, options=options, device=device, precision=precision, bf16=bf16)
     return torch.cat([separator.push(mixture), separator.finish()], dim=-1)
 
 
@@ -306,6 +305,7 @@ class FileResult:
         seconds: the input's duration in seconds.
         wall_s: wall-clock seconds spent (decode, separate, encode).
         nonfinite: non-finite input samples (NaN, infinity) that were replaced by 0.
+        network: how the model ran (:meth:`mixitcli.inference.Network.describe`).
     """
 
     input: Path
@@ -313,6 +313,7 @@ class FileResult:
     seconds: float
     wall_s: float
     nonfinite: int = 0
+    network: str = ""
 
     def warnings(self) -> list[str]:
         """What the user should be told about this file (empty when all went as expected)."""
@@ -357,6 +358,7 @@ def separate_file(
     *,
     options: ChunkOptions = ChunkOptions(),
     device: torch.device | str | None = None,
+    precision: str | None = None,
     bf16: bool = False,
     sample_rate: int | None = None,
     bits: str = "24",
@@ -371,12 +373,13 @@ def separate_file(
     Non-finite input samples (NaN, infinity) are separated as 0 and counted in the result.
 
     Args:
-        model: a BS-Locoformer in eval mode.
+        model: a BS-Locoformer in eval mode, or a :class:`mixitcli.inference.Network` (prepared
+            once for many files).
         source: the mixture file (any format :func:`mixitcli.audio.read_blocks` decodes).
         outputs: stem name (from ``model.stems``, or ``no_STEM``: the sum of the other outputs) -> file
             to write; the suffix sets the format.
         options: chunking (:class:`ChunkOptions`).
-        device, bf16: as :class:`ChunkedSeparator`.
+        device, precision, bf16: as :func:`separate_array`.
         sample_rate: rate of the written stems in Hz (None: the input's).
         bits: "16", "24" or "float" (see :class:`mixitcli.audio.BlockWriter`).
         on_progress: called with the seconds of input separated so far.
@@ -402,7 +405,7 @@ def separate_file(
     mono = meta.channels == 1
     model_rate = model.config.sample_rate
     out_rate = sample_rate or meta.sample_rate
-    separator = ChunkedSeparator(model, options=options, device=device, bf16=bf16)
+    separator = ChunkedSeparator(model, options=options, device=device, precision=precision, bf16=bf16)
     to_model = _Resampler(meta.sample_rate, model_rate, meta.channels)
     from_model = _Resampler(model_rate, out_rate, len(groups) * meta.channels)
     held = np.zeros((len(groups) * meta.channels, 0), dtype=np.float32)  # (k*c_out, <= HOLD_BACK)
@@ -442,4 +445,4 @@ def separate_file(
             writer.limit = resampled_length(n_in, meta.sample_rate, out_rate)
         write(torch.cat([y, separator.finish()], dim=-1), last=True)
     return FileResult(input=source, outputs=outputs, seconds=n_in / meta.sample_rate, wall_s=time.perf_counter() - started,
-                      nonfinite=nonfinite.samples)
+                      nonfinite=nonfinite.samples, network=separator.network.describe())

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from mixitcli.batch import PlanError, find_inputs, plan
 from mixitcli.cli import app
+from mixitcli.inference import native_bf16
 from mixitcli.lock import Holder
 from mixitcli.model import model_to_dict
 from mixitcli.model.official import load_official
@@ -82,7 +83,8 @@ def test_cli_one_bad_file_among_good_ones(tmp_path, tiny_checkpoint):
     result = runner.invoke(app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
     assert result.exit_code == 1
     assert "broken.wav" in result.output and "1 file(s) failed" in result.output
-    assert "cpu, float32" in result.output and "RTF" in result.output  # device, dtype, real-time factor
+    dtype = "bfloat16" if native_bf16() else "float32"  # --precision auto
+    assert f"cpu, {dtype}, torch" in result.output and "RTF" in result.output  # device, dtype, backend, real-time factor
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == sorted(f"{t}/{s}.wav" for t in ("one", "two") for s in STEMS)
     two = sf.info(out / "two" / "vocals.wav")
     assert (two.samplerate, two.channels, two.frames) == (22050, 1, 22050)  # mono in, mono out, input rate

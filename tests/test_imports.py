@@ -104,11 +104,12 @@ def test_every_module_imports(name):
 # layers below it, never one above. "mixitcli.data" covers mixitcli.data.* (and so on).
 LAYERS = [
     ("foundations", ["mixitcli.stems", "mixitcli.signals", "mixitcli.storage", "mixitcli.progress", "mixitcli.devices",
-                     "mixitcli.allocator", "mixitcli.losses", "mixitcli.lock", "mixitcli.audio"]),
+                     "mixitcli.allocator", "mixitcli.losses", "mixitcli.lock", "mixitcli.audio", "mixitcli.onnxrun"]),
     ("model", ["mixitcli.model"]),
-    ("data and metrics", ["mixitcli.data", "mixitcli.metrics", "mixitcli.report", "mixitcli.separate", "mixitcli.demo"]),
+    ("data and metrics", ["mixitcli.data", "mixitcli.metrics", "mixitcli.report", "mixitcli.separate", "mixitcli.inference",
+                          "mixitcli.demo"]),
     ("stages", ["mixitcli.registry", "mixitcli.selection", "mixitcli.train", "mixitcli.evaluate", "mixitcli.batch",
-                "mixitcli.listen", "mixitcli.listen_page"]),
+                "mixitcli.listen", "mixitcli.listen_page", "mixitcli.export"]),
     ("command line", ["mixitcli.cli", "mixitcli.__main__", "mixitcli"]),
 ]
 

@@ -273,28 +273,33 @@ class MaskDecoder(nn.Module):
             bias = torch.baddbmm(b2.unsqueeze(-1), w2, inner).squeeze(-1)  # (k, 4d)
         return weight, bias
 
-    def forward(self, x: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: torch.Tensor, *, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Masked spectra: the masks computed from ``x`` times the mixture spectrum ``spec``.
 
         Args:
             x: (b, l, k, d) separator output.
             spec: complex (b, c, f, l) spectrum to mask (ones give the masks themselves).
+            affine: :meth:`hidden_affine`'s result, when the caller keeps it (inference).
 
         Returns:
             complex (b, n, c, f, l) of spec's dtype, a transposed view of a (b, n, c, l, f)
             tensor: frames outside bins, as the STFT stores them, so the iSTFT needs no copy.
         """
+        last = [head.fc3 for head in self.heads]
+        return masked_spectrum(
+            self.hidden(x, affine), spec, [p.weight for p in last], [p.bias for p in last], n_channels=self.n_channels
+        )
+
+    def hidden(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(b, l, k, d) separator output -> (k, b*l, 4d) every band's features after its norm, fc1,
+        fc2 and tanh: the input of the last layers (``affine``: as in :meth:`forward`)."""
         b, l, k, d = x.shape
         eps = self.heads[0].norm.eps
         x = x.float().permute(2, 0, 1, 3).contiguous().view(k, b, l * d)  # (b, l, k, d) -> (k, b, l*d)
         var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)  # per band and item: (k, b, 1)
         z = ((x - mean) * torch.rsqrt(var + eps)).view(k, b * l, d)
-        weight, bias = self.hidden_affine()
-        hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2)))  # (k, b*l, 4d)
-        last = [head.fc3 for head in self.heads]
-        return masked_spectrum(
-            hidden, spec, [p.weight for p in last], [p.bias for p in last], n_channels=self.n_channels
-        )
+        weight, bias = affine if affine is not None else self.hidden_affine()
+        return torch.tanh(torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2)))  # (k, b*l, 4d)
 
 
 class BSLocoformer(nn.Module):

@@ -176,3 +176,55 @@ def masked_spectrum(hidden: torch.Tensor, spec: torch.Tensor, weights, biases, *
     params = [p for pair in zip(weights, biases) for p in pair]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, spec, *params))
     return MaskedSpectrum.apply(hidden, spec, n_channels, keep, *params)
+
+
+def equal_width_runs(widths) -> list[tuple[int, int]]:
+    """(first band, band count) of each run of consecutive bands of one width: 7 runs for the 62
+    bands of docs/method.md §3.3."""
+    runs, start = [], 0
+    for i in range(1, len(widths) + 1):
+        if i == len(widths) or widths[i] != widths[start]:
+            runs.append((start, i - start))
+            start = i
+    return runs
+
+
+def stacked_last_layers(weights, biases) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per run of bands of one width (:func:`equal_width_runs`), their last layers stacked:
+    weight (g, n, 4cw, D) and bias (g, n, 4cw)."""
+    runs = equal_width_runs([w.shape[1] for w in weights])
+    return [(torch.stack(weights[a : a + g]), torch.stack(biases[a : a + g])) for a, g in runs]
+
+
+def masked_planes(hidden: torch.Tensor, re: torch.Tensor, im: torch.Tensor, layers, *,
+                  n_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_spectrum` composed from standard operators on real planes, for exporters.
+
+    The same function (values equal to float rounding), written without the autograd Function,
+    in-place operators or complex tensors, none of which an ONNX graph holds: per run of bands
+    of one width, one product for the last layers of all its bands, the GLU, then the complex
+    product written out on the real and imaginary planes (7 runs instead of 62 bands: a graph
+    a tenth the size).
+
+    Args:
+        hidden: (k, b*l, D) hidden features per band, rows ordered (b, l).
+        re, im: (b, c, f, l) real and imaginary planes of the mixture spectrum.
+        layers: :func:`stacked_last_layers` of the bands' last layers.
+        n_channels: c.
+
+    Returns:
+        real and imaginary planes (b, n, c, f, l) of the outputs' spectra.
+    """
+    b, c, f, l = re.shape
+    out_re, out_im, band, start = [], [], 0, 0
+    for weight, bias in layers:  # (g, n, 4cw, D), (g, n, 4cw)
+        g, w = weight.shape[0], weight.shape[2] // (4 * n_channels)
+        y = torch.matmul(hidden[band : band + g].unsqueeze(1), weight.transpose(-1, -2)) + bias.unsqueeze(2)  # (g, n, b*l, 4cw)
+        mask = torch.nn.functional.glu(y, dim=-1).reshape(g, -1, b, l, 2, c, w)  # (g, n, b, l, r, c, w)
+        mask = mask.permute(4, 2, 1, 5, 0, 6, 3).reshape(2, b, -1, c, g * w, l)  # (r, b, n, c, g*w, l)
+        bins = slice(start, start + g * w)
+        x_re, x_im = re[:, None, :, bins], im[:, None, :, bins]  # (b, 1, c, g*w, l)
+        out_re.append(mask[0] * x_re - mask[1] * x_im)
+        out_im.append(mask[0] * x_im + mask[1] * x_re)
+        band, start = band + g, start + g * w
+    return torch.cat(out_re, dim=3), torch.cat(out_im, dim=3)

@@ -150,3 +150,4 @@ def test_ffn_padding_equals_the_official_pad_and_crop():
     y = y[:, :5] * F.silu(y[:, 5:])
     y = F.conv_transpose1d(y, ffn.deconv.weight, ffn.deconv.bias)[:, :, 7 : 7 + 11].transpose(1, 2)
     assert torch.allclose(ffn(x), y, atol=1e-6)
+

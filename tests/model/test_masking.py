@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixitcli.model.masking import masked_spectrum, per_output_affine
+from mixitcli.model.masking import equal_width_runs, masked_planes, masked_spectrum, per_output_affine, stacked_last_layers
 
 
 def composed(hidden, spec, weights, biases, c):
@@ -91,3 +91,15 @@ def test_no_gradient_wanted_gives_the_same_values():
         plain = masked_spectrum(hidden, spec, weights, biases, n_channels=2)
     hidden.requires_grad_()
     assert torch.equal(masked_spectrum(hidden, spec, weights, biases, n_channels=2).detach(), plain)
+
+
+def test_real_planes_composition_equals_the_function():
+    """masked_planes, the exporters' form (no autograd Function, no complex tensors), computes
+    masked_spectrum's values."""
+    hidden, spec, weights, biases = inputs(widths=(2, 2, 4, 12, 12, 7), b=2, l=9, n=5, d=8, dtype=torch.float32)
+    ref = masked_spectrum(hidden, spec, weights, biases, n_channels=2)
+    assert equal_width_runs([2, 2, 4, 12, 12, 12, 7]) == [(0, 2), (2, 1), (3, 3), (6, 1)]
+    layers = stacked_last_layers(weights, biases)
+    re, im = masked_planes(hidden, spec.real.contiguous(), spec.imag.contiguous(), layers, n_channels=2)
+    assert re.shape == im.shape == (2, 5, 2, 39, 9)
+    torch.testing.assert_close(torch.complex(re, im), ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
