@@ -10,11 +10,12 @@ endif
 endif
 PYTHON ?= $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),python,python3)
 
-.PHONY: install test bench gpu-check docs help
+.PHONY: install test lint format bench gpu-check docs help
 
 help:
 	@echo "make install   ffmpeg and Chromium (apt), then torch and mixit (editable) with test tools, in .venv unless an environment is active"
 	@echo "make test      run the test suite"
+	@echo "make lint      ruff: lint and formatting check (make format rewrites the files)"
 	@echo "make bench     run the benchmarks in bench/ (slow; prints figures)"
 	@echo "make docs      regenerate docs/commands.md from the command-line app"
 	@echo "make gpu-check the whole CUDA path in one run, one JSON report (bench/gpu_check.py; about 8 min on a GPU)"
@@ -27,6 +28,14 @@ install:
 
 test:
 	$(PYTHON) -m pytest -q -n 2 tests
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 bench:
 	$(PYTHON) bench/model.py

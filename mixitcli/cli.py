@@ -68,7 +68,7 @@ class _Commands(TyperGroup):
             except Interrupted as e:  # a stop signal: say what happened, exit 128 + its number
                 if not e.quiet:
                     console.print(f"[yellow]stopped:[/] {e}", highlight=False)
-                raise typer.Exit(e.exit_code)
+                raise typer.Exit(e.exit_code) from None
 
 
 app = typer.Typer(

@@ -15,7 +15,7 @@ def read_metrics(run: str | Path) -> list[dict]:
     if not path.is_file():
         raise PlotError(f"{path}: no metrics yet (is {run} a run folder?)")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for line in path.read_text().splitlines():
         if line.strip():
             try:
                 records.append(json.loads(line))
