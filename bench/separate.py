@@ -34,7 +34,7 @@ threads, with ``--precisions``' other precisions of torch beside them:
 
     python bench/separate.py --presets medium --seconds 36 --backends torch,onnxruntime --precisions fp32,auto --reps 3
 
-docs/speed.md holds the figures measured with these commands.
+docs/benchmarks.md holds the figures measured with these commands.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ A :class:`Network` is what :class:`mixitcli.separate.ChunkedSeparator` calls: (B
 chunks on the CPU in, (B, n, c, T) float32 outputs on the CPU out. :func:`prepare` makes one
 from a model; :class:`OnnxNetwork` runs an exported graph with onnxruntime (``--backend``).
 
-Where the time of a CPU separation goes (docs/speed.md has the profile and the paired
+Where the time of a CPU separation goes (docs/benchmarks.md has the profile and the paired
 figures): decoding, the STFT, the iSTFT with the overlap-add and encoding take under 1.5 %;
 the network takes the rest, in float32 about 60 % of it in the FFN convolutions and 13 % in
 attention. With bfloat16 weights the convolutions run about twice as fast on AVX512-BF16,
