@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from mixitcli.model import load_model
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders import REPO
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")

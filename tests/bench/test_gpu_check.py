@@ -10,12 +10,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.builders import REPO
+
 SCRIPT = REPO / "bench" / "gpu_check.py"
 
 

@@ -1,52 +1,10 @@
-"""The batched mask decoder computes what the per-band heads compute (their masks times the
-spectrum), values and gradients; the integer-threshold dropout behaves as nn.Dropout."""
+"""The integer-threshold dropout (mixitcli/model/dropout.py) behaves as nn.Dropout; its keep mask
+follows the probability and the generator, drawn at once or in row pieces."""
 
 import pytest
 import torch
 
-from mixitcli import build_model
 from mixitcli.model.dropout import Dropout, fill_keep_
-
-
-def per_band_masks(decoder, x):
-    """The reference: each band's head on its own, concatenated over bins -> (b, n, c, f, l)."""
-    y = torch.cat([head(x[:, :, i]) for i, head in enumerate(decoder.heads)], dim=-1)  # (n, b, l, 2, c, f)
-    return torch.complex(y[:, :, :, 0], y[:, :, :, 1]).permute(1, 0, 3, 4, 2)
-
-
-@pytest.fixture(scope="module")
-def decoder():
-    torch.manual_seed(0)
-    return build_model("tiny", n_outputs=3).decoder
-
-
-def test_batched_decoder_equals_per_band_heads(decoder):
-    b, l, k, d = 2, 5, 62, 16
-    x = torch.randn(b, k, l, d).transpose(1, 2)  # (b, l, k, d) laid out as the separator leaves it
-    spec = torch.randn(b, 2, 1025, l, dtype=torch.complex64)
-    with torch.no_grad():
-        masks = per_band_masks(decoder, x)
-        ours, ref = decoder(x, spec), masks * spec.unsqueeze(1)
-        ones = decoder(x, torch.ones_like(spec))  # a spectrum of ones gives the masks themselves
-    assert ours.shape == ref.shape == ones.shape == (b, 3, 2, 1025, l)
-    assert ((ours - ref).abs().max() / ref.abs().max()).item() < 1e-5
-    assert ((ones - masks).abs().max() / masks.abs().max()).item() < 1e-5
-
-
-def test_batched_decoder_gradients_equal_per_band_heads(decoder):
-    x = torch.randn(1, 2, 62, 16, requires_grad=True)
-    spec = torch.randn(1, 2, 1025, 2, dtype=torch.complex64)
-    weights = torch.randn(1, 3, 2, 1025, 2, dtype=torch.complex64)
-    params = [decoder.heads[i].get_parameter(name) for i in (0, 40, 61)
-              for name in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
-                           "fc3.weight", "fc3.bias")]
-    grads = []
-    for fn in (lambda x: decoder(x, spec), lambda x: per_band_masks(decoder, x) * spec.unsqueeze(1)):
-        loss = (fn(x) * weights).real.sum()
-        grads.append(torch.autograd.grad(loss, [x, *params]))
-    for ours, ref in zip(*grads):
-        assert ours.shape == ref.shape
-        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
 def test_dropout_keeps_one_minus_p_and_the_mean():
