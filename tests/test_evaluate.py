@@ -87,6 +87,7 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "C - Three/bass" in result.output
 
 
+@pytest.mark.slow
 def test_eval_model_end_to_end(tmp_path, official):
     model = load_official(official.weights("tiny4"), official.config("tiny4"))
     torch.save(model_to_dict(model), tmp_path / "tiny.pt")

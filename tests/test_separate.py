@@ -173,6 +173,7 @@ print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak memory from /proc (Linux)")
 def test_memory_does_not_grow_with_the_song(tmp_path):
     # glibc raises its mmap threshold as blocks are freed, which lets the heap's high-water

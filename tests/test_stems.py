@@ -82,6 +82,7 @@ def test_stem_names_are_checked_and_reported_together():
         check_stems([f"s{k}" for k in range(13)])
 
 
+@pytest.mark.slow
 def test_five_stems_end_to_end(collection):
     tmp, root = collection["tmp"], collection["root"]
     prep, run = tmp / "prep", tmp / "run"

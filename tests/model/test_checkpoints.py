@@ -13,6 +13,7 @@ from mixitcli.train.checkpoint import CheckpointManager
 from tests.builders import make_state
 
 
+@pytest.mark.slow
 def test_average_of_checkpoints_is_the_mean_of_weights(tmp_path):
     manager = CheckpointManager(tmp_path, keep_best=3)
     models = []

@@ -125,6 +125,7 @@ def train_losses(run):
     return {r["step"]: r["loss/train"] for r in metrics(run) if "loss/train" in r}
 
 
+@pytest.mark.slow
 def test_pretraining_loss_goes_down(fma_prep, tmp_path):
     run = tmp_path / "run"
     train(pretrain_config(fma_prep, run, epochs=3, steps_per_epoch=8, lr=3e-3, warmup_steps=4))
@@ -140,6 +141,7 @@ def test_pretraining_loss_goes_down(fma_prep, tmp_path):
     assert (run / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(fma_prep, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = dict(epochs=2, steps_per_epoch=3, max_steps=5)
@@ -197,6 +199,7 @@ def test_gradient_accumulation_gives_the_same_step(fma_prep, tmp_path):
         assert torch.allclose(runs[0][name], runs[1][name], atol=1e-5), name
 
 
+@pytest.mark.slow
 def test_finetuning_loss_goes_down(musdb_prep, tmp_path):
     run = tmp_path / "fine"
     values = dict(FAST_CONFIG, data=str(musdb_prep), out=str(run), batch_size=4, epochs=3, steps_per_epoch=8, lr=3e-3,
@@ -285,6 +288,7 @@ def test_resume_continues_and_extends(pretrained, fma_prep, tmp_path):
     assert result.exit_code != 0 and "lr" in result.output
 
 
+@pytest.mark.slow
 def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
     selection = tmp_path / "selection.json"
     result = invoke("select-channels", pretrained, "--musdb", musdb_prep, "--out", selection, "--device", "cpu")
@@ -630,6 +634,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_in_sync_and_stop_together(fma_prep, tmp_path):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(yaml.safe_dump({"stage": "pretrain", "check_sync_every": 1, "activation_checkpointing": False}))
