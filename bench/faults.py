@@ -7,7 +7,7 @@ Prints, for each case, the exit code and the command's last lines, then the figu
 kept on the 20 MB disk, files kept by the rerun after the disk grew, whether the manifest
 equals one made on a roomy disk, and how the racing runs ended (finished, refused with a
 message, or crashed with a traceback). The tests inject these faults instead (tests/data/
-test_faults.py, tests/test_storage.py), so they run anywhere.
+test_fma.py, tests/test_storage.py), so they run anywhere.
 """
 
 from __future__ import annotations

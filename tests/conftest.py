@@ -1,4 +1,5 @@
-"""Shared test fixtures: the authors' tiny model rebuilt from tests/fixtures/official/, small helpers."""
+"""Fixtures for every test file: the authors' tiny model rebuilt from tests/fixtures/official/, a
+MUSDB18-HQ tree of your own music. Plain helpers are in tests/builders.py."""
 
 import os
 from pathlib import Path
@@ -7,9 +8,8 @@ import pytest
 import torch
 
 from mixitcli.allocator import keep_freed_memory
+from tests.builders import OWN, noise, write
 from tests.official import OfficialModels
-
-REPO = Path(__file__).resolve().parents[1]
 
 # two test processes (pytest-xdist, `make test`) share the machine's cores; alone, use two threads
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -25,6 +25,14 @@ def official(tmp_path_factory) -> OfficialModels:
     return OfficialModels(tmp_path_factory.mktemp("official"))
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||."""
-    return ((a - b).norm() / b.norm()).item()
+@pytest.fixture(scope="module")
+def own_stems(tmp_path_factory) -> Path:
+    """A MUSDB18-HQ-layout tree of 5 training songs, none named like a standard validation track."""
+    root = tmp_path_factory.mktemp("own")
+    for k, name in enumerate(OWN + ["Own Band - Test"]):
+        folder = root / ("test" if name.endswith("Test") else "train") / name
+        stems = {s: noise(9, amp=0.05, seed=10 * k + j) for j, s in enumerate(("vocals", "drums", "bass", "other"))}
+        for s, x in stems.items():
+            write(folder / f"{s}.wav", x)
+        write(folder / "mixture.wav", sum(stems.values()))
+    return root

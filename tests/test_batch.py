@@ -1,5 +1,6 @@
-"""`mixit separate`: inputs, output naming, skipping, failures, through the library and the CLI;
-one writer per stem file, stop signals and leftovers of killed runs."""
+"""`mixit separate` (mixitcli/batch.py): inputs, output naming, skipping, failures, through the
+library and the CLI; one writer per stem file, stop signals and leftovers of killed runs;
+--two-stems (issue 21)."""
 
 import dataclasses
 import json
@@ -22,10 +23,12 @@ from mixitcli.inference import native_bf16
 from mixitcli.lock import Holder
 from mixitcli.model import model_to_dict
 from mixitcli.model.official import load_official
-from tests.conftest import REPO
+from tests.builders import REPO
+from tests.builders import tone as _tone
 
 runner = CliRunner()
 STEMS = ("bass", "drums", "vocals", "other")
+SR = 44100
 
 
 def noise(path: Path, seconds: float = 1.0, rate: int = 44100, channels: int = 2) -> Path:
@@ -234,3 +237,28 @@ def test_non_utf8_name_is_separated_and_a_failed_song_leaves_no_folder(tmp_path,
     assert result.exit_code == 1 and "empty.wav" in result.output and "1 file(s) failed" in result.output
     assert sorted(p.name for p in out.iterdir()) == [os.fsdecode(b"caf\xe9 \xff")]  # no empty out/empty/
     assert sorted(p.name for p in (out / os.fsdecode(b"caf\xe9 \xff")).iterdir()) == sorted(f"{s}.wav" for s in STEMS)
+
+
+def test_two_stems_with_a_published_four_stem_model(official, tmp_path):
+    """`mixit separate --two-stems vocals` (issue 21) with the authors' model format: vocals.wav is the
+    vocals output, no_vocals.wav the sum of bass, drums and other, as written by a plain run."""
+    from typer.testing import CliRunner
+
+    from mixitcli.cli import app
+
+    runner = CliRunner()
+    song = tmp_path / "song.wav"
+    sf.write(song, _tone(1.0, SR, 2).T, SR)
+    model = str(official.folder("tiny4"))
+    common = [str(song), "--model", model, "--device", "cpu", "--bits", "float"]
+    plain = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "four")])
+    two = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "two"), "--two-stems", "vocals"])
+    assert plain.exit_code == 0 and two.exit_code == 0, plain.output + two.output
+    assert sorted(p.name for p in (tmp_path / "two" / "song").iterdir()) == ["no_vocals.wav", "vocals.wav"]
+    four = {s: sf.read(tmp_path / "four" / "song" / f"{s}.wav")[0] for s in ("bass", "drums", "vocals", "other")}
+    np.testing.assert_array_equal(sf.read(tmp_path / "two" / "song" / "vocals.wav")[0], four["vocals"])
+    np.testing.assert_allclose(sf.read(tmp_path / "two" / "song" / "no_vocals.wav")[0], four["bass"] + four["drums"] + four["other"], atol=1e-6)
+    wrong = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "x"), "--two-stems", "guitar"])
+    assert wrong.exit_code == 1 and isinstance(wrong.exception, SystemExit)
+    assert "--two-stems guitar: this model outputs bass, drums, vocals, other; name one of them" in " ".join(wrong.output.split())
+    assert not (tmp_path / "x").exists()

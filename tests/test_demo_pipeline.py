@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from mixitcli.model import load_model
+from tests.builders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
-
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")
 def test_make_demo_runs_every_stage(tmp_path):
     demo = tmp_path / "demo"

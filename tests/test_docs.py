@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders import REPO
+
 PAGES = sorted([REPO / "README.md", REPO / "CHANGELOG.md", REPO / "tests" / "README.md", *(REPO / "docs").glob("*.md")])
 LINK = re.compile(r"(?<!!)\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)\)")  # [text](target), not images
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)

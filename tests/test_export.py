@@ -17,8 +17,7 @@ from mixitcli.cli import app
 from mixitcli.model.official import load_official
 from mixitcli.onnxrun import OnnxModel
 from tests import official as rule
-from tests.conftest import REPO
-from tests.test_separate import css_reference
+from tests.builders import REPO, css_reference
 
 runner = CliRunner()
 TOL = 1e-4

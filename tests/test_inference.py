@@ -13,7 +13,7 @@ from mixitcli.demo.synth import synthesize_song
 from mixitcli.inference import CpuBfloat16, cpu_flags, prepare, resolve_precision, transposed_as_conv
 from mixitcli.model import model_to_dict
 from mixitcli.separate import ChunkedSeparator, ChunkOptions
-from tests.test_separate import css_reference
+from tests.builders import css_reference
 
 runner = CliRunner()
 SR = 44100
@@ -54,7 +54,7 @@ def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
 
 def test_fp32_writes_the_models_own_output_bit_for_bit(tmp_path, tiny, song):
     """`--precision fp32`: every stem sample equals the chunked composition of the unchanged
-    `model(chunk)` (the authors' stitching, written out in tests/test_separate.py)."""
+    `model(chunk)` (the authors' stitching, written out in tests/builders.py)."""
     (model, model_path), (path, x) = tiny, song
     output, stems = separate(tmp_path, path, model_path, "--precision", "fp32")
     assert "(cpu, float32, torch)" in output  # the summary line says how the model ran

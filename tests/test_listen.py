@@ -333,7 +333,7 @@ def test_full_disk_signal_busy_folder_and_stale_lock(tmp_path, monkeypatch):
     disk and the fix, no file under a final name; a stop signal (SIGUSR1) leaves no partial
     file either; a folder another `mixit listen` writes is refused; a lock left by a killed one
     is taken over with a warning; the rerun writes the page."""
-    from tests.test_lock import stale_lock, start_holders, stop
+    from tests.builders import stale_lock, start_holders, stop
 
     song = tmp_path / "separated" / "song"
     song.mkdir(parents=True)

@@ -3,19 +3,17 @@ of a process that is gone (killed, or whose pid was reused) is taken over with a
 lock of another host is refused with the command that removes it, and the commands that write
 a folder (pretrain, prepare-musdb, eval, listen) refuse it while another process holds it.
 
-The holders are small Python processes that take the lock as the commands do (no torch import),
-so the races are real and cheap; `mixit separate` racing a real `mixit separate` is in
-tests/test_batch.py."""
+The holders are small Python processes that take the lock as the commands do (no torch import;
+start_holders in tests/builders.py), so the races are real and cheap; `mixit separate` racing a
+real `mixit separate` is in tests/test_batch.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,49 +22,9 @@ from typer.testing import CliRunner
 from mixitcli import lock as lock_module
 from mixitcli.cli import app
 from mixitcli.lock import LOCK_NAME, Holder, Lock, LockError, folder_lock
-from tests.conftest import REPO
+from tests.builders import stale_lock, start_holders, stop
 
 runner = CliRunner()
-
-# Take the lock of argv[1], say so (or why not), hold it until stdin closes, then release it.
-HOLDER = """
-import sys
-from mixitcli.lock import LockError, folder_lock
-lock = folder_lock(sys.argv[1])
-try:
-    lock.acquire()
-    print("won", flush=True)
-except LockError as e:
-    print("refused", flush=True)
-sys.stdin.read()
-lock.release()
-"""
-
-
-def start_holders(folder: Path, n: int = 1) -> list[subprocess.Popen]:
-    """``n`` processes racing for ``folder``'s lock; returns once each has tried."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env) for _ in range(n)]
-    for p in procs:
-        p.answer = p.stdout.readline().strip()
-    return procs
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.stdin.close()
-        p.wait(timeout=30)
-
-
-def stale_lock(folder: Path) -> int:
-    """A lock left by a process killed with SIGKILL while holding it; returns that pid."""
-    (proc,) = start_holders(folder)
-    assert proc.answer == "won"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert (folder / LOCK_NAME).is_file()
-    return proc.pid
 
 
 def test_processes_racing_for_a_lock_one_wins_also_over_a_stale_one(tmp_path):

@@ -15,8 +15,7 @@ from mixitcli.train.config import STAGE_CONFIGS, ConfigError, TrainConfig as Con
 from mixitcli.train.loop import micro_batch
 from mixitcli.train.options import convert, options_of
 from mixitcli.train.schedule import lr_factor
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders import REPO
 
 
 RECIPES = sorted((REPO / "recipes").glob("*/*.yaml"))

@@ -1,4 +1,8 @@
-"""Channel selection with odd validation songs (issue 10, items 6 and 7), through the real CLI:
+"""Channel selection (mixitcli/selection.py): chunks to the song's end, the best assignment, conflicts
+resolved with distinct outputs, the matching outputs of a constructed model found, selection files
+of both formats read.
+
+Odd validation songs (issue 10, items 6 and 7), through the real CLI:
 a stem silent in every validation song is warned about, recorded, chosen by a stated rule and
 warned about again by finetune; no validation songs at all is said plainly, with the fix.
 The assignment rule for k stems on constructed counts (issue 21), and malformed selection files
@@ -15,14 +19,93 @@ from typer.testing import CliRunner
 from mixitcli.cli import app
 from mixitcli.data.musdb import VALIDATION_TRACKS
 from mixitcli.model import build_model, model_to_dict
-from mixitcli.selection import best_assignment, resolve, stem_report
-from tests.data.conftest import noise, write
+from mixitcli.selection import (
+    SelectionError,
+    best_assignment,
+    chunk_starts,
+    read_selection,
+    resolve,
+    select_channels,
+    stem_report,
+)
+from mixitcli.stems import STEMS
+from tests.builders import flat, noise, write
 
 runner = CliRunner()
 
 
-def flat(text: str) -> str:
-    return " ".join(text.split())
+def test_chunking_ends_at_the_song_end():
+    assert chunk_starts(25, 6) == [0, 6, 12, 18, 19]
+    assert chunk_starts(24, 6) == [0, 6, 12, 18]
+    assert chunk_starts(5, 6) == []
+
+
+def test_best_assignment_is_the_optimum():
+    snr = torch.tensor([[10.0, 9.0], [9.5, 0.0], [0.0, 0.0]])
+    assert best_assignment(snr) == (1, 0)  # 9.5 + 9 beats 10 + 0
+
+
+def test_conflicts_are_resolved_with_distinct_outputs():
+    counts = torch.zeros(6, 4, dtype=torch.long)
+    counts[2, 0], counts[2, 1], counts[3, 1], counts[4, 2], counts[5, 3] = 9, 8, 7, 5, 5
+    chosen, notes = resolve(counts)
+    assert chosen == [2, 3, 4, 5]
+    assert "output 2 is the most frequent match of bass, drums" in notes[0]
+
+
+class Oracle(torch.nn.Module):
+    """A fake 6-output 'model' that puts stem j of the song in output PERM[j]."""
+
+    PERM = [4, 0, 5, 2]
+
+    def __init__(self, songs):
+        super().__init__()
+        self.songs = songs
+        self.config = build_model("tiny", n_outputs=6).config
+
+    def forward(self, mix):
+        out = torch.zeros(mix.shape[0], 6, *mix.shape[1:])
+        for b in range(mix.shape[0]):
+            for _, mixture, stems in self.songs:
+                for start in range(mixture.shape[-1] - mix.shape[-1] + 1):
+                    if torch.equal(mixture[:, start : start + mix.shape[-1]], mix[b]):
+                        for j, o in enumerate(self.PERM):
+                            out[b, o] = stems[j, :, start : start + mix.shape[-1]]
+                        break
+        return out
+
+
+def test_selection_finds_the_matching_outputs(tmp_path):
+    torch.manual_seed(0)
+    songs = []
+    for name in ("a", "b"):
+        stems = torch.randn(4, 2, 44100 // 10 * 3)
+        stems[2, :, :4410] = 0  # vocals silent in the first chunk: inactive there
+        songs.append((name, stems.sum(0), stems))
+    selection = select_channels(Oracle(songs), songs, chunk_seconds=0.1, batch_size=2)
+    assert selection.selected == Oracle.PERM
+    assert selection.chunks == 6
+    counts = torch.tensor(selection.counts)
+    assert counts[5, 2] == 4 and counts[4, 0] == 6  # vocals voted only where active
+    path = tmp_path / "sel.json"
+    path.write_text(selection.to_json())
+    assert read_selection(path, n_outputs=6) == Oracle.PERM
+
+
+def test_read_selection_accepts_the_official_format_and_rejects_bad_files(tmp_path):
+    official = tmp_path / "inst_head.json"
+    official.write_text(json.dumps({"vocals": 1, "bass": 7, "drums": 3, "other": 0}))
+    assert read_selection(official, n_outputs=12) == [7, 3, 1, 0]
+    with pytest.raises(SelectionError, match="not distinct"):
+        read_selection(official, n_outputs=4)
+    missing = tmp_path / "m.json"
+    missing.write_text(json.dumps({"vocals": 1}))
+    with pytest.raises(SelectionError, match="bass, drums, other"):
+        read_selection(missing, n_outputs=12)
+    assert STEMS == ("bass", "drums", "vocals", "other")
+
+
+# ----------------------------------------------------------------------------- k stems, odd validation songs, bad files
 
 
 def test_a_stem_without_votes_gets_the_least_matched_unused_output():

@@ -1,6 +1,6 @@
 """Stop signals (mixitcli/signals.py): deferred until asked, or raised where the program is;
 one signal delivered twice is one; helper processes ignore them; the previous handlers come
-back; the CLI exits with 128 + the signal's number."""
+back. The CLI's exit code of 128 + the signal's number is in tests/test_cli.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import signal
 
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
 
 from mixitcli import signals
 from mixitcli.signals import STOP_SIGNALS, Interrupted, deferred_stop, ignore_stop_signals, raise_on_stop, signal_name
@@ -80,21 +78,3 @@ def test_raise_on_stop_raises_where_the_program_is_and_restores():
             pytest.fail("the signal should have stopped the block")
     assert caught.value.signum == signal.SIGTERM and not isinstance(caught.value, Exception)
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_the_cli_exits_with_128_plus_the_signal_number():
-    from mixitcli import cli
-
-    app = typer.Typer(cls=cli._Commands)
-
-    @app.command()
-    def work() -> None:
-        raise Interrupted(signal.SIGUSR1, "SIGUSR1: saved step 7 to RUN/checkpoints/last.pt")
-
-    @app.command()
-    def other() -> None:
-        pass
-
-    result = CliRunner().invoke(app, ["work"])
-    assert result.exit_code == 128 + signal.SIGUSR1
-    assert "saved step 7" in result.output and "Traceback" not in result.output

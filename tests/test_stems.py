@@ -19,20 +19,11 @@ from mixitcli.cli import app
 from mixitcli.model import load_model
 from mixitcli.model.checkpoints import load_checkpoint
 from mixitcli.stems import StemsError, check_stems, parse_stems
+from tests.builders import flat, invoke
 
 SR = 44100
 STEMS5 = ("lead", "pad", "sub", "kick", "hats")  # the output order asked for (not alphabetical)
 runner = CliRunner()
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def instruments(seconds: float, rng: np.random.Generator, *, gated: bool = True) -> dict[str, np.ndarray]:
@@ -91,6 +82,7 @@ def test_stem_names_are_checked_and_reported_together():
         check_stems([f"s{k}" for k in range(13)])
 
 
+@pytest.mark.slow
 def test_five_stems_end_to_end(collection):
     tmp, root = collection["tmp"], collection["root"]
     prep, run = tmp / "prep", tmp / "run"

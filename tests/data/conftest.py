@@ -13,24 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-SR = 44100
-
-
-def noise(seconds: float, rate: int = SR, channels: int = 2, amp: float = 0.1, seed: int = 0) -> np.ndarray:
-    """(t, c) float32 white noise, never exactly zero in any 0.5 s chunk."""
-    rng = np.random.default_rng(seed)
-    return (amp * rng.standard_normal((int(round(seconds * rate)), channels))).astype(np.float32)
-
-
-def write(path: Path, data: np.ndarray, rate: int = SR) -> Path:
-    """Write (t, c) audio; the suffix picks the format (.mp3, .wav, .flac)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = {".mp3": "MP3", ".wav": "WAV", ".flac": "FLAC"}[path.suffix]
-    sf.write(str(path), data, rate, format=fmt)
-    return path
-
+from tests.builders import SR, noise, write
 
 # The FMA tree: track id -> (folder, what it is, expected outcome for --subset small).
 # Kept files list their clip starts in seconds (10 s clips, 5 s hop, plus one ending at the end).

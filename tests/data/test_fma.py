@@ -1,7 +1,11 @@
-"""prepare-fma: the per-file rules, the outputs, the split, shards, and resuming after kill -9."""
+"""prepare-fma (mixitcli/data/fma.py): the per-file rules, the outputs, the split (by hash, or
+FMA's own from tracks.csv, with at least 2 validation tracks), shards, resuming after kill -9,
+the command's messages and errors, a full disk, the shard lock held through the merge, and
+clips with non-finite samples."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -14,16 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from typer.testing import CliRunner
 
 from mixitcli import audio
-from mixitcli.data import fma
-from mixitcli.data.clips import ClipRules, segment_starts
+from mixitcli.cli import app
+from mixitcli.data import clips, fma
+from mixitcli.data import manifest as mf
+from mixitcli.data.clips import ClipRules
 from mixitcli.data.errors import LayoutError, MetadataError, PrepareError
-from mixitcli.data.manifest import SegmentIndex, read_jsonl
+from mixitcli.data.fma import split_of
+from mixitcli.data.manifest import Journal, SegmentIndex, read_jsonl
+from tests.builders import REPO, flat, float_wav, noise, write
 
-from .conftest import FMA_FILES, SR, noise, write
+from .conftest import FMA_FILES, SR
 
-REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
 L = 10 * SR
 
 
@@ -36,20 +45,6 @@ def rows_by_track(prep: Path) -> dict[str, list[dict]]:
 
 def without_store(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "store"} for r in rows]
-
-
-@pytest.mark.parametrize(
-    "frames, expected",
-    [
-        (L - 1, []),
-        (L, [0]),
-        (L + 1, [0, 1]),  # the end clip, one sample later
-        (20 * SR, [0, 5 * SR, 10 * SR]),  # the hops land on the end: no extra clip
-        (17 * SR, [0, 5 * SR, 7 * SR]),
-    ],
-)
-def test_segment_starts(frames, expected):
-    assert segment_starts(frames, L, 5 * SR) == expected
 
 
 def test_fma_tree_outcomes(fma_prepared):
@@ -280,3 +275,294 @@ def test_file_names_that_are_not_utf8_are_prepared_like_any_other(tmp_path):
     journal = (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes() == journal  # nothing decoded again
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_prepare_fma_end_to_end(tmp_path):
+    src = tmp_path / "music"
+    for k in range(3):
+        write(src / "album" / f"song{k}.flac", noise(12, seed=k))
+    (src / "broken.mp3").write_bytes(b"ID3 garbage")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "3 kept" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["segments_kept"] == 6 and summary["files_rejected"] == {"undecodable": 1}
+    again = runner.invoke(app, ["prepare-fma", "--merge", "--out", str(out), "--valid-fraction", "0.5"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["valid_fraction"] == 0.5
+
+
+def test_prepare_fma_errors(tmp_path, fma_root):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["prepare-fma", str(tmp_path / "missing"), "--subset", "small"], "no such folder"),
+        (["prepare-fma", "--audio-dir", str(tmp_path / "empty")], "no audio files"),
+        (["prepare-fma", str(fma_root), "--subset", "huge"], "unknown subset 'huge'"),
+        (["prepare-fma", str(fma_root / "fma_small"), "--subset", "large"], "does not know the subset 'large'"),
+        (["prepare-fma", "--audio-dir", str(fma_root), "--shard", "2/2"], "0-based"),
+        (["prepare-fma", "--audio-dir", str(fma_root), "--silence-rule", "loud"], "silence_rule"),
+        (["prepare-fma", "--merge"], "no shards"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 1, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+    both = runner.invoke(app, ["prepare-fma", str(fma_root), "--audio-dir", str(fma_root), "--out", str(tmp_path / "o")])
+    assert both.exit_code == 2 and "either ROOT" in both.output
+    mixed = runner.invoke(app, ["prepare-fma", "--audio-dir", str(fma_root), "--subset", "small", "--out", str(tmp_path / "o")])
+    assert mixed.exit_code == 2 and "go with ROOT" in " ".join(mixed.output.split())
+
+
+# ----------------------------------------------------------------------------- faults (issue 11)
+# The full disk is injected: the store files are opened through a quota that raises ENOSPC
+# once a byte budget is spent (as a 20 MB tmpfs does), so the test runs anywhere.
+
+STORE_BYTES = 11 * 44100 * 4  # one 11 s stereo file kept whole, as int16
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory) -> Path:
+    """Four good 11 s stereo WAV files."""
+    folder = tmp_path_factory.mktemp("songs")
+    for k in range(4):
+        write(folder / f"song{k}.wav", noise(11, seed=k))
+    return folder
+
+
+class _Quota:
+    """open() for the store files with a shared byte budget: a write past it fails with ENOSPC."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        return _QuotaFile(f, self) if "w" in mode else f
+
+
+class _QuotaFile:
+    def __init__(self, f, quota: _Quota) -> None:
+        self.f, self.quota = f, quota
+
+    def write(self, data) -> int:
+        self.quota.left -= len(data)
+        if self.quota.left < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def _prepare(songs: Path, out: Path):
+    return runner.invoke(app, ["prepare-fma", "--audio-dir", str(songs), "--out", str(out), "--workers", "0", "--no-progress"])
+
+
+def test_full_disk_stops_the_run_and_the_rerun_keeps_every_file(songs, tmp_path, monkeypatch):
+    out = tmp_path / "prep"
+    monkeypatch.setattr(clips, "open", _Quota(int(2.5 * STORE_BYTES)), raising=False)  # room for two files
+    result = _prepare(songs, out)
+    shard = out / "shards" / "0-of-1"
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "no space left on the device" in text and "needed" in text
+    assert str(shard / "audio") in result.output.replace("\n", "")  # the folder, however the console wraps it
+    assert "2 of 4 files are finished" in text and "Traceback" not in result.output
+    journal = Journal(shard / "journal.jsonl").load()
+    assert sorted(journal) == ["song0.wav", "song1.wav"]  # a good file is never rejected for our disk
+    assert all(r["status"] == "kept" for r in journal.values())
+    assert not list(shard.rglob("*.partial")) and not (out / "manifest.jsonl").exists()
+
+    monkeypatch.undo()  # space was freed
+    result = _prepare(songs, out)
+    assert result.exit_code == 0, result.output
+    assert "4 seen, 4 kept" in result.output
+    done = json.loads((shard / "done.json").read_text())
+    assert (done["resumed"], done["processed"]) == (2, 2)
+    assert _prepare(songs, tmp_path / "ref").exit_code == 0  # the same files on a roomy disk
+    assert read_jsonl(out / "manifest.jsonl") == read_jsonl(tmp_path / "ref" / "manifest.jsonl")
+
+
+def test_the_shard_lock_is_held_through_the_merge(songs, tmp_path, monkeypatch):
+    """A second run started while the first merges is refused instead of deleting done.json
+    under it (issue 11: FileNotFoundError .../done.json in 3 of 10 racing tries)."""
+    out = tmp_path / "prep"
+    assert _prepare(songs, out).exit_code == 0
+    source = fma.locate_audio_dir(songs)
+    real_write_jsonl = mf.write_jsonl
+    competitor = []
+
+    def write_jsonl(path, rows):
+        if not competitor:  # the first merge write: a second run on the same folder starts now
+            competitor.append("started")
+            try:
+                fma.prepare_fma(source, fma.PrepareConfig(out=out, workers=0, progress=False))
+                competitor.append("ran to the end")
+            except PrepareError as e:
+                competitor.append(str(e))
+        return real_write_jsonl(path, rows)
+
+    monkeypatch.setattr(mf, "write_jsonl", write_jsonl)
+    result = _prepare(songs, out)  # the finished folder again: nothing to decode, then the merge
+    assert result.exit_code == 0, result.output
+    assert "being prepared by another running process" in competitor[1]
+    assert (out / "shards" / "0-of-1" / "done.json").is_file() and len(read_jsonl(out / "manifest.jsonl")) == 4 * 2
+
+
+# ----------------------------------------------------------------------------- FMA's own split
+# With tracks.csv, prepare-fma takes FMA's own split, as the authors' fma_split.py: "training" ->
+# train, "validation" -> valid, "test" left out (never decoded, counted in the summary);
+# --valid-fraction re-splits by hash, and --merge can switch between the two without decoding.
+
+# track id -> (FMA subset, FMA split); every file is 11 s of noise, so each kept track gives 2 clips
+TRACKS = {
+    "000010": ("small", "training"),
+    "000011": ("small", "training"),
+    "000012": ("small", "validation"),
+    "000013": ("small", "validation"),
+    "000014": ("small", "test"),
+    "000015": ("medium", "training"),  # not in small
+}
+
+
+def tracks_csv(path: Path, tracks: dict[str, tuple[str, str]]) -> Path:
+    lines = [",album,set,set,track", ",title,split,subset,title", "track_id,,,,"]
+    lines += [f'{int(tid)},"Album, {tid}",{split},{subset},Song {tid}' for tid, (subset, split) in sorted(tracks.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def split_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fma_split")
+    for k, tid in enumerate(TRACKS):
+        write(root / "fma_medium" / tid[:3] / f"{tid}.wav", noise(11, seed=40 + k))  # WAV: fast; the split is the point
+    tracks_csv(root / "fma_metadata" / "tracks.csv", TRACKS)
+    return root
+
+
+def splits_of(prep: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in read_jsonl(prep / "manifest.jsonl"):
+        out.setdefault(r["track"], set()).add(r["split"])
+    return out
+
+
+def test_split_follows_tracks_csv_and_merge_can_resplit(split_root, tmp_path):
+    out = tmp_path / "prep"
+    result = runner.invoke(app, ["prepare-fma", str(split_root), "--subset", "small", "--out", str(out), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "FMA's own split" in result.output and "1 files of FMA's test split left out" in result.output
+    assert splits_of(out) == {"000010": {"train"}, "000011": {"train"}, "000012": {"valid"}, "000013": {"valid"}}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split_rule"] == "fma tracks.csv" and summary["valid_fraction"] is None
+    assert summary["files_in_fma_test_split"] == 1 and summary["files_seen"] == 4  # the test track is never decoded
+    assert summary["files_not_in_subset"] == 1
+    assert summary["tracks_per_split"] == {"train": 2, "valid": 2} and summary["segments_per_split"] == {"train": 4, "valid": 4}
+
+    # --merge --valid-fraction: the same clips, split by a hash of the track id instead
+    result = runner.invoke(app, ["prepare-fma", "--merge", "--out", str(out), "--valid-fraction", "0.5"])
+    assert result.exit_code == 0, result.output
+    resplit = splits_of(out)
+    assert resplit == {tid: {fma.split_of(tid, 0.5)} for tid in ("000010", "000011", "000012", "000013")}
+    assert json.loads((out / "summary.json").read_text())["split_rule"] == "hash"
+    # --merge alone goes back to FMA's split (kept in the journals, no tracks.csv needed)
+    assert runner.invoke(app, ["prepare-fma", "--merge", "--out", str(out)]).exit_code == 0
+    assert splits_of(out)["000012"] == {"valid"} and splits_of(out)["000010"] == {"train"}
+
+
+def test_valid_fraction_applies_without_metadata(split_root, tmp_path):
+    """No tracks.csv (an FMA audio folder alone): every file is used, 1 % held out by hash, raised
+    to the minimum of 2 validation tracks (6 tracks kept)."""
+    bare = fma.AudioSource(kind="fma", audio_root=split_root / "fma_medium", subset="medium")
+    summary = fma.prepare_fma(bare, fma.PrepareConfig(out=tmp_path / "p", workers=0, progress=False))
+    assert summary["split_rule"] == "hash" and summary["valid_fraction"] == fma.DEFAULT_VALID_FRACTION
+    assert summary["files_seen"] == 6 and summary["files_in_fma_test_split"] == 0
+    raised = fma.raised_to_minimum(set(TRACKS), fma.DEFAULT_VALID_FRACTION)
+    assert len(raised) == 2 and summary["tracks_per_split"]["valid"] == 2
+    assert splits_of(tmp_path / "p") == {tid: {"valid" if tid in raised else fma.split_of(tid, fma.DEFAULT_VALID_FRACTION)} for tid in TRACKS}
+
+
+def test_unknown_split_value_is_an_error(tmp_path):
+    bad = tracks_csv(tmp_path / "tracks.csv", {"000010": ("small", "holdout"), "000011": ("small", "training")})
+    with pytest.raises(MetadataError, match="'holdout' in column set/split; expected training, validation, test"):
+        fma.read_tracks(bad, "small")
+    good = tracks_csv(tmp_path / "ok.csv", {"000010": ("small", "test"), "000011": ("medium", "validation")})
+    assert fma.read_tracks(good, "medium") == {10: "test", 11: "validation"}
+    assert fma.read_subset_ids(good, "small") == {10}
+
+
+# ----------------------------------------------------------------------------- validation tracks of your own music (issue 10)
+
+
+def tracks_dir(root: Path, names: list[str]) -> Path:
+    for k, name in enumerate(names):
+        write(root / f"{name}.wav", noise(10.5, seed=k))
+    return root
+
+
+def test_prepare_fma_holds_out_at_least_two_of_four_or_more_tracks(tmp_path):
+    names = [f"song{k}" for k in range(6)]
+    assert all(split_of(n, 0.01) == "train" for n in names)  # the fraction alone holds out none
+    src = tracks_dir(tmp_path / "music", names)
+    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["tracks_per_split"] == {"train": 4, "valid": 2} and summary["valid_tracks_raised"] == 2
+    assert "validation: 2 of 6 tracks held out (2 added: --valid-fraction 0.01 gave 0" in flat(result.output)
+    rows = [json.loads(line) for line in (tmp_path / "p" / "manifest.jsonl").read_text().splitlines()]
+    assert len({r["track"] for r in rows if r["split"] == "valid"}) == 2
+
+
+def test_prepare_fma_with_three_tracks_says_pretrain_needs_more(tmp_path):
+    src = tracks_dir(tmp_path / "music", ["a", "b", "c"])
+    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0 and "pretrain needs at least 2 validation tracks" in flat(result.output)
+    result = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "p"), "--out", str(tmp_path / "run"), "--size", "tiny", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "at least two tracks. Hold out more tracks" in flat(result.output)  # a sentence each
+
+
+# ----------------------------------------------------------------------------- non-finite samples (issue 10, item 3)
+
+
+def test_prepare_fma_drops_and_counts_clips_with_nonfinite_samples(tmp_path):
+    src = tmp_path / "music"
+    x = noise(25.0, seed=3)
+    x[12 * SR, 1] = np.nan  # inside the clips at 5 and 10 s
+    float_wav(src / "one_nan.wav", x)
+    y = noise(12.0, seed=4)
+    y[::SR] = np.inf  # every clip of this file holds some
+    float_wav(src / "all_bad.wav", y)
+    float_wav(src / "clean.wav", noise(11.0, seed=5))
+    out = tmp_path / "prep"
+    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["segments_dropped"] == {"silent": 0, "nonfinite": 2} and summary["files_with_nonfinite"] == 2
+    assert summary["files_rejected"] == {"nonfinite": 1}
+    text = flat(result.output)
+    assert "2 dropped for non-finite samples (NaN or infinity; 2 file(s) held some)" in text and "rejected: nonfinite 1" in text
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["offset"] for r in rows if r["track"] == "one_nan") == [0, 15 * SR]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(Path(r["file"]).name, r["reason"]) for r in rejected] == [("all_bad.wav", "nonfinite")]
+    from mixitcli.data.manifest import SegmentIndex
+
+    index = SegmentIndex.load(out)
+    for k in range(len(index.length)):  # nothing non-finite, nothing replaced, reaches training
+        clip = index.read(k, 0, int(index.length[k]))
+        assert np.isfinite(clip).all()
+    first = [k for k, r in enumerate(rows) if r["track"] == "one_nan" and r["offset"] == 0][0]
+    np.testing.assert_allclose(index.read(first, 0, 10 * SR), x[: 10 * SR].T, atol=1 / 32768)  # the clean clip as it was

@@ -1,10 +1,12 @@
 """A prepared FMA folder is checked when a run starts (mixitcli/data/manifest.py, issue 20):
 index.npz carries its manifest's hash, so an edited manifest is no longer ignored (the index is
 rebuilt from it, or refused naming the line), and a truncated audio store is an error naming
-the file and the command that decodes it again, not a traceback in the middle of training."""
+the file and the command that decodes it again, not a traceback in the middle of training.
+The journal of a shard stays whole after a short write (issue 11)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 import shutil
@@ -16,10 +18,9 @@ from typer.testing import CliRunner
 
 from mixitcli.cli import app
 from mixitcli.data import fma
-from mixitcli.data.manifest import SegmentIndex, read_jsonl
+from mixitcli.data.manifest import Journal, SegmentIndex, read_jsonl
 from mixitcli.lock import LOCK_NAME
-
-from .conftest import noise, write
+from tests.builders import noise, write
 
 runner = CliRunner()
 PRETRAIN = ["--size", "tiny", "--segment-seconds", "0.2", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
@@ -89,3 +90,25 @@ def test_a_truncated_store_is_an_error_and_prepare_fma_decodes_it_again(prepared
     index = SegmentIndex.load(data)
     index.check_stores(index.in_split("train"))
     assert json.loads((data / "summary.json").read_text())["files_kept"] == 4
+
+
+def test_a_short_journal_write_is_cut_back_to_whole_lines(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.append({"file": "a", "status": "kept"})
+    real = journal._file
+
+    class Short:  # a nearly full disk: write() takes only part of the line
+        def write(self, data):
+            return real.write(data[:5])
+
+        def fileno(self):
+            return real.fileno()
+
+    journal._file = Short()
+    with pytest.raises(OSError) as info:
+        journal.append({"file": "b", "status": "kept"})
+    assert info.value.errno == errno.ENOSPC
+    journal._file = real
+    journal.append({"file": "c", "status": "kept"})  # space again
+    journal.close()
+    assert sorted(Journal(tmp_path / "journal.jsonl").load()) == ["a", "c"]

@@ -1,4 +1,6 @@
-"""MUSDB18-HQ: the reader, the layout check, SAD on constructed signals, prepare-musdb outputs."""
+"""MUSDB18-HQ (mixitcli/data/musdb.py): the reader, the layout check, prepare-musdb outputs; the
+command end to end, its layout errors, and an empty track refused (issue 20). SAD on constructed
+signals is in tests/data/test_sad.py."""
 
 from __future__ import annotations
 
@@ -7,52 +9,25 @@ import shutil
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from mixitcli.cli import app
 from mixitcli.data.errors import LayoutError, PreparedDataError
 from mixitcli.data.manifest import read_jsonl
 from mixitcli.data.musdb import (
     VALIDATION_TRACKS,
     load_prepared_tracks,
-    salient_segments,
     scan_musdb,
     validate_musdb,
 )
 from mixitcli.stems import STEMS
+from tests.builders import flat, noise, write
 
-from .conftest import SR, noise, write
+from .conftest import SR
 
-SEG = 8 * SR  # SAD segments: 8 s, hop 4 s, chunks of 0.8 s
-CHUNK = SEG // 10
+runner = CliRunner()
 
-
-def chunked(amplitudes: list[float]) -> np.ndarray:
-    """A stereo signal that is constant within each 0.8 s chunk: (c=2, len * CHUNK)."""
-    return np.repeat(np.asarray(amplitudes, np.float32), CHUNK)[None].repeat(2, axis=0)
-
-
-def test_sad_percentile_threshold():
-    """20 chunks (16 s, segments at 0, 4, 8 s). Chunk energies E = a² * CHUNK * 2:
-    6 chunks at 0.01 (E = 7.056), 4 at 0.02, 10 at 0.1. Over the 30 (segment, chunk) pairs the
-    15th percentile is 7.056 (7 pairs have it), so only the louder chunks count as active:
-    segment 0 has 4 (< 5: dropped), segments 1 and 2 have 9 and 10."""
-    x = chunked([0.01] * 6 + [0.02] * 4 + [0.1] * 10)
-    assert salient_segments(x, SR) == ([SEG // 2, SEG], 3)
-
-
-def test_sad_floor():
-    """Zero chunks count as 1e-5 and the threshold is floored at 1e-3: chunks at 1e-4
-    (E = 7.1e-4) are then inactive even though they are above the 15th percentile."""
-    x = chunked([0.0] * 5 + [1e-4] * 5 + [0.1] * 10)
-    assert salient_segments(x, SR) == ([SEG // 2, SEG], 3)
-
-
-def test_sad_edge_cases():
-    assert salient_segments(np.zeros((2, 20 * SR), np.float32), SR) == ([], 4)  # silent stem
-    assert salient_segments(noise(7.9).T, SR) == ([], 0)  # shorter than one segment
-    loud_first = np.concatenate([noise(8).T, np.zeros((2, 12 * SR), np.float32)], axis=1)
-    assert salient_segments(loud_first, SR) == ([0, SEG // 2], 4)  # 10 and 5 active chunks
-    with pytest.raises(ValueError, match="channels, samples"):
-        salient_segments(np.zeros(100), SR)
+SEG = 8 * SR  # SAD segments: 8 s, hop 4 s
 
 
 def test_scan_subsets_and_loading(musdb_root):
@@ -128,3 +103,27 @@ def test_missing_and_compressed_musdb(tmp_path):
         validate_musdb(tmp_path / "m")
     with pytest.raises(PreparedDataError, match="prepare-musdb"):
         load_prepared_tracks(tmp_path / "m", "valid")
+
+
+def test_prepare_musdb_end_to_end_and_errors(musdb_root, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prepare-musdb", str(musdb_root), "--out", str(out), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "2 train, 1 valid, 2 test" in result.output and (out / "salient" / "vocals.jsonl").is_file()
+    (tmp_path / "bad" / "train" / "X - Y").mkdir(parents=True)
+    result = runner.invoke(app, ["prepare-musdb", str(tmp_path / "bad"), "--out", str(out)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    for problem in ("missing mixture.wav", "missing vocals.wav", "missing other.wav", "missing folder test/"):
+        assert problem in text
+
+
+def test_prepare_musdb_refuses_an_empty_track(tmp_path, musdb_root):
+    """Issue 20: a 0-sample training track was accepted and gave no segments, silently."""
+    root = tmp_path / "musdb"
+    shutil.copytree(musdb_root, root)
+    for source in ("mixture", "vocals", "drums", "bass", "other"):
+        write(root / "train" / "B - Two" / f"{source}.wav", np.zeros((0, 2), np.float32))
+    result = runner.invoke(app, ["prepare-musdb", str(root), "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "train/B - Two/mixture.wav: no samples (an empty track)" in flat(result.output)

@@ -12,14 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mixitcli.cli import app
+from tests.builders import flat
 
 from .conftest import SR
 
 runner = CliRunner()
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def rewrite(path, change) -> None:

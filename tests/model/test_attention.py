@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from mixitcli.model import attention as attn_module
 from mixitcli.model.attention import _DropoutAttention, attention
-from mixitcli.model.bslocoformer import ConvSwiGLU
 from mixitcli.model.dropout import fill_keep_
 
 
@@ -138,16 +137,3 @@ def test_masks_follow_the_global_seed():
     b = attention(q, q, q, dropout_p=0.2)
     c = attention(q, q, q, dropout_p=0.2)
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_ffn_padding_equals_the_official_pad_and_crop():
-    torch.manual_seed(0)
-    ffn = ConvSwiGLU(6, 5, kernel_size=8, stride=1, dropout=0.0)
-    x = torch.randn(3, 11, 6)
-    # official: zero-pad by 7 on both sides, valid convolutions, crop [7, 7 + s)
-    y = F.pad(x.transpose(1, 2), (7, 7))
-    y = F.conv1d(y, ffn.conv.weight, ffn.conv.bias)
-    y = y[:, :5] * F.silu(y[:, 5:])
-    y = F.conv_transpose1d(y, ffn.deconv.weight, ffn.deconv.bias)[:, :, 7 : 7 + 11].transpose(1, 2)
-    assert torch.allclose(ffn(x), y, atol=1e-6)
-

@@ -16,7 +16,7 @@ from mixitcli.model.official import (
 )
 from mixitcli.separate import separate_array
 from tests import official as rule
-from tests.conftest import rel_err
+from tests.builders import rel_err
 
 TOL = 1e-4
 

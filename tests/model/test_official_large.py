@@ -12,7 +12,7 @@ import torch
 
 from mixitcli.model.official import load_official, to_official_state_dict
 from mixitcli.separate import separate_array
-from tests.conftest import rel_err
+from tests.builders import rel_err
 
 TOL = 1e-4
 DIR = Path(os.environ.get("MIXIT_OFFICIAL_FIXTURES", "."))

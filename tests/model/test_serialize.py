@@ -1,4 +1,5 @@
-"""Models as plain types and back (mixitcli/model/serialize.py): weights that are not finite
+"""Models as plain types and back (mixitcli/model/serialize.py, through load_model): a saved model
+loads with the same outputs, a missing or foreign file is a clear error; weights that are not finite
 are refused by every command that loads a model, naming the first bad tensor (issue 20: a NaN
 weight "separated" into a full-scale DC stem), and weights that do not fit their saved
 configuration are one line that names what differs and the likely cause (through
@@ -16,13 +17,10 @@ from typer.testing import CliRunner
 
 from mixitcli.cli import app
 from mixitcli.model import ModelLoadError, build_model, load_model, model_to_dict
+from tests.builders import flat
 from tests.official import WINDOWS
 
 runner = CliRunner()
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def test_a_non_finite_weight_is_refused_naming_it(tmp_path, official):
@@ -62,3 +60,25 @@ def test_weights_that_do_not_fit_their_configuration_are_one_line(tmp_path, othe
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{path}: the weights do not fit the model configuration saved with them: ")
     assert f"Likely cause: {cause}" in message
+
+
+def test_save_and_load_reproduces_outputs(tiny, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(model_to_dict(tiny), path)
+    loaded = load_model(path)
+    assert loaded.config == tiny.config and loaded.stems == tiny.stems
+    wav = torch.randn(1, 2, 5000)
+    with torch.no_grad():
+        assert torch.equal(loaded(wav), tiny(wav))
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+        load_model(junk)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ModelLoadError, match="not a mixit checkpoint"):
+        load_model(tmp_path / "other.pt")

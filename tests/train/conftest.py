@@ -1,4 +1,5 @@
-"""Small prepared data folders for training tests: an FMA-like folder and a MUSDB18-HQ tree.
+"""Small prepared data folders for training tests: an FMA-like folder and a MUSDB18-HQ tree; a
+tiny pre-training run through the CLI; the training loop replaced by a recorder.
 
 The audio is structured noise (bands, tones and gates), 44.1 kHz stereo, a few seconds
 long: enough for 1 s training crops and for the 8 s SAD segments of prepare-musdb.
@@ -14,6 +15,7 @@ import soundfile as sf
 
 from mixitcli.data.fma import PrepareConfig, locate_audio_dir, prepare_fma, split_of
 from mixitcli.data.musdb import VALIDATION_TRACKS, prepare_musdb
+from mixitcli.train import loop
 
 SR = 44100
 VALID_FRACTION = 0.3
@@ -110,3 +112,20 @@ def pretrain_reference(fma_prep, tmp_path_factory) -> Path:
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     assert sorted(e["step"] for e in best) == [2, 3]
     return run
+
+
+@pytest.fixture(scope="module")
+def reference(pretrain_reference):
+    """``pretrain_reference``, the run that runs interrupted by faults must equal."""
+    return pretrain_reference
+
+
+# ----------------------------------------------------------------------------- the loop replaced
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Replace the training loop by a recorder of (config, resume)."""
+    calls = []
+    monkeypatch.setattr(loop, "train", lambda config, *, resume=False, console=None: calls.append((config, resume)))
+    return calls

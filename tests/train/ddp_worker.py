@@ -1,7 +1,7 @@
 """`python -m tests.train.ddp_worker ARGS`: `mixit ARGS` in which rank MIXIT_TEST_SIGNAL_RANK sends
-itself SIGTERM at the start of its step MIXIT_TEST_SIGNAL_STEP. A test hook for test_ddp.py,
-which runs it under torchrun: one rank receives the signal, and every rank must stop after the
-same step."""
+itself SIGTERM at the start of its step MIXIT_TEST_SIGNAL_STEP. A test hook for the DDP test in
+test_loop.py, which runs it under torchrun: one rank receives the signal, and every rank must
+stop after the same step."""
 
 import os
 import signal

@@ -1,11 +1,16 @@
-"""Checksums of checkpoints (written by mixitcli/train/checkpoint.py, verified by
-mixitcli/model/checkpoints.py): bytes that changed on the disk are found when `--resume`,
-`--init` and `mixit average` read a file, before any step runs; the message names the file,
-the newest good checkpoint and the command that goes on. Files saved before checksums existed
-still load."""
+"""Checkpoints of a run (mixitcli/train/checkpoint.py): the manager keeps last.pt and the best k,
+atomically, and a validation made again replaces its entry; an empty or damaged last.pt is
+explained and the newest readable best-*.pt offered (issue 11).
+
+Checksums (written here, verified by mixitcli/model/checkpoints.py): bytes that changed on the
+disk are found when `--resume`, `--init` and `mixit average` read a file, before any step runs;
+the message names the file, the newest good checkpoint and the command that goes on. Files saved
+before checksums existed still load."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -20,14 +25,58 @@ from mixitcli.model import ModelLoadError, build_model, load_model
 from mixitcli.model.checkpoints import CheckpointError, load_checkpoint
 from mixitcli.train import build_config, loop
 from mixitcli.train.checkpoint import CheckpointManager
+from tests.builders import best, flat, make_state
 from tests.train.conftest import cli_pretrain
-from tests.train.test_checkpoint_selection import make_state
 
 runner = CliRunner()
 
 
-def flat(text: str) -> str:
-    return " ".join(text.split())
+# ----------------------------------------------------------------------------- the manager, an unreadable last.pt
+
+
+def test_manager_keeps_last_and_best_k(tmp_path):
+    model = build_model("tiny", n_outputs=2)
+    manager = CheckpointManager(tmp_path, keep_best=2)
+    losses = [5.0, 3.0, 4.0, 1.0, 6.0]
+    for epoch, loss in enumerate(losses):
+        manager.save(make_state(model, step=10 * epoch, epoch=epoch), valid_loss=loss)
+    kept = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
+    assert [e["valid_loss"] for e in kept] == [1.0, 3.0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.pt")) == [e["path"] for e in sorted(kept, key=lambda e: e["path"])]
+    assert load_checkpoint(manager.last)["epoch"] == 4
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temporary files left
+
+
+def test_a_validation_made_again_replaces_its_first_entry(tmp_path):
+    """Ctrl-C between a best checkpoint and last.pt: the resume validates that step again;
+    best.json then lists it once, with the new loss."""
+    from mixitcli.model import build_model
+    from mixitcli.train.checkpoint import CheckpointManager
+    from tests.builders import make_state
+
+    model = build_model("tiny", n_outputs=2)
+    manager = CheckpointManager(tmp_path, keep_best=2)
+    for step, loss in ((1, 3.0), (2, 2.0)):
+        manager.save(make_state(model, step=step, epoch=step), valid_loss=loss)
+    manager.save(make_state(model, step=2, epoch=2), valid_loss=2.5)  # step 2 validated again
+    assert [(e["step"], e["valid_loss"]) for e in best(tmp_path)] == [(2, 2.5), (1, 3.0)]
+    assert len(list((tmp_path / "checkpoints").glob("best-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("damage, expected", [(b"", "is empty (0 bytes)"), (b"PK\x03\x04 not a zip", "is damaged")])
+def test_unreadable_last_checkpoint_offers_the_newest_best(reference, tmp_path, damage, expected):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "checkpoints" / "last.pt").write_bytes(damage)
+    result = runner.invoke(app, ["pretrain", "--out", str(run), "--resume"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and expected in flat, result.output
+    newest = run / "checkpoints" / "best-epoch0001-step0000003.pt"
+    assert str(newest) in result.output.replace("\n", "") and "--init" in flat and "step 3" in flat
+    assert "()" not in flat  # issue 11: "unreadable checkpoint ()"
+
+
+# ----------------------------------------------------------------------------- checksums
 
 
 def flip_bytes(path: Path, n: int = 3) -> None:

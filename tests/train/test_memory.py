@@ -13,11 +13,8 @@ import torch
 from mixitcli.model import build_model
 from mixitcli.train import build_config, loop, memory
 from mixitcli.train.resume import plan_run
+from tests.builders import flat
 from tests.train.conftest import cli_pretrain
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def test_one_and_two_examples_predict_what_a_batch_keeps():

@@ -1,8 +1,9 @@
-"""Training options are stage dataclass fields: one declaration gives the flag, its help, the
-type and range check of recipe and command-line values, and the resume rule. Every problem is
-listed at once, without a traceback.
+"""Training options are stage dataclass fields (mixitcli/train/options.py): one declaration gives
+the flag, its help, the type and range check of recipe and command-line values, and the resume
+rule. Every problem is listed at once, without a traceback.
 
-The training loop is replaced by a recorder here: these tests check what reaches it.
+The training loop is replaced by a recorder here (the fixture `trained`): these tests check what
+reaches it. Which run is continued: tests/train/test_resume.py.
 """
 
 from __future__ import annotations
@@ -17,36 +18,13 @@ import yaml
 from typer.testing import CliRunner
 
 from mixitcli import cli
-from mixitcli.train import loop
 from mixitcli.train.config import STAGE_CONFIGS, ConfigError, PretrainConfig, build_config
 from mixitcli.train.options import OBJECTIVE, RUNTIME, option, options_of
-from mixitcli.train.resume import plan_run
+from tests.builders import run_folder
+from tests.builders import unboxed as flat
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
-
-
-def flat(text: str) -> str:
-    """Output with box drawing and line breaks folded away, so wrapped help reads as one line."""
-    return " ".join(text.replace("│", " ").split())
-
-
-@pytest.fixture
-def trained(monkeypatch):
-    """Replace the training loop by a recorder of (config, resume)."""
-    calls = []
-    monkeypatch.setattr(loop, "train", lambda config, *, resume=False, console=None: calls.append((config, resume)))
-    return calls
-
-
-def run_folder(tmp_path, stage="pretrain", **values):
-    """A run folder as a started run leaves it: config.yaml and checkpoints/last.pt."""
-    run = tmp_path / "run"
-    config = build_config(stage, overrides={"data": str(tmp_path / "data"), "out": str(run), **values})
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    (run / "checkpoints" / "last.pt").write_bytes(b"not read by these tests")
-    return run
 
 
 @dataclass
@@ -176,67 +154,3 @@ def test_command_line_values_reach_the_configuration(tmp_path, trained):
     # pre-training's options are not offered by fine-tuning
     result = runner.invoke(cli.app, [*args, "--mixit-solver", "exact"])
     assert result.exit_code == 2 and "No such option" in result.output
-
-
-def test_plan_run_starts_or_continues(tmp_path, trained):
-    run = run_folder(tmp_path, size="tiny")
-    assert plan_run("pretrain", command_line={"out": str(run)}, auto_resume=True).resume
-    fresh = plan_run("pretrain", command_line={"out": str(tmp_path / "other"), "data": "d"}, auto_resume=True)
-    assert not fresh.resume and fresh.config.out == str(tmp_path / "other")
-    with pytest.raises(ConfigError, match="--resume needs --out"):
-        plan_run("pretrain", command_line={}, resume=True)
-    (run / "checkpoints" / "last.pt").unlink()
-    with pytest.raises(ConfigError, match="no checkpoints/last.pt"):
-        plan_run("pretrain", command_line={"out": str(run)}, resume=True)
-
-
-# ----------------------------------------------------------------------------- what is resumed
-
-
-def test_resume_refuses_a_run_of_another_stage(tmp_path, trained):
-    run = run_folder(tmp_path)
-    musdb = tmp_path / "musdb-prep"
-    (musdb / "salient").mkdir(parents=True)
-    for extra in ([], ["--data", str(musdb)], ["--auto-resume"]):
-        flag = [] if extra == ["--auto-resume"] else ["--resume"]
-        result = runner.invoke(cli.app, ["finetune", "--out", str(run), *flag, *extra])
-        said = flat(result.output).replace(" ", "")
-        assert result.exit_code == 1 and not trained
-        assert f"{run}holdsapretrainrun,notafinetunerun".replace(" ", "") in said
-        assert f"`mixitpretrain--out{run}--resume`" in said and "--selection" in said and "index.npz" not in said
-
-
-def test_resume_compares_a_recipe_with_the_run(tmp_path, trained):
-    run = run_folder(tmp_path, size="tiny", lr=2e-3)
-    other = tmp_path / "other.yaml"
-    other.write_text("stage: pretrain\nsize: small\nlr: 0.002\nepochs: 3\n")
-    result = runner.invoke(cli.app, ["pretrain", "--out", str(run), "--resume", "--config", str(other)])
-    said = flat(result.output).replace(" ", "")
-    assert result.exit_code == 1 and not trained
-    assert f"size(run:'tiny',recipe{other}:'small')" in said and "lr(run:" not in said  # 0.002 is the run's 2e-3
-    assert "aresumedrunneedsno--config" in said
-    same = tmp_path / "same.yaml"
-    same.write_text("stage: pretrain\nsize: tiny\nlr: 2.0e-3\nepochs: 3\n")  # restates the run; changes a runtime option
-    assert runner.invoke(cli.app, ["pretrain", "--out", str(run), "--resume", "--config", str(same)]).exit_code == 0
-    config, resume = trained.pop()
-    assert (config.size, config.lr, config.epochs, resume) == ("tiny", 2e-3, 3, True)
-
-
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_data_of_the_other_stage_is_named(tmp_path, stage):
-    data = tmp_path / "prep"
-    if stage == "pretrain":  # a prepare-musdb folder given to pre-training
-        (data / "salient").mkdir(parents=True)
-        (data / "valid.txt").write_text("")
-        found, needed = "prepare-musdb", "prepare-fma"
-    else:  # a prepare-fma folder given to fine-tuning
-        data.mkdir()
-        (data / "manifest.jsonl").write_text("")
-        found, needed = "prepare-fma", "prepare-musdb"
-    fast = ["--size", "tiny", "--device", "cpu", "--workers", "0", "--batch-size", "2"]
-    result = runner.invoke(cli.app, [stage, "--data", str(data), "--out", str(tmp_path / "run"), *fast])
-    said = flat(result.output).replace(" ", "")
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"--data{data}isa{found}folder" in said and f"{stage}trainsona{needed}folder" in said
-    assert f"mixit{needed}" in said and "index.npz" not in said
-    assert not (tmp_path / "run" / "checkpoints").exists()

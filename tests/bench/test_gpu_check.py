@@ -10,12 +10,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders import REPO
+
 SCRIPT = REPO / "bench" / "gpu_check.py"
 
 
@@ -45,6 +45,7 @@ def checks(report, item):
     return report["items"][item]["checks"]
 
 
+@pytest.mark.slow
 def test_every_item_runs_and_passes(tiny_report):
     assert list(tiny_report["items"]) == ["model", "training", "ddp", "separation", "throughput", "extras"]
     assert tiny_report["items"].pop("extras")["reason"] == "not in --items"  # eval and bench/*.py: CUDA runs only
@@ -55,6 +56,7 @@ def test_every_item_runs_and_passes(tiny_report):
     assert tiny_report["environment"]["device"] == "cpu" and tiny_report["args"]["scale"]["steps"] == 6
 
 
+@pytest.mark.slow
 def test_model_numerics_and_attention_kernels(tiny_report):
     model = checks(tiny_report, "model")
     for n in (4, 12):
@@ -67,6 +69,7 @@ def test_model_numerics_and_attention_kernels(tiny_report):
     assert kernels["inference_fp32"]["forward"] == kernels["inference_bf16"]["forward"] == ["flash (CPU)"]
 
 
+@pytest.mark.slow
 def test_training_through_the_cli(tiny_report):
     training = checks(tiny_report, "training")
     for stage in ("pretrain", "finetune"):
@@ -79,6 +82,7 @@ def test_training_through_the_cli(tiny_report):
     assert resume["bitwise_equal"] and resume["equal"] and resume["steps_compared"] == [3, 4] and resume["final_step"] == 4
 
 
+@pytest.mark.slow
 def test_ddp_ranks_in_sync_and_one_checkpoint(tiny_report):
     ddp = checks(tiny_report, "ddp")["torchrun"]
     assert ddp["backend"] == "gloo" and ddp["world_size"] == 2 and ddp["steps"] == 3
@@ -87,6 +91,7 @@ def test_ddp_ranks_in_sync_and_one_checkpoint(tiny_report):
     assert "x 2 device(s)" in ddp["header"]
 
 
+@pytest.mark.slow
 def test_separation_stems_match_the_cpu_reference(tiny_report):
     song = checks(tiny_report, "separation")["song"]
     assert song["stems"] == ["bass", "drums", "other", "vocals"]
@@ -94,6 +99,7 @@ def test_separation_stems_match_the_cpu_reference(tiny_report):
     assert song["device_bf16"]["snr_min_db"] > 30 and set(song["device_bf16"]["snr_vs_cpu_fp32_db"]) == set(song["stems"])
 
 
+@pytest.mark.slow
 def test_throughput_reproduces_the_readme_arithmetic(tiny_report):
     flops = checks(tiny_report, "throughput")["flops"]
     assert flops["achieved_tflops"] > 0 and flops["forward_tflop_per_example"] > 0

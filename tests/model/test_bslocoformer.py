@@ -1,13 +1,15 @@
-"""BS-Locoformer: sizes, shapes, any length and batch, save/load, checkpointing, bf16."""
+"""BS-Locoformer (mixitcli/model/bslocoformer.py): sizes, shapes, any length and batch, dropout,
+checkpointing, bf16; the batched mask decoder computes what the per-band heads compute (their
+masks times the spectrum), values and gradients; the FFN pads as the authors' code."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mixitcli import build_model, load_model
-from mixitcli.model import ModelConfig, ModelLoadError, model_to_dict
-from mixitcli.model.bslocoformer import BSLocoformer
-from mixitcli.model.config import BANDS, preset
-from tests.conftest import rel_err
+from mixitcli import build_model
+from mixitcli.model.bslocoformer import BSLocoformer, ConvSwiGLU
+from mixitcli.model.config import preset
+from tests.builders import rel_err
 
 # docs/method.md §3: separator and whole-model parameter counts (4 and 12 outputs).
 EXPECTED = {
@@ -30,28 +32,6 @@ def test_parameter_counts_match_the_paper(name):
     assert n_params(m4.separator) == separator
     assert n_params(m4) == total4
     assert n_params(m12) == total12
-
-
-def test_band_layout():
-    assert len(BANDS) == 62 and sum(BANDS) == 1025
-
-
-def test_invalid_configuration_lists_every_problem():
-    with pytest.raises(ValueError) as e:
-        ModelConfig(attention_dim=100, n_heads=8, d_model=100, n_groups=8, bands=(2, 3))
-    message = str(e.value)
-    assert "bands sum to 5" in message and "n_heads=8" in message and "n_groups=8" in message
-
-
-def test_unknown_preset():
-    with pytest.raises(ValueError, match="tiny, small, medium, large"):
-        build_model("huge")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return build_model("tiny", n_outputs=3).eval()
 
 
 @pytest.mark.parametrize("length", [1025, 4096, 22050 + 17])
@@ -99,28 +79,6 @@ def test_bad_input_shapes_are_rejected(tiny):
         tiny(torch.zeros(1, 2, 1000))
 
 
-def test_save_and_load_reproduces_outputs(tiny, tmp_path):
-    path = tmp_path / "model.pt"
-    torch.save(model_to_dict(tiny), path)
-    loaded = load_model(path)
-    assert loaded.config == tiny.config and loaded.stems == tiny.stems
-    wav = torch.randn(1, 2, 5000)
-    with torch.no_grad():
-        assert torch.equal(loaded(wav), tiny(wav))
-
-
-def test_load_model_errors(tmp_path):
-    with pytest.raises(ModelLoadError, match="no such file"):
-        load_model(tmp_path / "missing.pt")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
-        load_model(junk)
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ModelLoadError, match="not a mixit checkpoint"):
-        load_model(tmp_path / "other.pt")
-
-
 def test_dropout_is_active_only_in_training():
     torch.manual_seed(0)
     model = build_model("tiny", n_outputs=2)
@@ -160,3 +118,62 @@ def test_bf16_autocast_stays_close_to_float32(tiny):
     assert low.dtype == torch.float32
     snr = 10 * torch.log10(ref.square().sum() / (ref - low).square().sum())
     assert snr > 20
+
+
+# ----------------------------------------------------------------------------- the mask decoder
+
+
+def per_band_masks(decoder, x):
+    """The reference: each band's head on its own, concatenated over bins -> (b, n, c, f, l)."""
+    y = torch.cat([head(x[:, :, i]) for i, head in enumerate(decoder.heads)], dim=-1)  # (n, b, l, 2, c, f)
+    return torch.complex(y[:, :, :, 0], y[:, :, :, 1]).permute(1, 0, 3, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    torch.manual_seed(0)
+    return build_model("tiny", n_outputs=3).decoder
+
+
+def test_batched_decoder_equals_per_band_heads(decoder):
+    b, l, k, d = 2, 5, 62, 16
+    x = torch.randn(b, k, l, d).transpose(1, 2)  # (b, l, k, d) laid out as the separator leaves it
+    spec = torch.randn(b, 2, 1025, l, dtype=torch.complex64)
+    with torch.no_grad():
+        masks = per_band_masks(decoder, x)
+        ours, ref = decoder(x, spec), masks * spec.unsqueeze(1)
+        ones = decoder(x, torch.ones_like(spec))  # a spectrum of ones gives the masks themselves
+    assert ours.shape == ref.shape == ones.shape == (b, 3, 2, 1025, l)
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    assert ((ones - masks).abs().max() / masks.abs().max()).item() < 1e-5
+
+
+def test_batched_decoder_gradients_equal_per_band_heads(decoder):
+    x = torch.randn(1, 2, 62, 16, requires_grad=True)
+    spec = torch.randn(1, 2, 1025, 2, dtype=torch.complex64)
+    weights = torch.randn(1, 3, 2, 1025, 2, dtype=torch.complex64)
+    params = [decoder.heads[i].get_parameter(name) for i in (0, 40, 61)
+              for name in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+                           "fc3.weight", "fc3.bias")]
+    grads = []
+    for fn in (lambda x: decoder(x, spec), lambda x: per_band_masks(decoder, x) * spec.unsqueeze(1)):
+        loss = (fn(x) * weights).real.sum()
+        grads.append(torch.autograd.grad(loss, [x, *params]))
+    for ours, ref in zip(*grads):
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+# ----------------------------------------------------------------------------- the feed-forward module
+
+
+def test_ffn_padding_equals_the_official_pad_and_crop():
+    torch.manual_seed(0)
+    ffn = ConvSwiGLU(6, 5, kernel_size=8, stride=1, dropout=0.0)
+    x = torch.randn(3, 11, 6)
+    # official: zero-pad by 7 on both sides, valid convolutions, crop [7, 7 + s)
+    y = F.pad(x.transpose(1, 2), (7, 7))
+    y = F.conv1d(y, ffn.conv.weight, ffn.conv.bias)
+    y = y[:, :5] * F.silu(y[:, 5:])
+    y = F.conv_transpose1d(y, ffn.deconv.weight, ffn.deconv.bias)[:, :, 7 : 7 + 11].transpose(1, 2)
+    assert torch.allclose(ffn(x), y, atol=1e-6)

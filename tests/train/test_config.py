@@ -1,8 +1,13 @@
-"""Stage configurations, recipes, resume rules and the learning-rate schedule."""
+"""Stage configurations (mixitcli/train/config.py): the paper's defaults, recipes, every problem
+reported at once (also through `mixit pretrain`), resume rules, a recipe compared with the run it
+resumes."""
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from mixitcli import cli
+from mixitcli.cli import app
 from mixitcli.train.config import (
     ConfigError,
     FinetuneConfig,
@@ -11,7 +16,10 @@ from mixitcli.train.config import (
     build_config,
     resume_config,
 )
-from mixitcli.train.schedule import lr_factor
+from tests.builders import run_folder
+from tests.builders import unboxed as flat
+
+runner = CliRunner()
 
 
 def test_stage_defaults_follow_the_paper():
@@ -57,26 +65,23 @@ def test_resume_allows_only_runtime_changes():
         resume_config(saved, {"lr": 0.1})
 
 
-def test_pretraining_schedule():
-    # warm-up (s - 1) / 99 (clamped at 0), decay from step 101 every 50 steps, frozen from step 300
-    c = PretrainConfig(warmup_steps=100, steps_per_epoch=50, decay_factor=0.5, decay_stop_epoch=6)
-    assert [lr_factor(s, c) for s in (0, 1)] == [0.0, 0.0]
-    assert lr_factor(50, c) == pytest.approx(49 / 99)
-    assert lr_factor(99, c) == pytest.approx(98 / 99) and lr_factor(100, c) == 1.0
-    assert lr_factor(101, c) == 1.0 and lr_factor(150, c) == 1.0
-    assert lr_factor(151, c) == 0.5 and lr_factor(201, c) == 0.25
-    assert lr_factor(251, c) == 0.5**3 and lr_factor(300, c) == lr_factor(10_000, c) == 0.5**3  # frozen after epoch 6
+def test_bad_options_are_reported_together(tmp_path):
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "r"), "--batch-size", "0", "--mixit-solver", "greedy"])
+    assert result.exit_code != 0
+    assert "data" in result.output and "batch_size" in result.output and "mixit_solver" in result.output
 
 
-def test_no_warmup_means_full_rate_from_the_first_step():
-    for warmup in (0, 1):
-        c = PretrainConfig(warmup_steps=warmup, steps_per_epoch=4, decay_factor=0.5, decay_stop_epoch=None)
-        assert [lr_factor(s, c) for s in range(warmup + 1)] == [1.0] * (warmup + 1)
-        assert lr_factor(warmup + 1 + 4, c) == 0.5
-
-
-def test_finetuning_schedule_holds_then_decays_every_two_epochs():
-    # as the authors' fine-tuning configs: decay_start_step = 550 epochs x 110 steps, step_size 220
-    c = FinetuneConfig(warmup_steps=10, steps_per_epoch=5, decay_start_epoch=4, decay_every_epochs=2, decay_factor=0.5)
-    assert [lr_factor(s, c) for s in (0, 1, 2, 10, 19)] == [0.0, 0.0, pytest.approx(1 / 9), 1.0, 1.0]
-    assert [lr_factor(s, c) for s in (20, 29, 30, 40)] == [1.0, 1.0, 0.5, 0.25]
+def test_resume_compares_a_recipe_with_the_run(tmp_path, trained):
+    run = run_folder(tmp_path, size="tiny", lr=2e-3)
+    other = tmp_path / "other.yaml"
+    other.write_text("stage: pretrain\nsize: small\nlr: 0.002\nepochs: 3\n")
+    result = runner.invoke(cli.app, ["pretrain", "--out", str(run), "--resume", "--config", str(other)])
+    said = flat(result.output).replace(" ", "")
+    assert result.exit_code == 1 and not trained
+    assert f"size(run:'tiny',recipe{other}:'small')" in said and "lr(run:" not in said  # 0.002 is the run's 2e-3
+    assert "aresumedrunneedsno--config" in said
+    same = tmp_path / "same.yaml"
+    same.write_text("stage: pretrain\nsize: tiny\nlr: 2.0e-3\nepochs: 3\n")  # restates the run; changes a runtime option
+    assert runner.invoke(cli.app, ["pretrain", "--out", str(run), "--resume", "--config", str(same)]).exit_code == 0
+    config, resume = trained.pop()
+    assert (config.size, config.lr, config.epochs, resume) == ("tiny", 2e-3, 3, True)
