@@ -52,8 +52,14 @@ class Report:
 
     def __init__(self, path: Path, budget_s: float, args: dict):
         self.path, self.budget_s, self.started = path, budget_s, time.perf_counter()
-        self.data = {"tool": "bench/gpu_check.py", "issue": 14, "args": _clean(args), "budget_s": budget_s,
-                     "environment": {}, "items": {}}
+        self.data = {
+            "tool": "bench/gpu_check.py",
+            "issue": 14,
+            "args": _clean(args),
+            "budget_s": budget_s,
+            "environment": {},
+            "items": {},
+        }
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -66,7 +72,9 @@ class Report:
         self.item(item)["checks"][name] = entry
         left = self.budget_s - self.elapsed()
         if left < min_s:
-            entry.update(status="skipped", reason=f"time budget spent ({self.elapsed():.0f} s of --budget-s {self.budget_s:.0f})")
+            entry.update(
+                status="skipped", reason=f"time budget spent ({self.elapsed():.0f} s of --budget-s {self.budget_s:.0f})"
+            )
             return self._done(item, None)
         print(f"[gpu_check {self.elapsed():6.1f} s] {item}.{name}", file=sys.stderr, flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -80,11 +88,17 @@ class Report:
             if problems:
                 entry["error"] = "; ".join(problems)
         except BudgetExceeded:
-            entry.update(status="failed", error=f"stopped after {time.perf_counter() - t0:.0f} s: its share ({cap:.0%}) of the "
-                                                f"time budget (--budget-s {self.budget_s:.0f}) or the budget itself ran out")
+            entry.update(
+                status="failed",
+                error=f"stopped after {time.perf_counter() - t0:.0f} s: its share ({cap:.0%}) of the "
+                f"time budget (--budget-s {self.budget_s:.0f}) or the budget itself ran out",
+            )
         except Exception as e:  # noqa: BLE001 - every failure is recorded and the next check runs
-            entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:4000],
-                         traceback=traceback.format_exc(limit=-4)[-3000:])
+            entry.update(
+                status="failed",
+                error=f"{type(e).__name__}: {e}"[:4000],
+                traceback=traceback.format_exc(limit=-4)[-3000:],
+            )
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["cpu_s"] = round(time.process_time() - c0, 2)  # this process only (not torchrun's)
         return self._done(item, result if entry["status"] == "ok" else None)
@@ -102,14 +116,22 @@ class Report:
     def _done(self, item: str, result):
         statuses = [c["status"] for c in self.data["items"][item]["checks"].values()]
         self.data["items"][item]["status"] = (
-            "failed" if "failed" in statuses else "ok" if set(statuses) == {"ok"} else "skipped" if set(statuses) == {"skipped"} else "incomplete"
+            "failed"
+            if "failed" in statuses
+            else "ok"
+            if set(statuses) == {"ok"}
+            else "skipped"
+            if set(statuses) == {"skipped"}
+            else "incomplete"
         )
         self.write()
         return result
 
     def write(self) -> None:
         items = self.data["items"]
-        self.data["summary"] = {s: [k for k, v in items.items() if v["status"] == s] for s in ("ok", "failed", "skipped", "incomplete")}
+        self.data["summary"] = {
+            s: [k for k, v in items.items() if v["status"] == s] for s in ("ok", "failed", "skipped", "incomplete")
+        }
         self.data["total_s"] = round(self.elapsed(), 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".partial")
@@ -120,6 +142,7 @@ class Report:
 @contextlib.contextmanager
 def deadline(seconds: float):
     """Raise BudgetExceeded in this (main) thread after ``seconds``."""
+
     def stop(signum, frame):
         raise BudgetExceeded()
 
@@ -187,7 +210,7 @@ class _Tee(io.TextIOBase):
 
     def write(self, s: str) -> int:
         self.stream.write(s)
-        self.tail = (self.tail + s)[-self.keep:]
+        self.tail = (self.tail + s)[-self.keep :]
         return len(s)
 
     def flush(self) -> None:
@@ -248,13 +271,21 @@ def step_figures(records: list[dict], batch: int) -> dict:
     """s/step and examples/s from the per-step log (step 1, the warm-up, not timed), losses."""
     steps = [r for r in records if "loss/train" in r]
     losses = [r["loss/train"] for r in steps]
-    out = {"steps_logged": len(steps), "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-           "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
-           "skipped_steps": steps[-1].get("skipped_steps") if steps else None}
+    out = {
+        "steps_logged": len(steps),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
+        "skipped_steps": steps[-1].get("skipped_steps") if steps else None,
+    }
     if len(steps) >= 3:
         span = steps[-1]["time"] - steps[0]["time"]
         per_step = span / (steps[-1]["step"] - steps[0]["step"])
-        out.update(s_per_step=round(per_step, 4), examples_per_s=round(batch / per_step, 2), timed_steps=steps[-1]["step"] - steps[0]["step"])
+        out.update(
+            s_per_step=round(per_step, 4),
+            examples_per_s=round(batch / per_step, 2),
+            timed_steps=steps[-1]["step"] - steps[0]["step"],
+        )
     valid = [r["loss/valid"] for r in records if "loss/valid" in r]
     if valid:
         out["loss_valid"] = valid[-1]
@@ -273,23 +304,43 @@ def environment(ctx: Context) -> dict:
     import mixitcli
     from mixitcli.train.checkpoint import git_commit
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "mixit": mixitcli.__version__,
-           "git_commit": git_commit(), "cpu_count": os.cpu_count(), "device": str(ctx.device),
-           "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mixit": mixitcli.__version__,
+        "git_commit": git_commit(),
+        "cpu_count": os.cpu_count(),
+        "device": str(ctx.device),
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu_count=torch.cuda.device_count(),
-                   gpu=torch.cuda.get_device_name(0), gpu_memory_gb=round(props.total_memory / 1e9, 1),
-                   capability=f"{props.major}.{props.minor}", nccl=".".join(map(str, torch.cuda.nccl.version())),
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
-                   sdp_enabled={"flash": torch.backends.cuda.flash_sdp_enabled(), "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-                                "math": torch.backends.cuda.math_sdp_enabled(), "cudnn": torch.backends.cuda.cudnn_sdp_enabled()})
+        env.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu_count=torch.cuda.device_count(),
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gb=round(props.total_memory / 1e9, 1),
+            capability=f"{props.major}.{props.minor}",
+            nccl=".".join(map(str, torch.cuda.nccl.version())),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            sdp_enabled={
+                "flash": torch.backends.cuda.flash_sdp_enabled(),
+                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                "math": torch.backends.cuda.math_sdp_enabled(),
+                "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+            },
+        )
     return env
 
 
 def run_process(cmd: list[str], timeout: float, env: dict) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group; on timeout the whole group is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=REPO
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except (subprocess.TimeoutExpired, BudgetExceeded):

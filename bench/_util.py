@@ -60,8 +60,9 @@ def run_in(script: str, argv: list[str], tree: Path) -> dict:
     return result
 
 
-def alternate(script: str, argv: list[str], ref_tree: Path, reps: int, *,
-              variants: dict[str, list[str]] | None = None) -> dict[str, list[dict]]:
+def alternate(
+    script: str, argv: list[str], ref_tree: Path, reps: int, *, variants: dict[str, list[str]] | None = None
+) -> dict[str, list[dict]]:
     """Paired mode: ``reps`` fresh processes each of this checkout ("ours") and of ``ref_tree``
     ("ref"), alternating which goes first, so slow phases of a shared machine hit both sides.
 

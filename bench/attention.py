@@ -57,12 +57,18 @@ def parse_shape(name: str) -> tuple[int, int, int, int] | None:
 
 def check(args) -> list[str]:
     """Every problem with the arguments, each with its fix."""
-    problems = [f"--shapes: {name!r} is neither one of {', '.join(SHAPES)} nor NxHxSxD (e.g. 62x2x516x8)"
-                for name in args.shapes.split(",") if parse_shape(name) is None]
+    problems = [
+        f"--shapes: {name!r} is neither one of {', '.join(SHAPES)} nor NxHxSxD (e.g. 62x2x516x8)"
+        for name in args.shapes.split(",")
+        if parse_shape(name) is None
+    ]
     if not 0.0 < args.p < 1.0:
         problems.append(f"--p: the dropout path needs 0 < p < 1, got {args.p}")
-    problems += [f"--{name}: at least 1, got {getattr(args, name)}" for name in ("calls", "threads", "reps")
-                 if getattr(args, name) < 1]
+    problems += [
+        f"--{name}: at least 1, got {getattr(args, name)}"
+        for name in ("calls", "threads", "reps")
+        if getattr(args, name) < 1
+    ]
     return problems
 
 
@@ -90,38 +96,66 @@ def measure(shape: tuple[int, int, int, int], p: float, calls: int, threads: int
         forward.append(t1 - t0)
         total.append(t2 - t0)
         del out
-    return {"shape": list(shape), "forward_s": statistics.median(forward[1:]), "total_s": statistics.median(total[1:]),
-            "peak_gb": round(peak_rss_gb(), 3), "code": str(Path(mixitcli.__file__).resolve().parents[1])}
+    return {
+        "shape": list(shape),
+        "forward_s": statistics.median(forward[1:]),
+        "total_s": statistics.median(total[1:]),
+        "peak_gb": round(peak_rss_gb(), 3),
+        "code": str(Path(mixitcli.__file__).resolve().parents[1]),
+    }
 
 
 def one_argv(args, shape_name: str) -> list[str]:
     """The arguments of one fresh process measuring one shape."""
-    return ["--shapes", shape_name, "--p", str(args.p), "--calls", str(args.calls), "--threads", str(args.threads),
-            "--clock", args.clock]
+    return [
+        "--shapes",
+        shape_name,
+        "--p",
+        str(args.p),
+        "--calls",
+        str(args.calls),
+        "--threads",
+        str(args.threads),
+        "--clock",
+        args.clock,
+    ]
 
 
 def single(args, shapes: list[str]) -> list[dict]:
     """This checkout alone: medians over ``args.reps`` processes per shape."""
-    print(f"ours={REPO}; threads={args.threads} p={args.p}, {args.clock} seconds, median of {args.calls} calls "
-          f"per process, {args.reps} processes per shape")
+    print(
+        f"ours={REPO}; threads={args.threads} p={args.p}, {args.clock} seconds, median of {args.calls} calls "
+        f"per process, {args.reps} processes per shape"
+    )
     print(f"{'shape':12} {'(N, h, s, dh)':20} {'fwd s':>7} {'fwd+bwd s':>10} {'peak GB':>8}")
     rows = []
     for name in shapes:
         runs = [run_in(__file__, one_argv(args, name), REPO) for _ in range(args.reps)]
-        row = {"shape": name, "dims": runs[0]["shape"], "forward_s": statistics.median(r["forward_s"] for r in runs),
-               "total_s": statistics.median(r["total_s"] for r in runs), "peak_gb": max(r["peak_gb"] for r in runs)}
+        row = {
+            "shape": name,
+            "dims": runs[0]["shape"],
+            "forward_s": statistics.median(r["forward_s"] for r in runs),
+            "total_s": statistics.median(r["total_s"] for r in runs),
+            "peak_gb": max(r["peak_gb"] for r in runs),
+        }
         rows.append(row)
-        print(f"{name:12} {str(tuple(row['dims'])):20} {row['forward_s']:7.3f} {row['total_s']:10.3f} {row['peak_gb']:8.2f}",
-              flush=True)
+        print(
+            f"{name:12} {str(tuple(row['dims'])):20} {row['forward_s']:7.3f} {row['total_s']:10.3f} {row['peak_gb']:8.2f}",
+            flush=True,
+        )
     return rows
 
 
 def paired(args, ref_tree: Path, shapes: list[str]) -> list[dict]:
     """Alternate ours and REF ``args.reps`` times per shape; print medians and the speed-up."""
-    print(f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads} p={args.p}, {args.clock} "
-          f"seconds, median of {args.calls} calls per process, {args.reps} alternating repetitions")
-    print(f"{'shape':12} {'(N, h, s, dh)':20} {'ours fwd':>8} {'ref fwd':>8} {'ours f+b':>8} {'ref f+b':>8} "
-          f"{'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}")
+    print(
+        f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads} p={args.p}, {args.clock} "
+        f"seconds, median of {args.calls} calls per process, {args.reps} alternating repetitions"
+    )
+    print(
+        f"{'shape':12} {'(N, h, s, dh)':20} {'ours fwd':>8} {'ref fwd':>8} {'ours f+b':>8} {'ref f+b':>8} "
+        f"{'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}"
+    )
     rows = []
     for name in shapes:
         runs = alternate(__file__, one_argv(args, name), ref_tree, args.reps)
@@ -134,22 +168,33 @@ def paired(args, ref_tree: Path, shapes: list[str]) -> list[dict]:
         row["speedup"] = row["ref_total_s"] / row["ours_total_s"]
         ratios = [b / a for a, b in zip(row["ours_total_all"], row["ref_total_all"])]
         rows.append(row)
-        print(f"{name:12} {str(tuple(row['dims'])):20} {row['ours_forward_s']:8.3f} {row['ref_forward_s']:8.3f} "
-              f"{row['ours_total_s']:8.3f} {row['ref_total_s']:8.3f} {row['speedup']:8.2f}x "
-              f"{min(ratios):5.2f}-{max(ratios):5.2f}x {row['ours_peak_gb']:8.2f} {row['ref_peak_gb']:7.2f}", flush=True)
+        print(
+            f"{name:12} {str(tuple(row['dims'])):20} {row['ours_forward_s']:8.3f} {row['ref_forward_s']:8.3f} "
+            f"{row['ours_total_s']:8.3f} {row['ref_total_s']:8.3f} {row['speedup']:8.2f}x "
+            f"{min(ratios):5.2f}-{max(ratios):5.2f}x {row['ours_peak_gb']:8.2f} {row['ref_peak_gb']:7.2f}",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"names ({', '.join(SHAPES)}) or NxHxSxD, comma-separated")
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"names ({', '.join(SHAPES)}) or NxHxSxD, comma-separated"
+    )
     parser.add_argument("--p", type=float, default=0.1, help="attention dropout (docs/method.md §3.5: 0.1)")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process, after one warm-up")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of the process, or elapsed time")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of the process, or elapsed time"
+    )
     parser.add_argument("--reps", type=int, default=5, help="processes per shape (and side, in paired mode)")
-    parser.add_argument("--against", default=None, metavar="REF",
-                        help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REF",
+        help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -103,34 +103,64 @@ def measure(case: str, batch: int, seconds: float, steps: int, threads: int) -> 
             step()
         cpu.append(timer.cpu)
         wall.append(timer.wall)
-    return {"case": case, "batch": batch, "seconds": seconds, "cpu_s": statistics.median(cpu),
-            "wall_s": statistics.median(wall), "peak_gb": round(peak_rss_gb(), 2),
-            "code": str(Path(mixitcli.__file__).resolve().parents[1])}
+    return {
+        "case": case,
+        "batch": batch,
+        "seconds": seconds,
+        "cpu_s": statistics.median(cpu),
+        "wall_s": statistics.median(wall),
+        "peak_gb": round(peak_rss_gb(), 2),
+        "code": str(Path(mixitcli.__file__).resolve().parents[1]),
+    }
 
 
 def one_argv(args, case: str) -> list[str]:
     """The arguments of one fresh process measuring one case."""
-    return ["--cases", case, "--batch", str(args.batch), "--seconds", str(args.seconds),
-            "--steps", str(args.steps), "--threads", str(args.threads)]
+    return [
+        "--cases",
+        case,
+        "--batch",
+        str(args.batch),
+        "--seconds",
+        str(args.seconds),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
 
 
 def paired(args, ref_tree: Path) -> list[dict]:
-    print(f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads}, batch {args.batch}, "
-          f"{args.seconds} s stereo, median of {args.steps} steps per process, {args.reps} alternating repetitions")
-    print(f"{'case':16} {'ours cpu s':>10} {'ref cpu s':>10} {'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}")
+    print(
+        f"paired: ours={REPO} vs {args.against} ({ref_tree}); threads={args.threads}, batch {args.batch}, "
+        f"{args.seconds} s stereo, median of {args.steps} steps per process, {args.reps} alternating repetitions"
+    )
+    print(
+        f"{'case':16} {'ours cpu s':>10} {'ref cpu s':>10} {'speed-up':>9} {'ratio range':>13} {'ours GB':>8} {'ref GB':>7}"
+    )
     rows = []
     for case in args.cases.split(","):
         runs = alternate(__file__, one_argv(args, case), ref_tree, args.reps)
         cpu = {side: [r["cpu_s"] for r in runs[side]] for side in runs}
         ratios = [ref / ours for ours, ref in zip(cpu["ours"], cpu["ref"])]
-        row = {"case": case, "batch": args.batch, "seconds": args.seconds,
-               "ours_cpu_s": statistics.median(cpu["ours"]), "ref_cpu_s": statistics.median(cpu["ref"]),
-               "ours_peak_gb": max(r["peak_gb"] for r in runs["ours"]), "ref_peak_gb": max(r["peak_gb"] for r in runs["ref"]),
-               "ours_all": cpu["ours"], "ref_all": cpu["ref"]}
+        row = {
+            "case": case,
+            "batch": args.batch,
+            "seconds": args.seconds,
+            "ours_cpu_s": statistics.median(cpu["ours"]),
+            "ref_cpu_s": statistics.median(cpu["ref"]),
+            "ours_peak_gb": max(r["peak_gb"] for r in runs["ours"]),
+            "ref_peak_gb": max(r["peak_gb"] for r in runs["ref"]),
+            "ours_all": cpu["ours"],
+            "ref_all": cpu["ref"],
+        }
         row["speedup"] = row["ref_cpu_s"] / row["ours_cpu_s"]
         rows.append(row)
-        print(f"{case:16} {row['ours_cpu_s']:10.3f} {row['ref_cpu_s']:10.3f} {row['speedup']:8.2f}x "
-              f"{min(ratios):5.2f}-{max(ratios):5.2f}x {row['ours_peak_gb']:8.2f} {row['ref_peak_gb']:7.2f}", flush=True)
+        print(
+            f"{case:16} {row['ours_cpu_s']:10.3f} {row['ref_cpu_s']:10.3f} {row['speedup']:8.2f}x "
+            f"{min(ratios):5.2f}-{max(ratios):5.2f}x {row['ours_peak_gb']:8.2f} {row['ref_peak_gb']:7.2f}",
+            flush=True,
+        )
     return rows
 
 
@@ -160,7 +190,9 @@ def main() -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
-        print(f"ours={REPO}; threads={args.threads}, batch {args.batch}, {args.seconds} s stereo, median of {args.steps} steps")
+        print(
+            f"ours={REPO}; threads={args.threads}, batch {args.batch}, {args.seconds} s stereo, median of {args.steps} steps"
+        )
         print(f"{'case':16} {'cpu s':>8} {'wall s':>8} {'peak GB':>8}")
         results = [run_in(__file__, one_argv(args, case), REPO) for case in args.cases.split(",")]
         for r in results:

@@ -80,15 +80,20 @@ def main() -> None:
         roomy = mixit(*base, "--out", str(work / "roomy"))
         same = (small / "prep" / "manifest.jsonl").read_text() == (work / "roomy" / "manifest.jsonl").read_text()
         summary = json.loads((small / "prep" / "summary.json").read_text())
-        print(f"figures: {kept_full} of {args.files} files journaled on the full disk, {len(leftovers)} temporary "
-              f"files left; rerun: {summary['files_kept']} kept, {summary['segments_kept']} clips; "
-              f"manifest equals the roomy disk's: {same} (roomy exit {roomy.returncode})")
+        print(
+            f"figures: {kept_full} of {args.files} files journaled on the full disk, {len(leftovers)} temporary "
+            f"files left; rerun: {summary['files_kept']} kept, {summary['segments_kept']} clips; "
+            f"manifest equals the roomy disk's: {same} (roomy exit {roomy.returncode})"
+        )
 
         outcomes = {"finished": 0, "refused": 0, "crashed": 0}
         for _ in range(args.races):
             env = dict(os.environ, PYTHONPATH=str(REPO))
             cmd = [sys.executable, "-m", "mixitcli", *base, "--out", str(work / "roomy")]
-            procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            procs = [
+                subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
             for p in procs:
                 out, err = p.communicate()
                 key = "crashed" if "Traceback" in err else "finished" if p.returncode == 0 else "refused"

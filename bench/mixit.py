@@ -75,7 +75,12 @@ def agreement(model, moms: torch.Tensor, batch: int = 4) -> dict:
             gap = float(losses["efficient"] - losses["exact"])
             gaps.append(gap)
             same += gap <= 1e-6
-    return {"items": len(moms), "efficient_optimal": same / len(moms), "mean_gap_db": sum(gaps) / len(gaps), "max_gap_db": max(gaps)}
+    return {
+        "items": len(moms),
+        "efficient_optimal": same / len(moms),
+        "mean_gap_db": sum(gaps) / len(gaps),
+        "max_gap_db": max(gaps),
+    }
 
 
 def load_moms(data: Path | None, items: int, seconds: float) -> tuple[torch.Tensor, str]:
@@ -101,7 +106,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     times = time_solvers(args.batch, args.outputs, args.seconds, args.repeats)
-    print(f"MixIT loss + backward, batch {args.batch}, n={args.outputs}, {args.seconds} s stereo, {args.threads} threads")
+    print(
+        f"MixIT loss + backward, batch {args.batch}, n={args.outputs}, {args.seconds} s stereo, {args.threads} threads"
+    )
     for solver, wall in times.items():
         print(f"  {solver:9} {wall:7.3f} s")
     print(f"  exact / efficient = {times['exact'] / times['efficient']:.2f}x")
@@ -117,8 +124,10 @@ def main() -> None:
     moms, source = load_moms(args.data, args.items, args.seconds)
     a = agreement(model.eval(), moms)
     print(f"efficient vs exact on outputs of {name}, {source}:")
-    print(f"  efficient finds the optimum in {a['efficient_optimal'] * 100:.1f}% of {a['items']} items; "
-          f"loss gap mean {a['mean_gap_db']:.3f} dB, max {a['max_gap_db']:.3f} dB")
+    print(
+        f"  efficient finds the optimum in {a['efficient_optimal'] * 100:.1f}% of {a['items']} items; "
+        f"loss gap mean {a['mean_gap_db']:.3f} dB, max {a['max_gap_db']:.3f} dB"
+    )
 
 
 if __name__ == "__main__":

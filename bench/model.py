@@ -21,7 +21,9 @@ from _util import Timer, peak_rss_gb, run_isolated  # noqa: E402
 SR = 44100
 
 
-def measure(preset: str, mode: str, device: str, n_outputs: int, dropout: float, checkpointing: bool, threads: int) -> dict:
+def measure(
+    preset: str, mode: str, device: str, n_outputs: int, dropout: float, checkpointing: bool, threads: int
+) -> dict:
     import torch
 
     from mixitcli import build_model
@@ -40,16 +42,21 @@ def measure(preset: str, mode: str, device: str, n_outputs: int, dropout: float,
         wav = torch.randn(1, 2, 12 * SR, device=device) * 0.1
         model.eval()
         with torch.inference_mode():
-            model(wav[..., : SR])  # warm-up
+            model(wav[..., :SR])  # warm-up
             sync()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            with Timer() as t, torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=mode == "forward-bf16"):
+            with (
+                Timer() as t,
+                torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=mode == "forward-bf16"),
+            ):
                 out = model(wav)
                 sync()
             if mode == "forward-bf16":
                 ref = model(wav)
-                result["snr_vs_fp32_db"] = round(float(10 * torch.log10(ref.square().sum() / (ref - out).square().sum())), 2)
+                result["snr_vs_fp32_db"] = round(
+                    float(10 * torch.log10(ref.square().sum() / (ref - out).square().sum())), 2
+                )
     else:
         wav = torch.randn(1, 2, 6 * SR, device=device) * 0.1
         model.train()
@@ -81,7 +88,11 @@ def main() -> None:
     if args.one:
         dropout = 0.0 if args.mode == "train-nodropout" else 0.1
         mode = "train" if args.mode.startswith("train") else args.mode
-        print(json.dumps(measure(args.presets, mode, args.device, args.outputs, dropout, bool(args.checkpointing), args.threads)))
+        print(
+            json.dumps(
+                measure(args.presets, mode, args.device, args.outputs, dropout, bool(args.checkpointing), args.threads)
+            )
+        )
         return
 
     results = []
@@ -89,9 +100,23 @@ def main() -> None:
     print(f"device={args.device} outputs={args.outputs} threads={args.threads}\n{header}")
     for preset in args.presets.split(","):
         for mode in args.modes.split(","):
-            r = run_isolated(__file__, ["--presets", preset, "--mode", mode, "--device", args.device,
-                                        "--outputs", str(args.outputs), "--threads", str(args.threads),
-                                        "--checkpointing", str(args.checkpointing)])
+            r = run_isolated(
+                __file__,
+                [
+                    "--presets",
+                    preset,
+                    "--mode",
+                    mode,
+                    "--device",
+                    args.device,
+                    "--outputs",
+                    str(args.outputs),
+                    "--threads",
+                    str(args.threads),
+                    "--checkpointing",
+                    str(args.checkpointing),
+                ],
+            )
             r.setdefault("preset", preset)
             r["mode"] = mode
             results.append(r)

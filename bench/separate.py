@@ -54,8 +54,14 @@ from _util import REPO, Timer, alternate, export_ref, peak_rss_gb, run_isolated,
 
 SR = 44100
 STAGES = ("decode", "stft", "model", "istft", "encode", "other")
-STAGE_NAMES = {"decode": "decode+resample", "stft": "STFT", "model": "model", "istft": "iSTFT+OLA",
-               "encode": "encode+write", "other": "other"}
+STAGE_NAMES = {
+    "decode": "decode+resample",
+    "stft": "STFT",
+    "model": "model",
+    "istft": "iSTFT+OLA",
+    "encode": "encode+write",
+    "other": "other",
+}
 
 
 def make_song(path: Path, seconds: int) -> None:
@@ -92,6 +98,7 @@ class StageClock:
             finally:
                 self.wall[stage] += time.perf_counter() - wall
                 self.cpu[stage] += time.process_time() - cpu
+
         return wrapper
 
     def timed_iterator(self, stage: str, fn):
@@ -103,6 +110,7 @@ class StageClock:
                 except StopIteration:
                     return
                 yield item
+
         return wrapper
 
     def install(self) -> None:
@@ -115,6 +123,7 @@ class StageClock:
         BSLocoformer.synthesise = self.timed("synthesis", BSLocoformer.synthesise)
         try:
             from mixitcli import onnxrun  # the onnxruntime backend's numpy STFT and iSTFT
+
             onnxrun.analyse = self.timed("stft", onnxrun.analyse)
             onnxrun.synthesise = self.timed("synthesis", onnxrun.synthesise)
         except ImportError:  # older code
@@ -130,8 +139,13 @@ class StageClock:
         """Per stage of :data:`STAGES`, {"wall": s, "cpu": s}."""
         out = {}
         for kind, clock, total in (("wall", self.wall, wall), ("cpu", self.cpu, cpu)):
-            split = {"decode": clock["decode"], "stft": clock["stft"], "istft": clock["synthesis"] + clock["ola"],
-                     "model": clock["forward"] - clock["stft"] - clock["synthesis"], "encode": clock["encode"]}
+            split = {
+                "decode": clock["decode"],
+                "stft": clock["stft"],
+                "istft": clock["synthesis"] + clock["ola"],
+                "model": clock["forward"] - clock["stft"] - clock["synthesis"],
+                "encode": clock["encode"],
+            }
             split["other"] = total - sum(split.values())
             for stage in STAGES:
                 out.setdefault(stage, {})[kind] = round(split[stage], 3)
@@ -177,9 +191,13 @@ def measure(args) -> dict:
     kwargs = separate_kwargs(separate_file, args.precision)
     with Timer() as t:
         result = separate_file(
-            net, args.song, {s: stems_dir / f"{s}.wav" for s in model.stems},
-            options=ChunkOptions(batch_size=args.batch_size or None), device=device if args.backend == "torch" else None,
-            bits="float", **kwargs,
+            net,
+            args.song,
+            {s: stems_dir / f"{s}.wav" for s in model.stems},
+            options=ChunkOptions(batch_size=args.batch_size or None),
+            device=device if args.backend == "torch" else None,
+            bits="float",
+            **kwargs,
         )
         if cuda:
             torch.cuda.synchronize()
@@ -188,10 +206,17 @@ def measure(args) -> dict:
     import mixitcli
 
     out = {
-        "preset": args.presets, "device": device, "batch_size": args.batch_size, "label": args.label,
-        "precision": args.precision or "default", "backend": args.backend,
+        "preset": args.presets,
+        "device": device,
+        "batch_size": args.batch_size,
+        "label": args.label,
+        "precision": args.precision or "default",
+        "backend": args.backend,
         "network": getattr(result, "network", "") or ("bfloat16 autocast" if kwargs.get("bf16") else "float32"),
-        "threads": args.threads, "song_s": round(result.seconds, 1), "wall_s": round(t.wall, 2), "cpu_s": round(t.cpu, 2),
+        "threads": args.threads,
+        "song_s": round(result.seconds, 1),
+        "wall_s": round(t.wall, 2),
+        "cpu_s": round(t.cpu, 2),
         "rtf": round(t.wall / result.seconds, 3),
         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9 if cuda else peak_rss_gb(), 3),
         "code": str(Path(mixitcli.__file__).resolve().parents[1]),
@@ -203,8 +228,16 @@ def measure(args) -> dict:
 
 def child_argv(args, preset: str, song: Path, **changes) -> list[str]:
     """The ``--one`` arguments of a measurement; ``changes`` overrides options by name."""
-    values = {"presets": preset, "song": str(song), "device": args.device, "batch-size": str(args.batch_size),
-              "threads": str(args.threads), "allocator": args.allocator, "label": "run", "backend": "torch"}
+    values = {
+        "presets": preset,
+        "song": str(song),
+        "device": args.device,
+        "batch-size": str(args.batch_size),
+        "threads": str(args.threads),
+        "allocator": args.allocator,
+        "label": "run",
+        "backend": "torch",
+    }
     values.update({k.replace("_", "-"): str(v) for k, v in changes.items() if v is not None})
     argv = [x for key, value in values.items() for x in (f"--{key}", value)]
     if args.stems_dir:
@@ -240,22 +273,38 @@ def print_paired(runs: dict[str, list[dict]], ref_name: str, ref_desc: str) -> l
     for side, results in runs.items():
         wall = [r["wall_s"] for r in results]
         ratios = [b / a for a, b in zip(wall, ref_wall)]
-        row = {"side": side, "network": results[0]["network"], "wall_s": statistics.median(wall),
-               "cpu_s": statistics.median(r["cpu_s"] for r in results), "rtf": statistics.median(r["rtf"] for r in results),
-               "speedup": statistics.median(ratios), "ratios": ratios, "all": results}
+        row = {
+            "side": side,
+            "network": results[0]["network"],
+            "wall_s": statistics.median(wall),
+            "cpu_s": statistics.median(r["cpu_s"] for r in results),
+            "rtf": statistics.median(r["rtf"] for r in results),
+            "speedup": statistics.median(ratios),
+            "ratios": ratios,
+            "all": results,
+        }
         rows.append(row)
         name = ref_desc if side == ref_name else side
-        print(f"{name:22} {row['network']:32} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['rtf']:6.3f} "
-              f"{row['speedup']:8.2f}x {min(ratios):5.2f}-{max(ratios):5.2f}x", flush=True)
+        print(
+            f"{name:22} {row['network']:32} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['rtf']:6.3f} "
+            f"{row['speedup']:8.2f}x {min(ratios):5.2f}-{max(ratios):5.2f}x",
+            flush=True,
+        )
     return rows
 
 
 def print_profile(results: list[dict]) -> None:
-    print(f"{'code':6} {'network':32} {'thr':>3} " + " ".join(f"{STAGE_NAMES[s]:>15}" for s in STAGES) + f" {'total':>8}")
+    print(
+        f"{'code':6} {'network':32} {'thr':>3} " + " ".join(f"{STAGE_NAMES[s]:>15}" for s in STAGES) + f" {'total':>8}"
+    )
     for r in results:
         cells = [f"{r['stages'][s]['wall']:7.1f} ({r['stages'][s]['wall'] / r['wall_s']:4.0%})" for s in STAGES]
-        print(f"{r['label']:6} {r['network']:32} {r['threads']:3} " + " ".join(f"{c:>15}" for c in cells)
-              + f" {r['wall_s']:8.1f}", flush=True)
+        print(
+            f"{r['label']:6} {r['network']:32} {r['threads']:3} "
+            + " ".join(f"{c:>15}" for c in cells)
+            + f" {r['wall_s']:8.1f}",
+            flush=True,
+        )
     print("wall seconds (share of the total); CPU seconds per stage are in --json")
 
 
@@ -277,20 +326,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=int, default=180, help="song length for the real-time factor")
     parser.add_argument("--memory", default="", help="comma-separated song lengths in seconds: peak memory at each")
-    parser.add_argument("--batch-size", type=int, default=0, help="chunks per forward pass (0: 4 on a GPU, 1 on the CPU)")
-    parser.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
-                        help="separate_file's precision (default: the code's own default)")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="chunks per forward pass (0: 4 on a GPU, 1 on the CPU)"
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16"),
+        help="separate_file's precision (default: the code's own default)",
+    )
     parser.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="split each run into stages (see above)")
     parser.add_argument("--profile-precisions", default="fp32,bf16")
     parser.add_argument("--profile-threads", default="1,2")
-    parser.add_argument("--against", default=None, metavar="REF", help="paired mode (see above): a git ref or checkout folder")
+    parser.add_argument(
+        "--against", default=None, metavar="REF", help="paired mode (see above): a git ref or checkout folder"
+    )
     parser.add_argument("--precisions", default="auto,fp32", help="paired mode: this checkout's precisions")
-    parser.add_argument("--backends", default="torch", help="torch and/or onnxruntime (onnxruntime: paired against torch)")
+    parser.add_argument(
+        "--backends", default="torch", help="torch and/or onnxruntime (onnxruntime: paired against torch)"
+    )
     parser.add_argument("--reps", type=int, default=2, help="paired mode: repetitions of each side")
-    parser.add_argument("--allocator", choices=("mixit", "default"), default="mixit",
-                        help="mixit: glibc keeps freed memory, as the mixit command sets it (older code: glibc's defaults)")
+    parser.add_argument(
+        "--allocator",
+        choices=("mixit", "default"),
+        default="mixit",
+        help="mixit: glibc keeps freed memory, as the mixit command sets it (older code: glibc's defaults)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--song", type=Path, help=argparse.SUPPRESS)
@@ -321,7 +384,10 @@ def main() -> None:
             song = tmp / f"song{seconds}.wav"
             make_song(song, seconds)
             for preset in args.presets.split(","):
-                print(f"{preset}: {seconds} s song, device={args.device} threads={args.threads} (12 s chunks, 6 s hop)", flush=True)
+                print(
+                    f"{preset}: {seconds} s song, device={args.device} threads={args.threads} (12 s chunks, 6 s hop)",
+                    flush=True,
+                )
                 if args.profile:
                     results += profile(args, preset, song, ref_tree)
                 elif paired:
@@ -343,8 +409,11 @@ def single(args, preset: str, song: Path, seconds: int) -> dict:
         print(f"{preset:8} {seconds:7} error: {r['error']}", flush=True)
     else:
         print(f"{'preset':8} {'song s':>7} {'network':32} {'wall s':>8} {'cpu s':>8} {'RTF':>7} {'peak GB':>8}")
-        print(f"{preset:8} {r['song_s']:7.0f} {r['network']:32} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['rtf']:7.3f} "
-              f"{r['peak_gb']:8.3f}", flush=True)
+        print(
+            f"{preset:8} {r['song_s']:7.0f} {r['network']:32} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['rtf']:7.3f} "
+            f"{r['peak_gb']:8.3f}",
+            flush=True,
+        )
     return r
 
 
@@ -374,7 +443,9 @@ def run_paired(args, preset: str, song: Path, ref_tree: Path | None, backends: l
         onnx = tmp / f"{preset}.onnx"
         export_for_bench(preset, onnx)
         base = child_argv(args, preset, song, label="ref", precision="fp32")
-        variants = {"onnxruntime fp32": ["--backend", "onnxruntime", "--onnx", str(onnx), "--label", "ours-onnxruntime"]}
+        variants = {
+            "onnxruntime fp32": ["--backend", "onnxruntime", "--onnx", str(onnx), "--label", "ours-onnxruntime"]
+        }
         variants.update({f"torch {p}": ["--precision", p, "--label", f"ours-{p}"] for p in precisions if p != "fp32"})
         ref_tree, ref_name, ref_desc = REPO, "ref", "torch fp32"
     print(f"paired: {args.reps} repetitions, fresh process per run, order reversed every other repetition", flush=True)

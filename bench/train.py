@@ -41,8 +41,17 @@ from _util import REPO, Timer, alternate, export_ref, peak_rss_gb, run_isolated,
 SR = 44100
 
 
-def measure(preset: str, stage: str, batch: int, device: str, precision: str, steps: int, seconds: float, threads: int,
-            checkpointing: str = "default") -> dict:
+def measure(
+    preset: str,
+    stage: str,
+    batch: int,
+    device: str,
+    precision: str,
+    steps: int,
+    seconds: float,
+    threads: int,
+    checkpointing: str = "default",
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -54,7 +63,16 @@ def measure(preset: str, stage: str, batch: int, device: str, precision: str, st
 
     cls = PretrainConfig if stage == "pretrain" else FinetuneConfig
     fixed = {} if checkpointing == "default" else {"activation_checkpointing": checkpointing == "on"}
-    config = cls(data="-", out="-", size=preset, batch_size=batch, bf16=precision == "bf16", warmup_steps=1, device=device, **fixed)
+    config = cls(
+        data="-",
+        out="-",
+        size=preset,
+        batch_size=batch,
+        bf16=precision == "bf16",
+        warmup_steps=1,
+        device=device,
+        **fixed,
+    )
     rt = Runtime(rank=0, world=1, local_rank=0, device=torch.device(device))
     model, _ = prepare_model(config)
     model = model.to(rt.device)
@@ -86,7 +104,10 @@ def measure_forward(preset: str, batch: int, device: str, precision: str, steps:
     model = build_model(preset, n_outputs=4).to(device).eval()
     cuda = device.startswith("cuda")
     wav = torch.randn(batch, 2, int(seconds * SR), device=device) * 0.1
-    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
         model(wav[..., :SR])  # warm-up
         if cuda:
             torch.cuda.synchronize()
@@ -105,34 +126,54 @@ def result(preset, stage, batch, device, precision, steps, t: Timer, cuda: bool)
     import mixitcli
 
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else peak_rss_gb()
-    return {"preset": preset, "stage": stage, "batch": batch, "device": device, "precision": precision,
-            "s_per_step": round(t.wall / steps, 3), "cpu_s_per_step": round(t.cpu / steps, 3),
-            "examples_per_s": round(batch * steps / t.wall, 2), "peak_gb": round(peak, 2),
-            "code": str(Path(mixitcli.__file__).resolve().parents[1])}
+    return {
+        "preset": preset,
+        "stage": stage,
+        "batch": batch,
+        "device": device,
+        "precision": precision,
+        "s_per_step": round(t.wall / steps, 3),
+        "cpu_s_per_step": round(t.cpu / steps, 3),
+        "examples_per_s": round(batch * steps / t.wall, 2),
+        "peak_gb": round(peak, 2),
+        "code": str(Path(mixitcli.__file__).resolve().parents[1]),
+    }
 
 
 def paired(args, ref_tree: Path, configs: list[list[str]]) -> list[dict]:
     """Alternate ours and REF ``args.reps`` times per configuration; print medians and the speed-up."""
-    print(f"paired: ours={REPO} vs {args.against} ({ref_tree}); device={args.device} threads={args.threads} "
-          f"{args.seconds} s examples, {args.steps} timed steps, {args.reps} alternating repetitions")
-    print(f"{'preset':8} {'stage':9} {'batch':>5} {'prec':5} {'ours s':>8} {'ref s':>8} {'speed-up':>9} "
-          f"{'ratio range':>13} {'cpu ratio':>9}")
+    print(
+        f"paired: ours={REPO} vs {args.against} ({ref_tree}); device={args.device} threads={args.threads} "
+        f"{args.seconds} s examples, {args.steps} timed steps, {args.reps} alternating repetitions"
+    )
+    print(
+        f"{'preset':8} {'stage':9} {'batch':>5} {'prec':5} {'ours s':>8} {'ref s':>8} {'speed-up':>9} "
+        f"{'ratio range':>13} {'cpu ratio':>9}"
+    )
     rows = []
     for argv in configs:
         runs = alternate(__file__, argv, ref_tree, args.reps)
         wall = {s: [r["s_per_step"] for r in runs[s]] for s in runs}
         cpu = {s: [r["cpu_s_per_step"] for r in runs[s]] for s in runs}
         ratios = [b / a for a, b in zip(wall["ours"], wall["ref"])]
-        row = {**{k: runs["ours"][0][k] for k in ("preset", "stage", "batch", "precision")},
-               "ours_s": statistics.median(wall["ours"]), "ref_s": statistics.median(wall["ref"]),
-               "ours_cpu_s": statistics.median(cpu["ours"]), "ref_cpu_s": statistics.median(cpu["ref"]),
-               "ours_all": wall["ours"], "ref_all": wall["ref"]}
+        row = {
+            **{k: runs["ours"][0][k] for k in ("preset", "stage", "batch", "precision")},
+            "ours_s": statistics.median(wall["ours"]),
+            "ref_s": statistics.median(wall["ref"]),
+            "ours_cpu_s": statistics.median(cpu["ours"]),
+            "ref_cpu_s": statistics.median(cpu["ref"]),
+            "ours_all": wall["ours"],
+            "ref_all": wall["ref"],
+        }
         row["speedup"] = row["ref_s"] / row["ours_s"]
         row["cpu_speedup"] = row["ref_cpu_s"] / row["ours_cpu_s"]
         rows.append(row)
-        print(f"{row['preset']:8} {row['stage']:9} {row['batch']:>5} {row['precision']:5} {row['ours_s']:8.2f} "
-              f"{row['ref_s']:8.2f} {row['speedup']:8.2f}x {min(ratios):5.2f}-{max(ratios):5.2f}x "
-              f"{row['cpu_speedup']:8.2f}x", flush=True)
+        print(
+            f"{row['preset']:8} {row['stage']:9} {row['batch']:>5} {row['precision']:5} {row['ours_s']:8.2f} "
+            f"{row['ref_s']:8.2f} {row['speedup']:8.2f}x {min(ratios):5.2f}-{max(ratios):5.2f}x "
+            f"{row['cpu_speedup']:8.2f}x",
+            flush=True,
+        )
     return rows
 
 
@@ -146,28 +187,76 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--against", default=None, metavar="REF",
-                        help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REF",
+        help="paired mode: also measure this git ref or checkout folder, alternating (e.g. main)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="paired mode: repetitions of each side")
-    parser.add_argument("--checkpointing", choices=("default", "on", "off"), default="default",
-                        help="activation checkpointing in training steps: each version's default for the preset "
-                             "and device, or on / off for both")
-    parser.add_argument("--allocator", choices=("mixit", "default"), default="mixit",
-                        help="mixit: glibc keeps freed memory, as the mixit command sets it (code that predates "
-                             "mixitcli.allocator runs with the defaults); default: glibc's defaults on both sides")
+    parser.add_argument(
+        "--checkpointing",
+        choices=("default", "on", "off"),
+        default="default",
+        help="activation checkpointing in training steps: each version's default for the preset "
+        "and device, or on / off for both",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("mixit", "default"),
+        default="mixit",
+        help="mixit: glibc keeps freed memory, as the mixit command sets it (code that predates "
+        "mixitcli.allocator runs with the defaults); default: glibc's defaults on both sides",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         set_up_process(args.allocator)
-        print(json.dumps(measure(args.presets, args.stages, int(args.batches), args.device, args.precisions, args.steps,
-                                args.seconds, args.threads, args.checkpointing)))
+        print(
+            json.dumps(
+                measure(
+                    args.presets,
+                    args.stages,
+                    int(args.batches),
+                    args.device,
+                    args.precisions,
+                    args.steps,
+                    args.seconds,
+                    args.threads,
+                    args.checkpointing,
+                )
+            )
+        )
         return
-    configs = [["--presets", preset, "--stages", stage, "--batches", batch, "--device", args.device, "--precisions", precision,
-                "--steps", str(args.steps), "--seconds", str(args.seconds), "--threads", str(args.threads),
-                "--allocator", args.allocator, "--checkpointing", args.checkpointing]
-               for preset in args.presets.split(",") for stage in args.stages.split(",")
-               for batch in args.batches.split(",") for precision in args.precisions.split(",")]
+    configs = [
+        [
+            "--presets",
+            preset,
+            "--stages",
+            stage,
+            "--batches",
+            batch,
+            "--device",
+            args.device,
+            "--precisions",
+            precision,
+            "--steps",
+            str(args.steps),
+            "--seconds",
+            str(args.seconds),
+            "--threads",
+            str(args.threads),
+            "--allocator",
+            args.allocator,
+            "--checkpointing",
+            args.checkpointing,
+        ]
+        for preset in args.presets.split(",")
+        for stage in args.stages.split(",")
+        for batch in args.batches.split(",")
+        for precision in args.precisions.split(",")
+    ]
     if args.against:
         tmp = Path(tempfile.mkdtemp(prefix="mixit-bench-ref-"))
         try:

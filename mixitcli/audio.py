@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -254,7 +254,9 @@ class BlockWriter:
         WriteError: (an OSError) the folder is full, read-only or not writable; from any method.
     """
 
-    def __init__(self, path: str | Path, sample_rate: int, channels: int, *, bits: str = "24", limit: int | None = None):
+    def __init__(
+        self, path: str | Path, sample_rate: int, channels: int, *, bits: str = "24", limit: int | None = None
+    ):
         import soundfile as sf
 
         self.path = Path(path)
@@ -269,7 +271,9 @@ class BlockWriter:
         except OSError as e:
             raise WriteError(e.errno, e.strerror or str(e), e.filename or str(self.path.parent)) from e
         try:
-            self._file = sf.SoundFile(sf_name(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype)
+            self._file = sf.SoundFile(
+                sf_name(self.tmp), "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
+            )
         except Exception as e:
             raise diagnose_write_failure(self.tmp) or AudioError(f"{self.path}: cannot create ({e})") from e
 
@@ -309,7 +313,7 @@ class BlockWriter:
             self._file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "BlockWriter":
+    def __enter__(self) -> BlockWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -319,7 +323,9 @@ class BlockWriter:
             self.abort()
 
 
-def read_blocks(path: str | Path, block_frames: int, *, on_nonfinite: NonFiniteCallback | None = None) -> Iterator[np.ndarray]:
+def read_blocks(
+    path: str | Path, block_frames: int, *, on_nonfinite: NonFiniteCallback | None = None
+) -> Iterator[np.ndarray]:
     """Decode a file block by block: float32 (c, t) blocks of ``block_frames`` samples
     (the last one shorter), at the file's own rate (see :func:`info`).
 
@@ -363,7 +369,21 @@ def _decoded_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
 
 def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
     probe = _ffprobe(path)
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     frame_bytes = 4 * probe.channels
     total, finished = 0, False
@@ -389,8 +409,16 @@ def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
 
 def _ffprobe(path: Path) -> AudioInfo:
     cmd = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-        "stream=sample_rate,channels,duration", "-of", "default=noprint_wrappers=1", str(path),
+        "ffprobe",
+        "-v",
+        "error",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "stream=sample_rate,channels,duration",
+        "-of",
+        "default=noprint_wrappers=1",
+        str(path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     fields = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
@@ -406,7 +434,21 @@ def _ffprobe(path: Path) -> AudioInfo:
 
 def _ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:
     probe = _ffprobe(path)
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0 or not proc.stdout:
         raise AudioError(f"{path}: ffmpeg cannot decode it ({proc.stderr.decode(errors='replace').strip()[:200]})")

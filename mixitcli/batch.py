@@ -25,9 +25,9 @@ import contextlib
 import os
 import string
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from mixitcli import audio
 from mixitcli.data.errors import with_problems
@@ -118,7 +118,9 @@ def check_template(template: str) -> None:
         raise PlanError(f"--filename {template!r} is not a valid template ({e})") from e
     unknown = sorted(fields - set(TEMPLATE_FIELDS))
     if unknown:
-        problems.append(f"unknown field(s) {', '.join('{' + u + '}' for u in unknown)}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+        problems.append(
+            f"unknown field(s) {', '.join('{' + u + '}' for u in unknown)}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+        )
     if os.path.isabs(template):
         problems.append("it must be relative to --out")
     if problems:
@@ -137,7 +139,9 @@ def without_own_outputs(
 ) -> list[tuple[Path, Path | None]]:
     """Drop the walked files that this command writes itself (stems of an earlier run, when
     --out is an input folder: `mixit separate DIR --out DIR`). Files given directly stay."""
-    outputs = {output_path(p, r, Path(out_dir), stem=s, template=template, ext=ext).resolve() for p, r in found for s in stems}
+    outputs = {
+        output_path(p, r, Path(out_dir), stem=s, template=template, ext=ext).resolve() for p, r in found for s in stems
+    }
     return [(p, r) for p, r in found if r is None or p.resolve() not in outputs]
 
 
@@ -341,11 +345,18 @@ def run_jobs(
                 with claimed(job):
                     reporter.file_started(job, audio.info(job.input).seconds)
                     result = separate_file(
-                        network, job.input, job.outputs, options=options, sample_rate=sample_rate, bits=bits,
+                        network,
+                        job.input,
+                        job.outputs,
+                        options=options,
+                        sample_rate=sample_rate,
+                        bits=bits,
                         on_progress=reporter.file_progress,
                     )
             except LockError as e:
-                message = f"{e} This song was left out; run the same command with --skip-existing once that one has finished."
+                message = (
+                    f"{e} This song was left out; run the same command with --skip-existing once that one has finished."
+                )
                 summary.failed.append((job.input, message))
                 reporter.file_failed(job, message)
                 continue
@@ -378,7 +389,9 @@ def two_stem_outputs(stem: str, model_stems: tuple[str, ...]) -> list[str]:
     if len(model_stems) < 2:
         raise SeparationError(f"--two-stems {stem}: this model has no other output to make {COMPLEMENT}{stem} from")
     if f"{COMPLEMENT}{stem}" in model_stems:
-        raise SeparationError(f"--two-stems {stem}: this model has a stem named {COMPLEMENT}{stem} already; use --stems")
+        raise SeparationError(
+            f"--two-stems {stem}: this model has a stem named {COMPLEMENT}{stem} already; use --stems"
+        )
     return [stem, f"{COMPLEMENT}{stem}"]
 
 
@@ -386,8 +399,14 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 """Values of ``--backend``: auto runs a .onnx file with onnxruntime and every other model with torch."""
 
 
-def load_network(model: str | None = None, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                 progress: bool = False) -> Network:
+def load_network(
+    model: str | None = None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = False,
+) -> Network:
     """The model `mixit separate` runs, loaded and prepared once.
 
     Args:
@@ -412,12 +431,18 @@ def load_network(model: str | None = None, *, backend: str = "auto", device: str
     if backend == "onnxruntime":
         if not onnx_file:
             name = model or DEFAULT_MODEL
-            problems.append(f"--backend onnxruntime runs an ONNX file, which {name} is not: export it once with "
-                            f"`mixit export {name} --onnx model.onnx`, then separate with --model model.onnx")
+            problems.append(
+                f"--backend onnxruntime runs an ONNX file, which {name} is not: export it once with "
+                f"`mixit export {name} --onnx model.onnx`, then separate with --model model.onnx"
+            )
         if precision == "bf16":
-            problems.append("--precision bf16 needs --backend torch: the ONNX graph computes in float32 (use --precision fp32 or auto)")
+            problems.append(
+                "--precision bf16 needs --backend torch: the ONNX graph computes in float32 (use --precision fp32 or auto)"
+            )
         if device not in ("auto", "cpu"):
-            problems.append(f"--device {device}: the onnxruntime backend runs on the CPU (use --device cpu, or --backend torch)")
+            problems.append(
+                f"--device {device}: the onnxruntime backend runs on the CPU (use --device cpu, or --backend torch)"
+            )
     elif onnx_file:
         problems.append(f"{model} is an ONNX file: run it with --backend onnxruntime (or leave --backend at auto)")
     if problems:
@@ -476,15 +501,48 @@ def separate_many(
     with raise_on_stop():
         try:
             return _separate_many(
-                inputs, out_dir, model=model, stems=stems, two_stems=two_stems, template=template, ext=ext, bits=bits, sample_rate=sample_rate,
-                skip_existing=skip_existing, options=options, device=device, precision=precision, backend=backend, console=console,
+                inputs,
+                out_dir,
+                model=model,
+                stems=stems,
+                two_stems=two_stems,
+                template=template,
+                ext=ext,
+                bits=bits,
+                sample_rate=sample_rate,
+                skip_existing=skip_existing,
+                options=options,
+                device=device,
+                precision=precision,
+                backend=backend,
+                console=console,
             )
         except Interrupted as e:
-            raise Interrupted(e.signum, f"{e}. No partial stem file is left and finished songs are kept: run the same "
-                                        "command with --skip-existing to separate the rest.") from None
+            raise Interrupted(
+                e.signum,
+                f"{e}. No partial stem file is left and finished songs are kept: run the same "
+                "command with --skip-existing to separate the rest.",
+            ) from None
 
 
-def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, bits, sample_rate, skip_existing, options, device, precision, backend, console) -> BatchSummary:
+def _separate_many(
+    inputs,
+    out_dir,
+    *,
+    model,
+    stems,
+    two_stems,
+    template,
+    ext,
+    bits,
+    sample_rate,
+    skip_existing,
+    options,
+    device,
+    precision,
+    backend,
+    console,
+) -> BatchSummary:
     if bits == "float" and ext != "wav":
         raise SeparationError(f"--bits float needs --format wav (got --format {ext})")
     if stems and two_stems:
@@ -498,12 +556,22 @@ def _separate_many(inputs, out_dir, *, model, stems, two_stems, template, ext, b
         stems = list(stems) if stems else list(net.stems)
         unknown = [s for s in stems if s not in net.stems]
         if unknown:
-            raise SeparationError(f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}")
+            raise SeparationError(
+                f"--stems: unknown stem(s) {', '.join(unknown)}; this model outputs {', '.join(net.stems)}"
+            )
     found = without_own_outputs(found, out_dir, stems=stems, template=template, ext=ext)
     if not found:
-        raise PlanError("cannot read the inputs:", [f"{', '.join(map(str, inputs))}: only this command's own outputs, no songs"])
+        raise PlanError(
+            "cannot read the inputs:", [f"{', '.join(map(str, inputs))}: only this command's own outputs, no songs"]
+        )
     jobs = plan(found, out_dir, stems=stems, template=template, ext=ext)
     reporter = RichReporter(console) if console is not None else None
     return run_jobs(
-        net, jobs, options=options, sample_rate=sample_rate, bits=bits, skip_existing=skip_existing, reporter=reporter,
+        net,
+        jobs,
+        options=options,
+        sample_rate=sample_rate,
+        bits=bits,
+        skip_existing=skip_existing,
+        reporter=reporter,
     )

@@ -27,16 +27,25 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from mixitcli.audio import require_ffmpeg
 from mixitcli.lock import folder_lock
 from mixitcli.metrics import METRICS, MUSEVAL_NEEDS, score_arrays
-from mixitcli.report import SUMMARY_JSON, SUMMARY_MD, TABLE_STEMS, fmt, markdown_table, print_table, summarise, table_order
+from mixitcli.report import (
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    TABLE_STEMS,
+    fmt,
+    markdown_table,
+    print_table,
+    summarise,
+    table_order,
+)
 from mixitcli.signals import STOP_SIGNALS, Interrupted, raise_on_stop
 from mixitcli.stems import STEMS, describe
 from mixitcli.storage import atomic_write_text, naming, remove_stale_temporaries
@@ -131,8 +140,14 @@ class ResultsFolder:
         old = self._read_config(cfg_path)
         if old is not None:
             if old != config:
-                changed = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k))
-                raise EvalError(f"{self.out} holds results of another evaluation ({changed}); use another --out or delete it")
+                changed = ", ".join(
+                    f"{k}: {old.get(k)!r} -> {config.get(k)!r}"
+                    for k in sorted(set(old) | set(config))
+                    if old.get(k) != config.get(k)
+                )
+                raise EvalError(
+                    f"{self.out} holds results of another evaluation ({changed}); use another --out or delete it"
+                )
         else:
             atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
         self.records = self._load()
@@ -239,7 +254,11 @@ def find_estimates(folder: Path, tracks: Sequence, stems: Sequence[str] = STEMS)
     for track in tracks:
         found[track.name] = {}
         for stem in stems:
-            hits = [folder / track.name / f"{stem}{ext}" for ext in AUDIO_EXTENSIONS if (folder / track.name / f"{stem}{ext}").is_file()]
+            hits = [
+                folder / track.name / f"{stem}{ext}"
+                for ext in AUDIO_EXTENSIONS
+                if (folder / track.name / f"{stem}{ext}").is_file()
+            ]
             if hits:
                 found[track.name][stem] = hits[0]
             else:
@@ -300,33 +319,66 @@ def evaluate_musdb(
     if (model is None) == (estimates is None):
         raise EvalError("give exactly one of --model (separate, then score) and --estimates (score existing stems)")
     if (musdb is None) == (data is None):
-        raise EvalError("give exactly one of --musdb MUSDB18HQ (a MUSDB18-HQ tree) and --data DIR (a prepared stems folder)")
+        raise EvalError(
+            "give exactly one of --musdb MUSDB18HQ (a MUSDB18-HQ tree) and --data DIR (a prepared stems folder)"
+        )
     if out is None and estimates is None:
         raise EvalError("--out is needed with --model (the separated stems and the results go there)")
     out = Path(out if out is not None else estimates)
     if data is not None:
         tracks, stems = data_tracks(data, subset)
-        config = {"data": str(Path(data).expanduser().resolve()), "stems": list(stems), "subset": subset, "model": model,
-                  "estimates": str(estimates) if estimates else None}
+        config = {
+            "data": str(Path(data).expanduser().resolve()),
+            "stems": list(stems),
+            "subset": subset,
+            "model": model,
+            "estimates": str(estimates) if estimates else None,
+        }
     else:  # the keys of the evaluations made before stem sets, so that their folders resume
         tracks, stems = musdb_tracks(musdb, subset), STEMS
-        config = {"musdb": str(Path(musdb).expanduser().resolve()), "subset": subset, "model": model, "estimates": str(estimates) if estimates else None}
+        config = {
+            "musdb": str(Path(musdb).expanduser().resolve()),
+            "subset": subset,
+            "model": model,
+            "estimates": str(estimates) if estimates else None,
+        }
     with raise_on_stop():
         try:
             with folder_lock(out):
-                return _evaluate(out, tracks, stems, config, data=data, model=model, estimates=estimates, subset=subset,
-                                 workers=workers, device=device, precision=precision, batch_size=batch_size, console=console)
+                return _evaluate(
+                    out,
+                    tracks,
+                    stems,
+                    config,
+                    data=data,
+                    model=model,
+                    estimates=estimates,
+                    subset=subset,
+                    workers=workers,
+                    device=device,
+                    precision=precision,
+                    batch_size=batch_size,
+                    console=console,
+                )
         except Interrupted as e:
-            raise Interrupted(e.signum, f"{e}. No partial file is left; the tracks scored so far are in {out / RECORDS}: "
-                                        "run the same command again to score the rest.") from None
+            raise Interrupted(
+                e.signum,
+                f"{e}. No partial file is left; the tracks scored so far are in {out / RECORDS}: "
+                "run the same command again to score the rest.",
+            ) from None
 
 
-def _evaluate(out: Path, tracks, stems, config, *, data, model, estimates, subset, workers, device, precision, batch_size,
-              console) -> dict:
+def _evaluate(
+    out: Path, tracks, stems, config, *, data, model, estimates, subset, workers, device, precision, batch_size, console
+) -> dict:
     """:func:`evaluate_musdb`'s work, holding OUT's lock."""
     if model is not None:  # OUT/estimates is written by this command only, under OUT's lock
         remove_stale_temporaries(out / ESTIMATES, recursive=True, locked=True)
-    separate = _separator(model, stems, device=device, precision=precision, batch_size=batch_size, console=console) if model else None
+    separate = (
+        _separator(model, stems, device=device, precision=precision, batch_size=batch_size, console=console)
+        if model
+        else None
+    )
     order = table_order(stems)
     results = ResultsFolder(out, config, order)
     todo = [t for t in tracks if t.name not in results.done()]
@@ -336,7 +388,11 @@ def _evaluate(out: Path, tracks, stems, config, *, data, model, estimates, subse
     else:
         est_paths = {t.name: {s: out / ESTIMATES / t.name / f"{s}.wav" for s in stems} for t in todo}
     progress = _Progress(console, len(tracks), len(tracks) - len(todo), separate is not None)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn(), initializer=_ignore_stop_signals) if workers > 0 else None
+    pool = (
+        ProcessPoolExecutor(max_workers=workers, mp_context=_spawn(), initializer=_ignore_stop_signals)
+        if workers > 0
+        else None
+    )
     pending: dict[Future, str] = {}
     try:
         for track in todo:
@@ -404,7 +460,9 @@ def _record(results: ResultsFolder, record: dict, progress) -> None:
     mismatch = record.get("length_mismatch", {})
     if mismatch:
         notes = "; ".join(f"{stem}: {length_note(n)}" for stem, n in mismatch.items())
-        progress.warn(f"{record['track']}: estimates of another length than their references, scored on the reference's length ({notes})")
+        progress.warn(
+            f"{record['track']}: estimates of another length than their references, scored on the reference's length ({notes})"
+        )
 
 
 def _separator(spec: str, stems: tuple[str, ...], *, device: str, precision: str, batch_size: int, console):
@@ -413,9 +471,9 @@ def _separator(spec: str, stems: tuple[str, ...], *, device: str, precision: str
     Raises:
         EvalError: the model's stems are not the data's (issue 21): both lists named.
     """
+    from mixitcli.inference import prepare
     from mixitcli.model import load_model
     from mixitcli.registry import resolve_model
-    from mixitcli.inference import prepare
     from mixitcli.separate import ChunkOptions, pick_device, separate_file
 
     torch_device = pick_device(device)

@@ -61,9 +61,13 @@ class SpectralGraph(nn.Module):
         self.eps = [norm.eps for norm in enc.norms]
         with torch.no_grad():
             for i, (a, g) in enumerate(self.runs):
-                self.register_buffer(f"norm_weight_{i}", torch.stack([n.weight for n in enc.norms[a : a + g]]))  # (g, 2cw)
+                self.register_buffer(
+                    f"norm_weight_{i}", torch.stack([n.weight for n in enc.norms[a : a + g]])
+                )  # (g, 2cw)
                 self.register_buffer(f"norm_bias_{i}", torch.stack([n.bias for n in enc.norms[a : a + g]]))
-                self.register_buffer(f"proj_weight_{i}", torch.stack([p.weight for p in enc.projs[a : a + g]]))  # (g, d, 2cw)
+                self.register_buffer(
+                    f"proj_weight_{i}", torch.stack([p.weight for p in enc.projs[a : a + g]])
+                )  # (g, d, 2cw)
                 self.register_buffer(f"proj_bias_{i}", torch.stack([p.bias for p in enc.projs[a : a + g]]))  # (g, d)
             heads = [head.fc3 for head in model.decoder.heads]
             for i, (weight, bias) in enumerate(stacked_last_layers([p.weight for p in heads], [p.bias for p in heads])):
@@ -83,8 +87,12 @@ class SpectralGraph(nn.Module):
             x = planes[:, :, start : start + g * w].reshape(b, c2, g, w, l).permute(0, 4, 2, 3, 1)  # (b, l, g, w, 2c)
             x = x.reshape(b, l, g, w * c2)  # each band's features bin-major, as the encoder orders them
             var, mean = torch.var_mean(x, dim=(1, 3), keepdim=True, correction=0)  # per item and band
-            x = (x - mean) * torch.rsqrt(var + self.eps[a]) * getattr(self, f"norm_weight_{i}") + getattr(self, f"norm_bias_{i}")
-            x = torch.matmul(x.transpose(1, 2), getattr(self, f"proj_weight_{i}").transpose(1, 2).unsqueeze(0))  # (b, g, l, d)
+            x = (x - mean) * torch.rsqrt(var + self.eps[a]) * getattr(self, f"norm_weight_{i}") + getattr(
+                self, f"norm_bias_{i}"
+            )
+            x = torch.matmul(
+                x.transpose(1, 2), getattr(self, f"proj_weight_{i}").transpose(1, 2).unsqueeze(0)
+            )  # (b, g, l, d)
             out.append(x.transpose(1, 2) + getattr(self, f"proj_bias_{i}"))  # (b, l, g, d)
             start += g * w
         return torch.cat(out, dim=2)
@@ -112,8 +120,15 @@ class ExportResult:
 def metadata(model: nn.Module) -> dict[str, str]:
     """The metadata :class:`mixitcli.onnxrun.OnnxModel` reads."""
     cfg = model.config
-    return {"format": FORMAT, "stems": ",".join(model.stems), "sample_rate": str(cfg.sample_rate), "n_fft": str(cfg.n_fft),
-            "hop_length": str(cfg.hop_length), "n_channels": str(cfg.n_channels), "n_outputs": str(cfg.n_outputs)}
+    return {
+        "format": FORMAT,
+        "stems": ",".join(model.stems),
+        "sample_rate": str(cfg.sample_rate),
+        "n_fft": str(cfg.n_fft),
+        "hop_length": str(cfg.hop_length),
+        "n_channels": str(cfg.n_channels),
+        "n_outputs": str(cfg.n_outputs),
+    }
 
 
 def check(path: str | Path, model: nn.Module, *, seconds: float = 2.0, seed: int = 0) -> float:
@@ -128,7 +143,9 @@ def check(path: str | Path, model: nn.Module, *, seconds: float = 2.0, seed: int
     with torch.no_grad():
         ref = model(wav)[0].numpy()  # (n, c, t)
     out = OnnxModel(path)(wav.numpy())[0]
-    errors = np.linalg.norm((out - ref).reshape(len(ref), -1), axis=1) / np.linalg.norm(ref.reshape(len(ref), -1), axis=1)
+    errors = np.linalg.norm((out - ref).reshape(len(ref), -1), axis=1) / np.linalg.norm(
+        ref.reshape(len(ref), -1), axis=1
+    )
     return float(errors.max())
 
 
@@ -138,7 +155,9 @@ def require() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        raise ExportError(f"exporting needs the onnx and onnxruntime packages ({e.name} is missing): {INSTALL_HINT}") from e
+        raise ExportError(
+            f"exporting needs the onnx and onnxruntime packages ({e.name} is missing): {INSTALL_HINT}"
+        ) from e
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, check_seconds: float = 2.0) -> ExportResult:
@@ -165,16 +184,29 @@ def export_onnx(model: nn.Module, path: str | Path, *, check_seconds: float = 2.
     graph = SpectralGraph(model).eval()
     b, c, f, l = 1, model.config.n_channels, model.config.n_fft // 2 + 1, 16  # an example; batch and frames are dynamic
     planes = torch.randn(b, c, f, l)
-    dynamic = {"spec_re": {0: "batch", 3: "frames"}, "spec_im": {0: "batch", 3: "frames"}, "scale": {0: "batch"},
-               "out_re": {0: "batch", 4: "frames"}, "out_im": {0: "batch", 4: "frames"}}
+    dynamic = {
+        "spec_re": {0: "batch", 3: "frames"},
+        "spec_im": {0: "batch", 3: "frames"},
+        "scale": {0: "batch"},
+        "out_re": {0: "batch", 4: "frames"},
+        "out_im": {0: "batch", 4: "frames"},
+    }
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(graph, (planes, planes, torch.ones(b, c, 1, 1)), str(partial), dynamo=False, opset_version=OPSET,
-                              do_constant_folding=False,  # onnxruntime folds constants when it loads the graph
-                              input_names=["spec_re", "spec_im", "scale"], output_names=["out_re", "out_im"], dynamic_axes=dynamic)
+            torch.onnx.export(
+                graph,
+                (planes, planes, torch.ones(b, c, 1, 1)),
+                str(partial),
+                dynamo=False,
+                opset_version=OPSET,
+                do_constant_folding=False,  # onnxruntime folds constants when it loads the graph
+                input_names=["spec_re", "spec_im", "scale"],
+                output_names=["out_re", "out_im"],
+                dynamic_axes=dynamic,
+            )
         proto = onnx.load(str(partial))
         for key, value in metadata(model).items():
             proto.metadata_props.add(key=key, value=value)
@@ -185,10 +217,13 @@ def export_onnx(model: nn.Module, path: str | Path, *, check_seconds: float = 2.
         except OnnxError as e:
             raise ExportError(f"{e} (the export is checked with it)") from e
         if not error <= TOLERANCE:
-            raise ExportError(f"onnxruntime's output is off torch's by {error:.2e} (relative), more than {TOLERANCE:g}: "
-                              f"this torch ({torch.__version__}) exports the model wrongly; please report it")
+            raise ExportError(
+                f"onnxruntime's output is off torch's by {error:.2e} (relative), more than {TOLERANCE:g}: "
+                f"this torch ({torch.__version__}) exports the model wrongly; please report it"
+            )
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return ExportResult(path=path, bytes=path.stat().st_size, seconds=exported, error=error,
-                        check_seconds=check_seconds)
+    return ExportResult(
+        path=path, bytes=path.stat().st_size, seconds=exported, error=error, check_seconds=check_seconds
+    )

@@ -72,7 +72,7 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """"fp32" or "bf16" for ``precision`` ("auto", "fp32" or "bf16") on ``device``.
+    """ "fp32" or "bf16" for ``precision`` ("auto", "fp32" or "bf16") on ``device``.
 
     Raises:
         ValueError: an unknown precision.
@@ -112,7 +112,9 @@ class Network:
 
     def describe(self) -> str:
         """Device, precision and backend, for progress displays and the summary line."""
-        dtype = "float32" if self.precision == "fp32" else "bfloat16" if self.device.type == "cpu" else "bfloat16 autocast"
+        dtype = (
+            "float32" if self.precision == "fp32" else "bfloat16" if self.device.type == "cpu" else "bfloat16 autocast"
+        )
         return f"{self.device}, {dtype}, {self.backend}"
 
 
@@ -129,8 +131,15 @@ def transposed_as_conv(layer: nn.ConvTranspose1d) -> nn.Conv1d:
     (k,), (p,) = layer.kernel_size, layer.padding
     if layer.stride != (1,) or layer.dilation != (1,) or layer.groups != 1 or layer.output_padding != (0,) or p > k - 1:
         raise ValueError(f"only a stride-1 ConvTranspose1d with padding <= kernel - 1 is a Conv1d: {layer}")
-    conv = nn.Conv1d(layer.in_channels, layer.out_channels, k, padding=k - 1 - p, bias=layer.bias is not None,
-                     dtype=layer.weight.dtype, device=layer.weight.device)
+    conv = nn.Conv1d(
+        layer.in_channels,
+        layer.out_channels,
+        k,
+        padding=k - 1 - p,
+        bias=layer.bias is not None,
+        dtype=layer.weight.dtype,
+        device=layer.weight.device,
+    )
     with torch.no_grad():
         conv.weight.copy_(layer.weight.transpose(0, 1).flip(-1))  # (in, out, K) -> (out, in, K) reversed
         if layer.bias is not None:
@@ -250,7 +259,9 @@ class OnnxNetwork(Network):
         return torch.from_numpy(self.model(chunks.numpy()))
 
 
-def prepare(model: nn.Module | Network, *, device: torch.device | str | None = None, precision: str = "fp32") -> Network:
+def prepare(
+    model: nn.Module | Network, *, device: torch.device | str | None = None, precision: str = "fp32"
+) -> Network:
     """The :class:`Network` that runs ``model`` (in eval mode) on ``device`` at ``precision``.
 
     Args:

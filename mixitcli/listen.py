@@ -36,10 +36,10 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +50,13 @@ from mixitcli.listen_page import CODECS, DB_RANGE, MIXTURE, REFERENCE, stem_orde
 from mixitcli.lock import LOCK_NAME, folder_lock
 from mixitcli.report import SUMMARY_JSON, TABLE_STEMS, table_order
 from mixitcli.signals import Interrupted, raise_on_stop
-from mixitcli.storage import atomic_write_text, atomic_write_with, diagnose_write_failure, remove_stale_temporaries, temp_path
+from mixitcli.storage import (
+    atomic_write_text,
+    atomic_write_with,
+    diagnose_write_failure,
+    remove_stale_temporaries,
+    temp_path,
+)
 
 """Opus (WebM) is half the size of MP3 for the same quality; MP3 plays in every browser,
 including old Safari. Headless Chromium decodes both (tests/test_listen.py)."""
@@ -107,7 +113,11 @@ def _split_label(spec: str) -> tuple[str, Path]:
 
 
 def _audio_files(folder: Path, exclude: Path | None) -> list[Path]:
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in audio.AUDIO_EXTENSIONS and not p.name.startswith(".")]
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in audio.AUDIO_EXTENSIONS and not p.name.startswith(".")
+    ]
     if exclude is not None:
         files = [p for p in files if not p.resolve().is_relative_to(exclude)]
     return sorted(files)
@@ -144,7 +154,9 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
         config = json.loads((folder / CONFIG).read_text())
         summary = json.loads((folder / SUMMARY_JSON).read_text()) if (folder / SUMMARY_JSON).is_file() else None
     except (OSError, ValueError) as e:
-        return Source(label or folder.name, folder, "eval"), [f"{folder}: cannot read {CONFIG} or {SUMMARY_JSON} ({e}); run `mixit eval` into it again"]
+        return Source(label or folder.name, folder, "eval"), [
+            f"{folder}: cannot read {CONFIG} or {SUMMARY_JSON} ({e}); run `mixit eval` into it again"
+        ]
     if not label:
         model = (summary or {}).get("model") or config.get("model") or folder.name
         label = Path(str(model)).name or str(model)
@@ -162,7 +174,9 @@ def read_eval(label: str, folder: Path, *, musdb: Path | None = None) -> tuple[S
     estimates = _estimates_folder(folder, config)
     root = Path(musdb if musdb is not None else (config.get("data") or config["musdb"])).expanduser()
     if not root.is_dir():
-        problems.append(f"{folder}: the references are in {root} (from {CONFIG}), which does not exist; give --musdb PATH (where it is now)")
+        problems.append(
+            f"{folder}: the references are in {root} (from {CONFIG}), which does not exist; give --musdb PATH (where it is now)"
+        )
     tracks = _reference_tracks(root, config, list(source.records), problems) if root.is_dir() else {}
     for name in source.records:
         found = {s: _find_audio(estimates / name, s) for s in source.stems}
@@ -208,7 +222,9 @@ def _estimates_folder(folder: Path, config: dict) -> Path:
 
 
 def _find_audio(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{ext}" for ext in audio.AUDIO_EXTENSIONS if (folder / f"{stem}{ext}").is_file()), None)
+    return next(
+        (folder / f"{stem}{ext}" for ext in audio.AUDIO_EXTENSIONS if (folder / f"{stem}{ext}").is_file()), None
+    )
 
 
 def read_inputs(specs: Sequence[str], *, musdb: Path | None = None, exclude: Path | None = None) -> list[Source]:
@@ -226,7 +242,9 @@ def read_inputs(specs: Sequence[str], *, musdb: Path | None = None, exclude: Pat
         if not path.exists():
             problems.append(f"{path}: no such folder")
         elif not path.is_dir():
-            problems.append(f"{path}: not a folder; give a `mixit separate` output folder or a `mixit eval` results folder")
+            problems.append(
+                f"{path}: not a folder; give a `mixit separate` output folder or a `mixit eval` results folder"
+            )
         elif not any(path.iterdir()):
             problems.append(f"{path}: empty folder")
         elif (path / CONFIG).is_file():
@@ -290,7 +308,11 @@ def plan_tracks(sources: Sequence[Source]) -> list[TrackPlan]:
         references = next((s.references[name] for s in sources if name in s.references), {})
         outputs = {s.label: s.tracks[name] for s in sources if name in s.tracks}
         track = TrackPlan(name, mixture, references, outputs)
-        files = ([mixture] if mixture else []) + list(references.values()) + [p for o in outputs.values() for p in o.values()]
+        files = (
+            ([mixture] if mixture else [])
+            + list(references.values())
+            + [p for o in outputs.values() for p in o.values()]
+        )
         shapes = {}
         for path in files:
             try:
@@ -300,7 +322,9 @@ def plan_tracks(sources: Sequence[Source]) -> list[TrackPlan]:
                 problems.append(str(e))
         if len({f for f, _ in shapes.values()}) > 1 or len({r for _, r in shapes.values()}) > 1:
             listing = ", ".join(f"{p.name} {f} samples at {r} Hz" for p, (f, r) in shapes.items())
-            problems.append(f"{name}: its stems have different lengths or sample rates ({listing}); all stems of a track must line up")
+            problems.append(
+                f"{name}: its stems have different lengths or sample rates ({listing}); all stems of a track must line up"
+            )
         elif shapes:
             track.frames, track.sample_rate = next(iter(shapes.values()))
         tracks.append(track)
@@ -365,7 +389,9 @@ def spectrogram_db(x: np.ndarray, rate: int, *, size: tuple[int, int] = PICTURE,
     bins, columns = size
     mono = np.asarray(x, np.float32).mean(axis=0)
     mono = np.pad(mono, (0, max(0, 2048 - mono.shape[-1])))
-    magnitude = np.abs(librosa.stft(mono, n_fft=2048, hop_length=512, center=False))  # (1025, frames); no padding: no false click at the cut edges
+    magnitude = np.abs(
+        librosa.stft(mono, n_fft=2048, hop_length=512, center=False)
+    )  # (1025, frames); no padding: no false click at the cut edges
     db = librosa.amplitude_to_db(magnitude, ref=1.0, amin=1e-10, top_db=None)
     linear = librosa.fft_frequencies(sr=rate, n_fft=2048)
     wanted = np.geomspace(f_min, rate / 2, bins)
@@ -373,7 +399,9 @@ def spectrogram_db(x: np.ndarray, rate: int, *, size: tuple[int, int] = PICTURE,
     w = ((wanted - linear[below]) / (linear[below + 1] - linear[below]))[:, None]
     log_db = (1 - w) * db[below] + w * db[below + 1]  # (bins, frames)
     edges = np.linspace(0, log_db.shape[1], columns + 1).astype(int)  # frames of each column
-    pooled = [log_db[:, a : max(b, a + 1)].max(axis=1) for a, b in zip(edges[:-1], np.minimum(edges[1:], log_db.shape[1]))]
+    pooled = [
+        log_db[:, a : max(b, a + 1)].max(axis=1) for a, b in zip(edges[:-1], np.minimum(edges[1:], log_db.shape[1]))
+    ]
     return np.stack(pooled, axis=1).astype(np.float32)
 
 
@@ -383,14 +411,29 @@ def draw_spectrogram(db: np.ndarray, path: Path, *, vmax: float) -> None:
     temporary name: ``path`` exists only complete."""
     from matplotlib.image import imsave
 
-    atomic_write_with(path, lambda f: imsave(f, db, cmap="magma", vmin=vmax - DB_RANGE, vmax=vmax, origin="lower", format="png",
-                                             pil_kwargs={"compress_level": 3}))
+    atomic_write_with(
+        path,
+        lambda f: imsave(
+            f,
+            db,
+            cmap="magma",
+            vmin=vmax - DB_RANGE,
+            vmax=vmax,
+            origin="lower",
+            format="png",
+            pil_kwargs={"compress_level": 3},
+        ),
+    )
 
 
 def frequency_ticks(rate: int, f_min: float = F_MIN) -> list[tuple[str, float]]:
     """(label, height from the bottom in %) of 100 Hz, 1 kHz and 10 kHz on the pictures' axis."""
     top = np.log(rate / 2 / f_min)
-    return [(f"{f // 1000}k" if f >= 1000 else str(f), float(100 * np.log(f / f_min) / top)) for f in (100, 1000, 10000) if f_min < f < rate / 2]
+    return [
+        (f"{f // 1000}k" if f >= 1000 else str(f), float(100 * np.log(f / f_min) / top))
+        for f in (100, 1000, 10000)
+        if f_min < f < rate / 2
+    ]
 
 
 def encode(x: np.ndarray, rate: int, path: Path, *, codec: str = "opus") -> None:
@@ -404,13 +447,33 @@ def encode(x: np.ndarray, rate: int, path: Path, *, codec: str = "opus") -> None
     suffix, _, args = CODECS[codec]
     data = np.ascontiguousarray(np.clip(x, -1, 1).T, dtype="<f4").tobytes()  # interleaved (t, c)
     tmp = temp_path(path)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ac", str(x.shape[0]),
-           "-i", "pipe:0", *args, "-f", suffix.lstrip("."), str(tmp)]  # the temporary name says no format: -f does
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "f32le",
+        "-ar",
+        str(rate),
+        "-ac",
+        str(x.shape[0]),
+        "-i",
+        "pipe:0",
+        *args,
+        "-f",
+        suffix.lstrip("."),
+        str(tmp),
+    ]  # the temporary name says no format: -f does
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True)
         if proc.returncode != 0:
             message = proc.stderr.decode(errors="replace").strip()
-            raise _write_error(message, path, len(data) // 8) or ListenError(f"{path}: ffmpeg could not encode {codec}: {message[-500:]}")
+            raise _write_error(message, path, len(data) // 8) or ListenError(
+                f"{path}: ffmpeg could not encode {codec}: {message[-500:]}"
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -464,9 +527,13 @@ def check_out(out: Path, sources: Sequence[Source]) -> None:
         problems.append(f"{out}: is a file; --out must be a folder")
     elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         index = out / "index.html"
-        ours = (out / MARKER).is_file() or (index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000])
+        ours = (out / MARKER).is_file() or (
+            index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000]
+        )
         if not ours:
-            problems.append(f"{out}: not empty and not a page written by `mixit listen`; choose a new or empty folder (nothing was changed)")
+            problems.append(
+                f"{out}: not empty and not a page written by `mixit listen`; choose a new or empty folder (nothing was changed)"
+            )
     for s in sources:
         if out.resolve() == s.path.resolve() or s.path.resolve().is_relative_to(out.resolve()):
             problems.append(f"{out}: holds the input {s.path}; choose another --out")
@@ -492,8 +559,12 @@ def read_selection_counts(path: Path) -> dict:
     else:
         by_stem = d.get("by_stem") or {k: v for k, v in d.items() if k in TABLE_STEMS}
     if not by_stem or not all(isinstance(v, int) for v in by_stem.values()):
-        raise ListenError(f"{path}: not a selection JSON (from `mixit select-channels`, or the official inst_head.json)")
-    counts = {i: dict(zip(d["stems"], row)) for i, row in enumerate(d["counts"])} if "counts" in d and "stems" in d else {}
+        raise ListenError(
+            f"{path}: not a selection JSON (from `mixit select-channels`, or the official inst_head.json)"
+        )
+    counts = (
+        {i: dict(zip(d["stems"], row)) for i, row in enumerate(d["counts"])} if "counts" in d and "stems" in d else {}
+    )
     return {"selected": {int(v): k for k, v in by_stem.items()}, "counts": counts, "chunks": d.get("chunks")}
 
 
@@ -501,7 +572,14 @@ class _Progress:
     def __init__(self, console, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("listen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.bar = Progress(
+            TextColumn("listen"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
         self.bar.start()
         self.task = self.bar.add_task("tracks", total=total, info="")
 
@@ -515,7 +593,9 @@ class _Progress:
         self.bar.stop()
 
 
-def render_track(track: TrackPlan, index: int, folder: Path, *, seconds: float | None, codec: str, pool: ThreadPoolExecutor) -> TrackPage:
+def render_track(
+    track: TrackPlan, index: int, folder: Path, *, seconds: float | None, codec: str, pool: ThreadPoolExecutor
+) -> TrackPage:
     """Decode one track, cut the excerpt, write its audio and pictures under ``folder``."""
     anchor = f"t{index + 1}-{_slug(track.name)}"
     first_label, first = next(iter(track.outputs.items()))
@@ -552,7 +632,9 @@ def render_track(track: TrackPlan, index: int, folder: Path, *, seconds: float |
             jobs.append(pool.submit(encode, x, rate, out / f"{name}{suffix}", codec=codec))
             pictures[out / f"{name}.png"] = spectrogram_db(x, rate)
             rel = f"{ASSETS}/{anchor}/{name}"
-            clips[column][stem] = Clip(audio=rel + suffix, image=rel + ".png", lufs=loudness(x, rate), silent=not np.any(x))
+            clips[column][stem] = Clip(
+                audio=rel + suffix, image=rel + ".png", lufs=loudness(x, rate), silent=not np.any(x)
+            )
         if column == MIXTURE:
             del mixture
     for job in jobs:
@@ -560,7 +642,9 @@ def render_track(track: TrackPlan, index: int, folder: Path, *, seconds: float |
     vmax = max(float(db.max()) for db in pictures.values())
     for path, db in pictures.items():
         draw_spectrogram(db, path, vmax=vmax)
-    return TrackPage(track.name, anchor, start / rate, stop / rate, track.frames / rate, note, clips, frequency_ticks(rate))
+    return TrackPage(
+        track.name, anchor, start / rate, stop / rate, track.frames / rate, note, clips, frequency_ticks(rate)
+    )
 
 
 def write_page(
@@ -622,9 +706,13 @@ def write_page(
     with raise_on_stop():
         try:
             with folder_lock(out):
-                index = _write(out, sources, tracks, seconds=seconds, codec=codec, counts=counts, title=title, console=console)
+                index = _write(
+                    out, sources, tracks, seconds=seconds, codec=codec, counts=counts, title=title, console=console
+                )
         except Interrupted as e:
-            raise Interrupted(e.signum, f"{e}. The page was not finished and its files were removed: run the same command again.") from None
+            raise Interrupted(
+                e.signum, f"{e}. The page was not finished and its files were removed: run the same command again."
+            ) from None
     return index
 
 
@@ -648,8 +736,13 @@ def _write(out: Path, sources, tracks, *, seconds, codec, counts, title, console
                 if progress:
                     progress.done()
         html = listen_page.render(
-            sources, pages, title=title or "Listening: " + " vs ".join(s.label for s in sources),
-            seconds=seconds, codec=codec, selection=counts, generator=GENERATOR,
+            sources,
+            pages,
+            title=title or "Listening: " + " vs ".join(s.label for s in sources),
+            seconds=seconds,
+            codec=codec,
+            selection=counts,
+            generator=GENERATOR,
         )
         index = out / "index.html"
         atomic_write_with(index, lambda f: f.write(html.encode("utf-8")))

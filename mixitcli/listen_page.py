@@ -31,7 +31,10 @@ def stem_order(names) -> list[str]:
     """The four MUSDB stems in Table order, then other names in natural order (out2 before out10):
     the rows of a track, and the columns of the score tables when evaluations differ in stems."""
     known = [s for s in STEMS if s in names]
-    rest = sorted((n for n in names if n not in STEMS), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+    rest = sorted(
+        (n for n in names if n not in STEMS),
+        key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)],
+    )
     return known + rest
 
 
@@ -144,24 +147,34 @@ def summary_table(evals) -> str:
             col += 1
     rows = []
     for s in evals:
-        cells = [f"<td>{escape(s.label)}</td>", f'<td data-v="{s.summary.get("tracks", 0)}">{s.summary.get("tracks", "–")}</td>']
+        cells = [
+            f"<td>{escape(s.label)}</td>",
+            f'<td data-v="{s.summary.get("tracks", 0)}">{s.summary.get("tracks", "–")}</td>',
+        ]
         cells += [_td(s.summary[m].get(c)) for m in metrics for c in cols]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
-        '<table class="sortable" id="summary-table"><thead><tr>' + "".join(heads) + "</tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table>"
+        '<table class="sortable" id="summary-table"><thead><tr>'
+        + "".join(heads)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
     )
 
 
 def scores_table(evals, pages) -> str:
     """Rows: tracks (linked to their section); per evaluation cSDR and uSDR of each stem and their mean."""
     metrics, cols = ("csdr", "usdr"), columns(evals)
-    group = ['<th rowspan="1"></th>'] + [f'<th colspan="{len(metrics) * len(cols)}" style="text-align:center">{escape(s.label)}</th>' for s in evals]
+    group = ['<th rowspan="1"></th>'] + [
+        f'<th colspan="{len(metrics) * len(cols)}" style="text-align:center">{escape(s.label)}</th>' for s in evals
+    ]
     heads, col = ['<th data-col="0" data-type="text">track</th>'], 1
     for _ in evals:
         for m in metrics:
             for c in cols:
-                heads.append(f'<th data-col="{col}" data-type="number">{SHORT[m]} {c[:1].upper() + c[1:3] if c != "average" else "Avg"}</th>')
+                heads.append(
+                    f'<th data-col="{col}" data-type="number">{SHORT[m]} {c[:1].upper() + c[1:3] if c != "average" else "Avg"}</th>'
+                )
                 col += 1
     rows = []
     for page in pages:
@@ -170,17 +183,26 @@ def scores_table(evals, pages) -> str:
             record = s.records.get(page.name)
             for m in metrics:
                 for c in cols:
-                    value = None if record is None else (_track_average(record, m) if c == "average" else record[m].get(c))
+                    value = (
+                        None if record is None else (_track_average(record, m) if c == "average" else record[m].get(c))
+                    )
                     cells.append(_td(value))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
-        '<div class="scroll"><table class="sortable" id="scores-table"><thead><tr>' + "".join(group) + "</tr><tr>"
-        + "".join(heads) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+        '<div class="scroll"><table class="sortable" id="scores-table"><thead><tr>'
+        + "".join(group)
+        + "</tr><tr>"
+        + "".join(heads)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
     )
 
 
 def _clip(clip, *, mime: str, caption: str, alt: str, ticks) -> str:
-    marks = "".join(f'<i style="bottom:{h:.1f}%"></i><span style="bottom:{h:.1f}%">{label}</span>' for label, h in ticks)
+    marks = "".join(
+        f'<i style="bottom:{h:.1f}%"></i><span style="bottom:{h:.1f}%">{label}</span>' for label, h in ticks
+    )
     return (
         f'<figure><div class="spec"><img src="{quote(clip.image)}" alt="{escape(alt)}" width="460" height="150">{marks}</div>'
         f'<audio controls preload="metadata"><source src="{quote(clip.audio)}" type="{escape(mime)}"></audio>'
@@ -222,22 +244,44 @@ def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
     columns = [c for c in page.clips if c != MIXTURE]
     stems = stem_order({s for c in columns for s in page.clips[c]})
     by_label = {s.label: s for s in sources}
-    excerpt = f"{page.start_s:.1f}–{page.stop_s:.1f} s of {page.seconds:.1f} s" if page.stop_s - page.start_s < page.seconds - 1e-3 else f"whole track, {page.seconds:.1f} s"
+    excerpt = (
+        f"{page.start_s:.1f}–{page.stop_s:.1f} s of {page.seconds:.1f} s"
+        if page.stop_s - page.start_s < page.seconds - 1e-3
+        else f"whole track, {page.seconds:.1f} s"
+    )
     mix = page.clips[MIXTURE][MIXTURE]
     mix_note = f" ({escape(page.mixture_note)})" if page.mixture_note else ""
-    mixture = _clip(mix, mime=mime, caption=_lufs(mix.lufs, mix.silent) + mix_note, alt=f"{page.name}: mixture spectrogram", ticks=page.ticks)
-    out = [f'<section class="track" id="{page.anchor}"><h2>{escape(page.name)}</h2>', f'<p class="note">{excerpt} · <a href="#top">top</a></p>']
+    mixture = _clip(
+        mix,
+        mime=mime,
+        caption=_lufs(mix.lufs, mix.silent) + mix_note,
+        alt=f"{page.name}: mixture spectrogram",
+        ticks=page.ticks,
+    )
+    out = [
+        f'<section class="track" id="{page.anchor}"><h2>{escape(page.name)}</h2>',
+        f'<p class="note">{excerpt} · <a href="#top">top</a></p>',
+    ]
     if len(columns) == 1:
         (column,) = columns
         tiles = [f'<div class="tile"><h3 class="stem">mixture</h3>{mixture}</div>']
-        tiles += [f'<div class="tile"><h3 class="stem">{escape(s)}</h3>{_cell(page, page.clips[column][s], column, s, by_label, mime=mime, selection=selection)}</div>' for s in stems]
+        tiles += [
+            f'<div class="tile"><h3 class="stem">{escape(s)}</h3>{_cell(page, page.clips[column][s], column, s, by_label, mime=mime, selection=selection)}</div>'
+            for s in stems
+        ]
         out.append(f'<p class="note">{escape(column)}</p><div class="tiles">' + "".join(tiles) + "</div></section>")
         return "\n".join(out)
-    out.append('<table class="grid"><thead><tr><th></th>' + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+    out.append(
+        '<table class="grid"><thead><tr><th></th>'
+        + "".join(f"<th>{escape(c)}</th>" for c in columns)
+        + "</tr></thead><tbody>"
+    )
     out.append(f'<tr><th class="stem">mixture</th><td colspan="{len(columns)}">{mixture}</td></tr>')
     for stem in stems:
         cells = [
-            f"<td>{_cell(page, page.clips[c][stem], c, stem, by_label, mime=mime, selection=selection)}</td>" if stem in page.clips[c] else '<td class="missing">–</td>'
+            f"<td>{_cell(page, page.clips[c][stem], c, stem, by_label, mime=mime, selection=selection)}</td>"
+            if stem in page.clips[c]
+            else '<td class="missing">–</td>'
             for c in columns
         ]
         out.append(f'<tr><th class="stem">{escape(stem)}</th>' + "".join(cells) + "</tr>")
@@ -245,7 +289,9 @@ def track_section(page, sources, *, mime: str, selection: dict | None) -> str:
     return "\n".join(out)
 
 
-def render(sources, pages, *, title: str, seconds: float | None, codec: str, selection: dict | None, generator: str) -> str:
+def render(
+    sources, pages, *, title: str, seconds: float | None, codec: str, selection: dict | None, generator: str
+) -> str:
     """The whole index.html."""
 
     suffix, mime, args = CODECS[codec]
@@ -258,16 +304,27 @@ def render(sources, pages, *, title: str, seconds: float | None, codec: str, sel
         + f"; audio: {'Opus' if codec == 'opus' else 'MP3'} at {bitrate[:-1]} kb/s. Loudness: integrated LUFS (ITU-R BS.1770) of the audio played here. "
         f"Spectrograms: log frequency, colours from the loudest point of each track down to −{DB_RANGE:.0f} dB (the same scale for every picture of a track)."
     )
-    inputs = "; ".join(f"<b>{escape(s.label)}</b>: {escape(str(s.path))} ({'mixit eval' if s.kind == 'eval' else 'mixit separate'})" for s in sources)
+    inputs = "; ".join(
+        f"<b>{escape(s.label)}</b>: {escape(str(s.path))} ({'mixit eval' if s.kind == 'eval' else 'mixit separate'})"
+        for s in sources
+    )
     body = [f'<h1 id="top">{escape(title)}</h1>', f'<p class="note">{inputs}</p>', f'<p class="note">{how}</p>']
     if selection:
         chunks = f" over {selection['chunks']} chunks" if selection.get("chunks") else ""
         chosen = ", ".join(f"{escape(stem)} = out{i}" for i, stem in sorted(selection["selected"].items()))
         body.append(f'<p class="note">Channel selection{chunks}: {chosen}.</p>')
     if with_summary:
-        body += ["<h2>Summary</h2>", '<p class="note">cSDR: median over tracks; uSDR: mean over tracks (as `mixit report`).</p>', summary_table(with_summary)]
+        body += [
+            "<h2>Summary</h2>",
+            '<p class="note">cSDR: median over tracks; uSDR: mean over tracks (as `mixit report`).</p>',
+            summary_table(with_summary),
+        ]
     if evals:
-        body += ["<h2>Per track</h2>", '<p class="note">Click a column heading to sort; click a track to listen.</p>', scores_table(evals, pages)]
+        body += [
+            "<h2>Per track</h2>",
+            '<p class="note">Click a column heading to sort; click a track to listen.</p>',
+            scores_table(evals, pages),
+        ]
     else:
         body.append("<nav>" + "".join(f'<a href="#{p.anchor}">{escape(p.name)}</a>' for p in pages) + "</nav>")
     body += [track_section(p, sources, mime=mime, selection=selection) for p in pages]
@@ -276,4 +333,3 @@ def render(sources, pages, *, title: str, seconds: float | None, codec: str, sel
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
         f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
-

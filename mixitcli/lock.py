@@ -38,9 +38,9 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from mixitcli.storage import StorageWarning
 
@@ -60,7 +60,7 @@ class LockError(Exception):
         holder: who holds it (None when the lock file cannot be read).
     """
 
-    def __init__(self, message: str, holder: "Holder | None" = None):
+    def __init__(self, message: str, holder: Holder | None = None):
         super().__init__(message)
         self.holder = holder
 
@@ -89,17 +89,22 @@ class Holder:
     token: str
 
     @classmethod
-    def this_process(cls) -> "Holder":
+    def this_process(cls) -> Holder:
         return cls(
-            host=socket.gethostname(), pid=os.getpid(), command=_command_line(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            proc_start=_process_start(os.getpid()), boot_id=_boot_id(), token=secrets.token_hex(8),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            command=_command_line(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            proc_start=_process_start(os.getpid()),
+            boot_id=_boot_id(),
+            token=secrets.token_hex(8),
         )
 
     def describe(self) -> str:
         return f"`{self.command}` (process {self.pid} on {self.host}, since {self.started})"
 
     def state(self) -> str:
-        """"running", "gone" (this host, and that process no longer runs) or "unknown" (another host)."""
+        """ "running", "gone" (this host, and that process no longer runs) or "unknown" (another host)."""
         if self.host != socket.gethostname():
             return "unknown"
         boot = _boot_id()
@@ -222,7 +227,7 @@ class Lock:
             except OSError:
                 break
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         taken = self.acquire()
         if taken is not None:
             warnings.warn(taken_over_message(self.what, taken), StorageWarning, stacklevel=2)

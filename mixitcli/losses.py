@@ -64,7 +64,9 @@ def finetune_loss(
         Scalar: mean over batch, stems and channels.
     """
     if est.shape != ref.shape or est.ndim != 4:
-        raise ValueError(f"finetune_loss: expected est and ref shaped (b, n, c, t), got {tuple(est.shape)} and {tuple(ref.shape)}")
+        raise ValueError(
+            f"finetune_loss: expected est and ref shaped (b, n, c, t), got {tuple(est.shape)} and {tuple(ref.shape)}"
+        )
     est, ref = est.float(), ref.float()
     tau = _tau(snr_max)
     ref_power = ref.square().sum(-1)  # (b, n, c)
@@ -77,7 +79,9 @@ def finetune_loss(
     return loss.mean()
 
 
-def _gram(est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gram(
+    est: torch.Tensor, mix: torch.Tensor, *, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float64 inner products over time, chunk by chunk (bounded memory, cache-sized pieces).
 
     Args:
@@ -172,10 +176,14 @@ def mixit_assignment(
         SolverError: the efficient solver's least squares failed (non-finite outputs).
     """
     if estimates.ndim != 4 or mixtures.ndim != 4:
-        raise ValueError(f"mixit: expected estimates (b, n, c, t) and mixtures (b, m, c, t), got {tuple(estimates.shape)} and {tuple(mixtures.shape)}")
+        raise ValueError(
+            f"mixit: expected estimates (b, n, c, t) and mixtures (b, m, c, t), got {tuple(estimates.shape)} and {tuple(mixtures.shape)}"
+        )
     b, n, c, t = estimates.shape
     if mixtures.shape[0] != b or mixtures.shape[2:] != (c, t):
-        raise ValueError(f"mixit: estimates {tuple(estimates.shape)} and mixtures {tuple(mixtures.shape)} disagree on batch, channels or length")
+        raise ValueError(
+            f"mixit: estimates {tuple(estimates.shape)} and mixtures {tuple(mixtures.shape)} disagree on batch, channels or length"
+        )
     if solver not in SOLVERS:
         raise ValueError(f"unknown MixIT solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     with torch.no_grad():

@@ -29,7 +29,7 @@ numpy only (museval on the first cSDR), so training validation imports it for :f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,7 +64,9 @@ def usdr_mdx(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10((np.sum(s**2) + 1e-7) / (np.sum((s - e) ** 2) + 1e-7)))
 
 
-def csdr(references: np.ndarray, estimates: np.ndarray, *, window: int = WINDOW, hop: int = HOP) -> tuple[np.ndarray, list[str | None]]:
+def csdr(
+    references: np.ndarray, estimates: np.ndarray, *, window: int = WINDOW, hop: int = HOP
+) -> tuple[np.ndarray, list[str | None]]:
     """cSDR of every stem of one track through museval (BSSEval v4), silent stems handled.
 
     Args:
@@ -95,7 +97,9 @@ def csdr(references: np.ndarray, estimates: np.ndarray, *, window: int = WINDOW,
                 values[i] = 0.0
                 ests[i] = refs[i]  # stand-in: changes no other stem's SDR
     if any(flags[i] is None for i in kept):
-        sdr = museval.evaluate(refs[kept].transpose(0, 2, 1), ests[kept].transpose(0, 2, 1), win=window, hop=hop)[0]  # (k, windows)
+        sdr = museval.evaluate(refs[kept].transpose(0, 2, 1), ests[kept].transpose(0, 2, 1), win=window, hop=hop)[
+            0
+        ]  # (k, windows)
         for k, i in enumerate(kept):
             if flags[i] is not None:
                 continue
@@ -110,7 +114,9 @@ def _align(references: np.ndarray, estimates: np.ndarray) -> tuple[np.ndarray, n
     refs = np.array(references, dtype=np.float64)
     ests = np.array(estimates, dtype=np.float64)
     if refs.ndim != 3 or ests.shape[:2] != refs.shape[:2]:
-        raise ValueError(f"expected references and estimates shaped (stems, channels, samples) with equal stems and channels, got {refs.shape} and {ests.shape}")
+        raise ValueError(
+            f"expected references and estimates shaped (stems, channels, samples) with equal stems and channels, got {refs.shape} and {ests.shape}"
+        )
     t = refs.shape[-1]
     if ests.shape[-1] >= t:
         ests = ests[..., :t].copy()

@@ -131,7 +131,9 @@ class OnnxModel:
         """(b, c, t) float32 waveforms -> (b, n, c, t) float32 output waveforms."""
         cfg = self.config
         if wav.ndim != 3 or wav.shape[1] != cfg.n_channels or wav.shape[-1] < self.min_samples:
-            raise ValueError(f"expected a waveform shaped (batch, {cfg.n_channels} channels, >= {self.min_samples} samples), "
-                             f"got {wav.shape}")
+            raise ValueError(
+                f"expected a waveform shaped (batch, {cfg.n_channels} channels, >= {self.min_samples} samples), "
+                f"got {wav.shape}"
+            )
         re, im = self.spectra(*analyse(wav, cfg.n_fft, cfg.hop_length))
         return synthesise(re, im, cfg.n_fft, cfg.hop_length, wav.shape[-1])

@@ -30,14 +30,25 @@ class Bar:
     """One bar of a :class:`Progress`: a count out of ``total`` and, optionally, a weight (bytes,
     frames...) that drives the bar and the ETA when items differ in size."""
 
-    def __init__(self, progress: Progress, label: str, total: int, *, done: int, unit: str, weight: float | None, info: str):
-        self.progress, self.label, self.total, self.done, self.unit, self.info = progress, label, total, done, unit, info
+    def __init__(
+        self, progress: Progress, label: str, total: int, *, done: int, unit: str, weight: float | None, info: str
+    ):
+        self.progress, self.label, self.total, self.done, self.unit, self.info = (
+            progress,
+            label,
+            total,
+            done,
+            unit,
+            info,
+        )
         self.weighted = weight is not None
         self.started = time.monotonic()
         self.task = None
         if progress.live is not None:
             total_weight = max(weight, 1e-9) if weight is not None else max(total, 1)
-            self.task = progress.live.add_task(label, total=total_weight, completed=0 if self.weighted else done, count=self._count(), info=info)
+            self.task = progress.live.add_task(
+                label, total=total_weight, completed=0 if self.weighted else done, count=self._count(), info=info
+            )
 
     def _count(self) -> str:
         return f"{self.done}/{self.total}" + (f" {self.unit}" if self.unit else "")
@@ -98,12 +109,21 @@ class Progress:
 
         self.console = console if console is not None else Console(stderr=True)
         self.live = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[count]}"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         )
 
-    def bar(self, label: str, total: int, *, done: int = 0, unit: str = "", weight: float | None = None, info: str = "") -> Bar:
+    def bar(
+        self, label: str, total: int, *, done: int = 0, unit: str = "", weight: float | None = None, info: str = ""
+    ) -> Bar:
         """A new bar: ``done`` of ``total`` items already done (a resumed stage); ``weight``, the
         total weight of a weighted bar (its items then advance by their own weights)."""
         bar = Bar(self, label, total, done=done, unit=unit, weight=weight, info=info)

@@ -101,10 +101,15 @@ def _sup(size: str, fma: str | None) -> RegistryModel:
 
 def _mixit(size: str, fma: str, outputs: int) -> RegistryModel:
     what = "12 MixIT outputs" if outputs == 12 else "4 outputs selected for bass, drums, vocals, other"
-    row = f"pre-training of {_TABLE_ROWS[size, fma].split(';')[0]}" + ("; Table 2" if (size, fma) == ("medium", "large") else "")
+    row = f"pre-training of {_TABLE_ROWS[size, fma].split(';')[0]}" + (
+        "; Table 2" if (size, fma) == ("medium", "large") else ""
+    )
     return RegistryModel(
-        f"mixit.fma-{fma}.bslocoformer-{size}.{outputs}outputs", size, outputs,
-        f"{size} BS-Locoformer pre-trained with MixIT on FMA {fma}, {what}", row,
+        f"mixit.fma-{fma}.bslocoformer-{size}.{outputs}outputs",
+        size,
+        outputs,
+        f"{size} BS-Locoformer pre-trained with MixIT on FMA {fma}, {what}",
+        row,
     )
 
 
@@ -120,7 +125,14 @@ MODELS: dict[str, RegistryModel] = {
         # 12 MixIT pre-trained: the same 6 pre-trainings, 12 outputs and 4 selected ones.
         *(
             _mixit(size, fma, n)
-            for size, fma in (("small", "large"), ("large", "large"), ("medium", "small"), ("medium", "medium"), ("medium", "large"), ("medium", "full"))
+            for size, fma in (
+                ("small", "large"),
+                ("large", "large"),
+                ("medium", "small"),
+                ("medium", "medium"),
+                ("medium", "large"),
+                ("medium", "full"),
+            )
             for n in (12, 4)
         ),
     )
@@ -135,7 +147,9 @@ def get(name: str) -> RegistryModel:
     """
     if name not in MODELS:
         known = "\n".join(f"  {n}" for n in MODELS)
-        raise RegistryError(f"{name!r} is neither a file or folder nor a published model (`mixit models` lists them). Published models:\n{known}")
+        raise RegistryError(
+            f"{name!r} is neither a file or folder nor a published model (`mixit models` lists them). Published models:\n{known}"
+        )
     return MODELS[name]
 
 
@@ -167,7 +181,15 @@ def file_url(name: str, file: str) -> str:
 
 def snapshot_folder(name: str) -> Path:
     """Where the hub's cache keeps ``name`` at the pinned revision (an official model folder)."""
-    return cache_dir() / f"models--{HUB_REPO.replace('/', '--')}" / "snapshots" / HUB_REVISION / "models" / get(name).kind / name
+    return (
+        cache_dir()
+        / f"models--{HUB_REPO.replace('/', '--')}"
+        / "snapshots"
+        / HUB_REVISION
+        / "models"
+        / get(name).kind
+        / name
+    )
 
 
 def is_cached(name: str) -> bool:
@@ -230,11 +252,17 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
         try:
             with _progress_bars(progress):
                 path = hf_hub_download(
-                    HUB_REPO, model.hub_path(file), revision=HUB_REVISION, cache_dir=cache_dir(),
-                    endpoint=endpoint(), local_files_only=offline(),
+                    HUB_REPO,
+                    model.hub_path(file),
+                    revision=HUB_REVISION,
+                    cache_dir=cache_dir(),
+                    endpoint=endpoint(),
+                    local_files_only=offline(),
                 )
         except RevisionNotFoundError as e:
-            raise DownloadError(f"the hub at {endpoint()} has no revision {HUB_REVISION} of {HUB_REPO}, which this mixit is pinned to ({_first_line(e)})") from e
+            raise DownloadError(
+                f"the hub at {endpoint()} has no revision {HUB_REVISION} of {HUB_REPO}, which this mixit is pinned to ({_first_line(e)})"
+            ) from e
         except (GatedRepoError, RepositoryNotFoundError) as e:
             raise DownloadError(
                 f"the hub at {endpoint()} refused {HUB_REPO} ({_first_line(e)}); if it needs a login, set HF_TOKEN or run `hf auth login`"
@@ -242,7 +270,9 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
         except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
             raise DownloadError(_unreachable_message(name, file, e)) from e
         except RemoteEntryNotFoundError as e:
-            raise DownloadError(f"the hub has no file {model.hub_path(file)} at revision {HUB_REVISION} ({_first_line(e)})") from e
+            raise DownloadError(
+                f"the hub has no file {model.hub_path(file)} at revision {HUB_REVISION} ({_first_line(e)})"
+            ) from e
         except (HfHubHTTPError, OSError) as e:  # HfHubHTTPError is an OSError too, without errno
             if isinstance(e, PermissionError) or e.errno in _UNWRITABLE:  # the cache, not the network
                 raise CacheNotWritableError(_unwritable_message(name, e)) from e
@@ -295,8 +325,10 @@ def _unreachable_message(name: str, file: str, e: Exception) -> str:
         check_writable(cache_dir())
         into = f"into {cache_dir()}"
     except OSError as problem:  # copying into a read-only cache cannot work: name a cache that can
-        into = (f"into a writable folder, and point the cache at it: {cache_dir()} cannot be written "
-                f"({(problem.strerror or 'not writable').lower()}), so `export HF_HUB_CACHE=FOLDER` first")
+        into = (
+            f"into a writable folder, and point the cache at it: {cache_dir()} cannot be written "
+            f"({(problem.strerror or 'not writable').lower()}), so `export HF_HUB_CACHE=FOLDER` first"
+        )
     return (
         f"cannot fetch the published model {name}: {why}, and {file} is not in the cache {cache_dir()}.\n"
         f"On a machine with internet access, fetch its two files into the hub's cache with\n"
@@ -360,7 +392,9 @@ def _verify_download(path: Path, hub_path: str) -> None:
     path.unlink(missing_ok=True)
     blob.unlink(missing_ok=True)
     if len(expected) not in (40, 64):
-        raise VerificationError(f"{hub_path}: the hub reported no usable hash ({expected!r}), so the download cannot be verified; it was removed")
+        raise VerificationError(
+            f"{hub_path}: the hub reported no usable hash ({expected!r}), so the download cannot be verified; it was removed"
+        )
     raise VerificationError(
         f"{hub_path}: the downloaded file's {kind} {got} differs from the hub's {expected}; "
         "the file was removed from the cache. Run the command again; if it happens again, the mirror or proxy in between alters files."
@@ -389,8 +423,15 @@ def listing() -> list[dict]:
         key = (model.size, model.outputs)
         if key not in counts:
             counts[key] = parameter_count(model)
-        rows.append({
-            "name": model.name, "size": model.size, "outputs": model.outputs, "parameters": counts[key],
-            "row": model.row, "cached": is_cached(model.name), "default": model.name == DEFAULT_MODEL,
-        })
+        rows.append(
+            {
+                "name": model.name,
+                "size": model.size,
+                "outputs": model.outputs,
+                "parameters": counts[key],
+                "row": model.row,
+                "cached": is_cached(model.name),
+                "default": model.name == DEFAULT_MODEL,
+            }
+        )
     return rows

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -54,6 +54,8 @@ def summary_stems(summary: dict) -> tuple[str, ...]:
 def columns(summary: dict) -> list[str]:
     """The table columns of one summary: its stems and the average."""
     return list(summary_stems(summary)) + ["average"]
+
+
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 """The summary files of a `mixit eval` results folder (written by :mod:`mixitcli.evaluate`, read here)."""
 PAPER_REFERENCES = (  # (name, cSDR average, uSDR average), docs/method.md §9
@@ -92,9 +94,15 @@ def summarise(records: Iterable[dict], *, stems: Sequence[str] = TABLE_STEMS, **
         done = [v for v in per_stem.values() if v is not None]
         per_stem["average"] = float(np.mean(done)) if len(done) == len(stems) else None
         summary[metric] = per_stem
-    summary["flagged"] = [{"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()]
-    summary["nonfinite"] = [{"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()]
-    summary["length_mismatch"] = [{"track": r["track"], "stem": s, **n} for r in records for s, n in r.get("length_mismatch", {}).items()]
+    summary["flagged"] = [
+        {"track": r["track"], "stem": s, "flag": f} for r in records for s, f in r.get("flags", {}).items()
+    ]
+    summary["nonfinite"] = [
+        {"track": r["track"], "file": f, "samples": n} for r in records for f, n in r.get("nonfinite", {}).items()
+    ]
+    summary["length_mismatch"] = [
+        {"track": r["track"], "stem": s, **n} for r in records for s, n in r.get("length_mismatch", {}).items()
+    ]
     return summary
 
 
@@ -122,7 +130,9 @@ def print_table(summary: dict, console) -> None:
     from rich.table import Table
 
     on = summary.get("data") or "MUSDB18-HQ"
-    table = Table(title=f"{summary.get('model') or summary.get('estimates')} on {on} {summary.get('subset', '')} ({summary['tracks']} tracks)")
+    table = Table(
+        title=f"{summary.get('model') or summary.get('estimates')} on {on} {summary.get('subset', '')} ({summary['tracks']} tracks)"
+    )
     table.add_column("metric")
     for c in columns(summary):
         table.add_column(c.capitalize(), justify="right")
@@ -130,12 +140,18 @@ def print_table(summary: dict, console) -> None:
         table.add_row(label, *(fmt(summary[metric][c]) for c in columns(summary)))
     console.print(table)
     if summary.get("flagged"):
-        console.print(f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')")
+        console.print(
+            f"[yellow]{len(summary['flagged'])} stem(s) flagged[/] (silent estimate or reference; README, 'Evaluation: silent stems')"
+        )
     if summary.get("nonfinite"):
-        console.print(f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)")
+        console.print(
+            f"[yellow]{len(summary['nonfinite'])} file(s) had non-finite samples[/], scored as 0 (listed in summary.json)"
+        )
     if summary.get("length_mismatch"):
-        console.print(f"[yellow]{len(summary['length_mismatch'])} estimate(s) of another length than the reference[/], scored on "
-                      "the reference's length: cut or padded with zeros (listed in summary.json)")
+        console.print(
+            f"[yellow]{len(summary['length_mismatch'])} estimate(s) of another length than the reference[/], scored on "
+            "the reference's length: cut or padded with zeros (listed in summary.json)"
+        )
 
 
 # -- the paper's tables over several evaluations ---------------------------------------------
@@ -193,8 +209,12 @@ def _cells(summary: dict, metric: str, cols: Sequence[str]) -> list[str]:
 SHORT = {"csdr": "cSDR", "usdr": "uSDR", "usdr_mdx": "uSDR-MDX21"}
 
 
-def _table(rows: Sequence[tuple[str, Result | None]], *, metrics: Sequence[str] = ("csdr", "usdr"),
-           cols: Sequence[str] = COLUMNS) -> str:
+def _table(
+    rows: Sequence[tuple[str, Result | None]],
+    *,
+    metrics: Sequence[str] = ("csdr", "usdr"),
+    cols: Sequence[str] = COLUMNS,
+) -> str:
     head = "| model | " + " | ".join(f"{SHORT[m]} {c.capitalize()}" for m in metrics for c in cols) + " |"
     lines = [head, "|---" * (1 + len(cols) * len(metrics)) + "|"]
     for name, result in rows:
@@ -229,8 +249,14 @@ def build_report(results: Sequence[Result]) -> str:
     note = "cSDR: museval BSSEval v4, median over tracks; uSDR: mean over tracks (paper: per-channel; MDX21: both channels). README, 'Evaluation'.\n"
     if cols != COLUMNS:
         stems = ", ".join(cols[:-1])
-        return "\n".join(["# Results\n", f"Stems: {stems}; Average: their mean. {note}", "## All results\n",
-                          _table([(r.label, r) for r in results], metrics=tuple(METRICS), cols=cols)])
+        return "\n".join(
+            [
+                "# Results\n",
+                f"Stems: {stems}; Average: their mean. {note}",
+                "## All results\n",
+                _table([(r.label, r) for r in results], metrics=tuple(METRICS), cols=cols),
+            ]
+        )
     out = ["# MUSDB18-HQ results\n", note]
     out += ["## All results\n", _table([(r.label, r) for r in results], metrics=tuple(METRICS))]
     table1 = []
@@ -280,7 +306,13 @@ def bar_charts(results: Sequence[Result], out_dir: Path) -> list[Path]:
         ax.set_yticks(y, [r.label for r in results], fontsize=8)
         ax.set_xlabel("dB")
         ax.set_title(f"{column.capitalize()} on MUSDB18-HQ" if cols == COLUMNS else column.capitalize())
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.5 + 0.4 * len(results))), ncol=3, frameon=False)
+        ax.legend(
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.5 / (0.5 + 0.4 * len(results))),
+            ncol=3,
+            frameon=False,
+        )
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.12)
         fig.tight_layout()

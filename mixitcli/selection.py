@@ -104,7 +104,7 @@ def best_assignment(scores: torch.Tensor) -> tuple[int, ...]:
         raise ValueError(f"{r} stems cannot get distinct outputs of a model with {n} outputs")
     s = scores.tolist()
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def best(j: int, used: int) -> float:
         """The largest total of stems j.. with the outputs in the bit set ``used`` taken."""
         if j == r:
@@ -188,11 +188,16 @@ def stem_report(counts: torch.Tensor, selected: list[int], stems: tuple[str, ...
         active, out = sum(column), selected[j]
         others = [o for o in range(len(column)) if o != out and column[o] > 0]
         runner = min(others, key=lambda o: (-column[o], o)) if others else None
-        rows.append({
-            "stem": stem, "active_chunks": active, "output": out,
-            "share": round(column[out] / active, 4) if active else None,
-            "runner_up": runner, "runner_up_share": round(column[runner] / active, 4) if runner is not None else None,
-        })
+        rows.append(
+            {
+                "stem": stem,
+                "active_chunks": active,
+                "output": out,
+                "share": round(column[out] / active, 4) if active else None,
+                "runner_up": runner,
+                "runner_up_share": round(column[runner] / active, 4) if runner is not None else None,
+            }
+        )
     return rows
 
 
@@ -215,15 +220,19 @@ def select_channels(
     """
     n, k = model.config.n_outputs, len(stems)
     if not 1 <= k <= n:
-        raise SelectionError(f"the model has {n} outputs, so it can give at most {n} stems distinct outputs; "
-                             f"the data has {k} ({describe(stems)})")
+        raise SelectionError(
+            f"the model has {n} outputs, so it can give at most {n} stems distinct outputs; "
+            f"the data has {k} ({describe(stems)})"
+        )
     model = model.to(device).eval()
     chunk = int(round(chunk_seconds * model.config.sample_rate))
     counts = torch.zeros(n, k, dtype=torch.long)
     voted = n_songs = 0
     for name, mixture, refs in songs:
         n_songs += 1
-        pieces = [(mixture[:, s : s + chunk], refs[:, :, s : s + chunk]) for s in chunk_starts(mixture.shape[-1], chunk)]
+        pieces = [
+            (mixture[:, s : s + chunk], refs[:, :, s : s + chunk]) for s in chunk_starts(mixture.shape[-1], chunk)
+        ]
         pieces = [(m, r) for m, r in pieces if m[0].abs().sum() > 0]  # skip digital silence
         for start in range(0, len(pieces), batch_size):
             mix = torch.stack([m for m, _ in pieces[start : start + batch_size]]).to(device)
@@ -241,7 +250,9 @@ def select_channels(
     if n_songs == 0:
         from mixitcli.data.splits import NO_VALIDATION_FIX
 
-        raise SelectionError(f"there are no validation songs (the prepared folder's valid.txt lists none); {NO_VALIDATION_FIX}")
+        raise SelectionError(
+            f"there are no validation songs (the prepared folder's valid.txt lists none); {NO_VALIDATION_FIX}"
+        )
     if voted == 0:
         raise SelectionError(
             f"no chunk with an active stem: the {n_songs} validation song(s) are all silent or shorter than "
@@ -250,8 +261,13 @@ def select_channels(
     selected, conflicts = resolve(counts, stems)
     unmatched = [j for j in range(k) if counts[:, j].sum() == 0]
     return Selection(
-        stems=list(stems), selected=selected, counts=counts.tolist(), chunks=voted, conflicts=conflicts,
-        unmatched=[stems[j] for j in unmatched], warnings=[unmatched_warning(stems[j], selected[j]) for j in unmatched],
+        stems=list(stems),
+        selected=selected,
+        counts=counts.tolist(),
+        chunks=voted,
+        conflicts=conflicts,
+        unmatched=[stems[j] for j in unmatched],
+        warnings=[unmatched_warning(stems[j], selected[j]) for j in unmatched],
         report=stem_report(counts, selected, stems),
     )
 
@@ -275,14 +291,16 @@ def read_selection(path: str | Path, *, n_outputs: int, stems: tuple[str, ...] =
     except (OSError, ValueError) as e:
         raise SelectionError(f"{path}: cannot read the selection ({e}); {fix}") from e
     if not isinstance(d, dict):
-        raise SelectionError(f"{path}: a selection is a JSON object (`mixit select-channels` writes one; the official "
-                             f"inst_head.json is {{\"vocals\": 3, ...}}), not a {type(d).__name__}; {fix}")
+        raise SelectionError(
+            f"{path}: a selection is a JSON object (`mixit select-channels` writes one; the official "
+            f'inst_head.json is {{"vocals": 3, ...}}), not a {type(d).__name__}; {fix}'
+        )
     if "stems" in d or "selected" in d:  # ours
         names, outputs = d.get("stems"), d.get("selected")
         if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-            raise SelectionError(f"{path}: no \"stems\" list of names beside \"selected\"; {fix}")
+            raise SelectionError(f'{path}: no "stems" list of names beside "selected"; {fix}')
         if not isinstance(outputs, list) or len(outputs) != len(names):
-            raise SelectionError(f"{path}: \"selected\" must list one output per stem of \"stems\" ({len(names)}); {fix}")
+            raise SelectionError(f'{path}: "selected" must list one output per stem of "stems" ({len(names)}); {fix}')
         by_stem = dict(zip(names, outputs))
     else:  # the official inst_head.json
         by_stem = d
@@ -294,8 +312,11 @@ def read_selection(path: str | Path, *, n_outputs: int, stems: tuple[str, ...] =
         )
     keep = [by_stem[s] for s in stems]
     head = f"{path}: outputs {keep} are not distinct indices of a {n_outputs}-output model"
-    bad = [f"{s} -> {by_stem[s]!r}" for s in stems if not isinstance(by_stem[s], int) or isinstance(by_stem[s], bool)
-           or not 0 <= by_stem[s] < n_outputs]
+    bad = [
+        f"{s} -> {by_stem[s]!r}"
+        for s in stems
+        if not isinstance(by_stem[s], int) or isinstance(by_stem[s], bool) or not 0 <= by_stem[s] < n_outputs
+    ]
     if bad:
         raise SelectionError(f"{head}: {', '.join(bad)} is not a whole number from 0 to {n_outputs - 1}; {fix}")
     twice = sorted({o for o in keep if keep.count(o) > 1})
@@ -327,7 +348,9 @@ def plot_counts(selection: Selection, path: str | Path) -> None:
     ax.imshow(counts, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(selection.stems)), selection.stems)
     ax.set_yticks(range(len(counts)), [f"out {i}" for i in range(len(counts))])
-    for (i, j), v in ((ij, int(counts[ij])) for ij in itertools.product(range(counts.shape[0]), range(counts.shape[1]))):
+    for (i, j), v in (
+        (ij, int(counts[ij])) for ij in itertools.product(range(counts.shape[0]), range(counts.shape[1]))
+    ):
         ax.text(j, i, str(v), ha="center", va="center", color="w" if v < counts.max() / 2 else "k", fontsize=8)
     for j, i in enumerate(selection.selected):
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -56,8 +56,8 @@ def output_groups(model_stems: tuple[str, ...], names: list[str]) -> list[list[i
     for name in names:
         if name in model_stems:
             groups.append([model_stems.index(name)])
-        elif name.startswith(COMPLEMENT) and name[len(COMPLEMENT):] in model_stems:
-            groups.append([i for i, s in enumerate(model_stems) if s != name[len(COMPLEMENT):]])
+        elif name.startswith(COMPLEMENT) and name[len(COMPLEMENT) :] in model_stems:
+            groups.append([i for i, s in enumerate(model_stems) if s != name[len(COMPLEMENT) :]])
         else:
             unknown.append(name)
     if unknown:
@@ -131,8 +131,15 @@ class ChunkedSeparator:
     ONNX backend's) is used as it is. Outputs are float32 on the CPU.
     """
 
-    def __init__(self, model: torch.nn.Module | Network, *, options: ChunkOptions = ChunkOptions(),
-                 device: torch.device | str | None = None, precision: str | None = None, bf16: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module | Network,
+        *,
+        options: ChunkOptions = ChunkOptions(),
+        device: torch.device | str | None = None,
+        precision: str | None = None,
+        bf16: bool = False,
+    ):
         self.network = prepare(model, device=device, precision=precision or ("bf16" if bf16 else "fp32"))
         self.options = options
         self.device = self.network.device
@@ -332,7 +339,11 @@ class _Resampler:
         import soxr
 
         self.channels = channels
-        self.stream = None if rate_in == rate_out else soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+        self.stream = (
+            None
+            if rate_in == rate_out
+            else soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+        )
 
     def __call__(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
         if self.stream is None:
@@ -414,7 +425,8 @@ def separate_file(
 
     with ExitStack() as stack:
         writers = [
-            stack.enter_context(audio.BlockWriter(path, out_rate, meta.channels, bits=bits)) for path in outputs.values()
+            stack.enter_context(audio.BlockWriter(path, out_rate, meta.channels, bits=bits))
+            for path in outputs.values()
         ]
 
         def write(y: torch.Tensor, last: bool = False) -> None:
@@ -444,5 +456,11 @@ def separate_file(
         for writer in writers:  # now the exact length is known
             writer.limit = resampled_length(n_in, meta.sample_rate, out_rate)
         write(torch.cat([y, separator.finish()], dim=-1), last=True)
-    return FileResult(input=source, outputs=outputs, seconds=n_in / meta.sample_rate, wall_s=time.perf_counter() - started,
-                      nonfinite=nonfinite.samples, network=separator.network.describe())
+    return FileResult(
+        input=source,
+        outputs=outputs,
+        seconds=n_in / meta.sample_rate,
+        wall_s=time.perf_counter() - started,
+        nonfinite=nonfinite.samples,
+        network=separator.network.describe(),
+    )

@@ -14,7 +14,7 @@ import torch to know a stem set.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 STEMS: tuple[str, ...] = ("bass", "drums", "vocals", "other")
 """VDBO: the output order of every 4-output model, official and ours, and the default stem set
@@ -59,8 +59,10 @@ def check_stems(names: Iterable[str], *, what: str = "--stems") -> tuple[str, ..
         problems.append("no stem name given")
     bad = [n for n in names if not isinstance(n, str) or not _NAME.fullmatch(n)]
     if bad:
-        problems.append(f"{', '.join(map(repr, bad))}: a stem name is a file name without a suffix "
-                        "(letters, digits, _ and -, starting with a letter or digit)")
+        problems.append(
+            f"{', '.join(map(repr, bad))}: a stem name is a file name without a suffix "
+            "(letters, digits, _ and -, starting with a letter or digit)"
+        )
     if MIXTURE in names:
         problems.append(f"{MIXTURE!r} is the mixture's file name, not a stem")
     repeated = sorted({n for n in names if names.count(n) > 1}, key=names.index)

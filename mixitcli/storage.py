@@ -186,8 +186,11 @@ def remove_stale_temporaries(*folders: str | Path, recursive: bool = False, lock
         for dirpath, _, names in walk:
             for name in names:
                 m = _TEMP_NAME.match(name)
-                stale = (m is not None or _LEGACY_PARTIAL.match(name) is not None) if locked else (
-                    m is not None and not _pid_alive(int(m.group("a") or m.group("b") or m.group("c"))))
+                stale = (
+                    (m is not None or _LEGACY_PARTIAL.match(name) is not None)
+                    if locked
+                    else (m is not None and not _pid_alive(int(m.group("a") or m.group("b") or m.group("c"))))
+                )
                 if stale:
                     path = Path(dirpath) / name
                     path.unlink(missing_ok=True)
@@ -291,8 +294,10 @@ def describe_os_error(e: OSError, *, needed: int | None = None, then: str = RUN_
     where = str(target) if target is not None else "a file"
     code = e.errno
     if code in SPACE_ERRORS and target is None:
-        return ("no space left on a device this command writes to. Free some space (or choose output folders on "
-                f"a larger disk), then {then}")
+        return (
+            "no space left on a device this command writes to. Free some space (or choose output folders on "
+            f"a larger disk), then {then}"
+        )
     if code in SPACE_ERRORS:
         folder = _existing_folder(target if target.is_dir() else target.parent)
         free = free_bytes(folder)
@@ -300,22 +305,39 @@ def describe_os_error(e: OSError, *, needed: int | None = None, then: str = RUN_
         notes += [f"{human_bytes(free)} free there"] if free is not None else []
         notes += [f"about {human_bytes(needed)} needed"] if needed else []
         what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the device"
-        return (f"{what} of {folder} ({'; '.join(notes)}). Free some space there or choose a folder "
-                f"on a larger disk, then {then}")
+        return (
+            f"{what} of {folder} ({'; '.join(notes)}). Free some space there or choose a folder "
+            f"on a larger disk, then {then}"
+        )
     if code == errno.EROFS:
         folder = _existing_folder(target if target is not None else Path.cwd())
         return f"{folder} is on a read-only file system (writing {where}); choose a writable folder."
     if code in (errno.EACCES, errno.EPERM):
         return f"permission denied: {where}. Make it writable (or readable) for this user, or choose another folder."
     if code == errno.EIO:
-        return (f"input/output error on {where}: the disk or network share failed. Check it (dmesg, the share's "
-                f"mount), then {then}")
+        return (
+            f"input/output error on {where}: the disk or network share failed. Check it (dmesg, the share's "
+            f"mount), then {then}"
+        )
     reason = e.strerror or str(e) or type(e).__name__
     return f"{where}: {reason}" if target is not None else reason
 
 
 __all__ = [
-    "SPACE_ERRORS", "StorageError", "StorageWarning", "atomic_write_text", "atomic_write_with", "describe_os_error", "free_bytes",
-    "human_bytes", "partial_path", "remove_stale_temporaries", "remove_temporaries_of", "temp_path", "WriteError",
-    "check_writable", "diagnose_write_failure", "naming",
+    "SPACE_ERRORS",
+    "StorageError",
+    "StorageWarning",
+    "atomic_write_text",
+    "atomic_write_with",
+    "describe_os_error",
+    "free_bytes",
+    "human_bytes",
+    "partial_path",
+    "remove_stale_temporaries",
+    "remove_temporaries_of",
+    "temp_path",
+    "WriteError",
+    "check_writable",
+    "diagnose_write_failure",
+    "naming",
 ]

@@ -90,7 +90,9 @@ def prepare_musdb_cli(root: Path, out: Path, *extra: str):
 
     from mixitcli.cli import app
 
-    return CliRunner().invoke(app, ["prepare-musdb", str(root), "--out", str(out), "--workers", "0", "--no-progress", *extra])
+    return CliRunner().invoke(
+        app, ["prepare-musdb", str(root), "--out", str(out), "--workers", "0", "--no-progress", *extra]
+    )
 
 
 # ----------------------------------------------------------------------------- models and separation
@@ -133,7 +135,16 @@ def make_state(model, step, epoch):
 
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return training_state(model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch, epoch_step=0, config={"stage": "pretrain"}, counters={})
+    return training_state(
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        step=step,
+        epoch=epoch,
+        epoch_step=0,
+        config={"stage": "pretrain"},
+        counters={},
+    )
 
 
 def best(run):
@@ -173,8 +184,16 @@ lock.release()
 def start_holders(folder: Path, n: int = 1) -> list[subprocess.Popen]:
     """``n`` processes racing for ``folder``'s lock; returns once each has tried."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(n)
+    ]
     for p in procs:
         p.answer = p.stdout.readline().strip()
     return procs

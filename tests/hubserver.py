@@ -65,7 +65,15 @@ class HubServer:
             def log_message(self, *args):
                 pass
 
-            def _send(self, code: int, headers: dict[str, str], body: bytes = b"", *, send_body: bool = True, cut: bool = False):
+            def _send(
+                self,
+                code: int,
+                headers: dict[str, str],
+                body: bytes = b"",
+                *,
+                send_body: bool = True,
+                cut: bool = False,
+            ):
                 self.send_response(code)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -82,11 +90,23 @@ class HubServer:
 
             def _error(self, code: int, error_code: str, message: str, send_body: bool):
                 body = message.encode()
-                self._send(code, {"X-Error-Code": error_code, "X-Error-Message": message, "Content-Type": "text/plain"}, body, send_body=send_body)
+                self._send(
+                    code,
+                    {"X-Error-Code": error_code, "X-Error-Message": message, "Content-Type": "text/plain"},
+                    body,
+                    send_body=send_body,
+                )
 
             def _serve(self, send_body: bool):
                 with hub._lock:
-                    hub.requests.append(Request(self.command, self.headers.get("Host", ""), self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    hub.requests.append(
+                        Request(
+                            self.command,
+                            self.headers.get("Host", ""),
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                        )
+                    )
                 if self.path.startswith("/storage/"):
                     return self._storage(self.path[len("/storage/") :], send_body)
                 prefix = f"/{hub.repo}/resolve/"
@@ -100,11 +120,18 @@ class HubServer:
                 data = hub.files[path]
                 common = {"X-Repo-Commit": hub.revision}
                 if path in hub.lfs:
-                    return self._send(302, {
-                        **common, "Location": f"{hub.storage_url}/storage/{hub.sha256(path)}",
-                        "X-Linked-Etag": f'"{hub.sha256(path)}"', "X-Linked-Size": str(len(data)),
-                        "ETag": '"the-pointer-file-etag"', "Content-Length": "0",
-                    }, send_body=False)
+                    return self._send(
+                        302,
+                        {
+                            **common,
+                            "Location": f"{hub.storage_url}/storage/{hub.sha256(path)}",
+                            "X-Linked-Etag": f'"{hub.sha256(path)}"',
+                            "X-Linked-Size": str(len(data)),
+                            "ETag": '"the-pointer-file-etag"',
+                            "Content-Length": "0",
+                        },
+                        send_body=False,
+                    )
                 blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
                 self._send(200, {**common, "ETag": f'"{blob}"'}, data, send_body=send_body)
 
@@ -126,7 +153,9 @@ class HubServer:
                     start = int(header[6:].split("-")[0])
                 if start:
                     part = data[start:]
-                    return self._send(206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}, part, send_body=send_body)
+                    return self._send(
+                        206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}, part, send_body=send_body
+                    )
                 self._send(200, {"Content-Length": str(len(data))}, data, send_body=send_body, cut=cut)
 
             def do_HEAD(self):

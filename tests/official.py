@@ -40,7 +40,7 @@ def rule_tensor(key: str, shape: list[int]) -> torch.Tensor:
     return 1.0 + 0.2 * u  # norm weights and gammas
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def official_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The official `model.pth` state dict of "tiny4" or "tiny12", windows included (shared: do not modify)."""
     layout = json.loads((FIXTURES / "layout.json").read_text())[name]

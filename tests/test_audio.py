@@ -16,7 +16,9 @@ def test_read_blocks_zeroes_and_reports_nonfinite_samples(tmp_path):
     x[100, 0], x[5000, 1], x[5001, 1] = np.nan, np.inf, -np.inf
     path = float_wav(tmp_path / "a.wav", x)
     seen = []
-    blocks = list(audio.read_blocks(path, 4096, on_nonfinite=lambda first, bad: seen.append((first, np.argwhere(bad).tolist()))))
+    blocks = list(
+        audio.read_blocks(path, 4096, on_nonfinite=lambda first, bad: seen.append((first, np.argwhere(bad).tolist())))
+    )
     got = np.concatenate(blocks, axis=1)  # (c, t)
     assert np.isfinite(got).all() and got[0, 100] == 0 and got[1, 5000] == got[1, 5001] == 0
     expected = x.T.copy()
@@ -26,4 +28,7 @@ def test_read_blocks_zeroes_and_reports_nonfinite_samples(tmp_path):
     count = audio.NonFiniteCount()
     whole, _ = audio.read(path, on_nonfinite=count)
     np.testing.assert_array_equal(whole, expected)
-    assert count.samples == 3 and audio.nonfinite_message(path, 3) == f"{path}: 3 non-finite sample(s) (NaN or infinity) replaced by 0"
+    assert (
+        count.samples == 3
+        and audio.nonfinite_message(path, 3) == f"{path}: 3 non-finite sample(s) (NaN or infinity) replaced by 0"
+    )

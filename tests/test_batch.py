@@ -61,7 +61,9 @@ def test_folders_are_walked_and_the_output_folder_left_out(tmp_path):
 def test_output_names_and_template_fields(tmp_path):
     root = tmp_path / "in"
     found = [(root / "x" / "song.mp3", root), (tmp_path / "solo.wav", None)]
-    jobs = plan(found, tmp_path / "out", stems=["vocals"], template="{folder}/{parent}-{track}.{stem}.{ext}", ext="flac")
+    jobs = plan(
+        found, tmp_path / "out", stems=["vocals"], template="{folder}/{parent}-{track}.{stem}.{ext}", ext="flac"
+    )
     assert jobs[0].outputs["vocals"] == tmp_path / "out" / "x" / "x-song.vocals.flac"
     assert jobs[1].outputs["vocals"] == tmp_path / "out" / f"{tmp_path.name}-solo.vocals.flac"
 
@@ -83,12 +85,18 @@ def test_cli_one_bad_file_among_good_ones(tmp_path, tiny_checkpoint):
     noise(tmp_path / "in" / "sub" / "two.flac", rate=22050, channels=1)
     (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    result = runner.invoke(
+        app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"]
+    )
     assert result.exit_code == 1
     assert "broken.wav" in result.output and "1 file(s) failed" in result.output
     dtype = "bfloat16" if native_bf16() else "float32"  # --precision auto
-    assert f"cpu, {dtype}, torch" in result.output and "RTF" in result.output  # device, dtype, backend, real-time factor
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == sorted(f"{t}/{s}.wav" for t in ("one", "two") for s in STEMS)
+    assert (
+        f"cpu, {dtype}, torch" in result.output and "RTF" in result.output
+    )  # device, dtype, backend, real-time factor
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == sorted(
+        f"{t}/{s}.wav" for t in ("one", "two") for s in STEMS
+    )
     two = sf.info(out / "two" / "vocals.wav")
     assert (two.samplerate, two.channels, two.frames) == (22050, 1, 22050)  # mono in, mono out, input rate
     assert not list(out.rglob(".*partial"))
@@ -97,7 +105,20 @@ def test_cli_one_bad_file_among_good_ones(tmp_path, tiny_checkpoint):
 def test_cli_stems_format_and_skip_existing(tmp_path, tiny_checkpoint):
     song = noise(tmp_path / "song.wav")
     out = tmp_path / "out"
-    args = ["separate", str(song), "--out", str(out), "-m", str(tiny_checkpoint), "--stems", "vocals,drums", "--format", "flac", "--bits", "16"]
+    args = [
+        "separate",
+        str(song),
+        "--out",
+        str(out),
+        "-m",
+        str(tiny_checkpoint),
+        "--stems",
+        "vocals,drums",
+        "--format",
+        "flac",
+        "--bits",
+        "16",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "song").iterdir()) == ["drums.flac", "vocals.flac"]
@@ -132,7 +153,9 @@ def test_cli_output_folder_is_the_input_folder(tmp_path, tiny_checkpoint):
     args = ["separate", str(songs), "--out", str(songs), "-m", str(tiny_checkpoint), "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert sorted(p.relative_to(songs).as_posix() for p in songs.rglob("*.wav")) == sorted(["album/a.wav"] + [f"a/{s}.wav" for s in STEMS])
+    assert sorted(p.relative_to(songs).as_posix() for p in songs.rglob("*.wav")) == sorted(
+        ["album/a.wav"] + [f"a/{s}.wav" for s in STEMS]
+    )
     result = runner.invoke(app, args + ["--skip-existing"])
     assert result.exit_code == 0 and "separated 0 file(s)" in result.output and "skipped 1" in result.output
 
@@ -152,7 +175,9 @@ def test_cli_full_output_disk_stops_with_one_message(tmp_path, tiny_checkpoint, 
         raise RuntimeError("Error writing: System error.")  # what soundfile raises on ENOSPC
 
     monkeypatch.setattr("soundfile.SoundFile.write", full)
-    result = runner.invoke(app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    result = runner.invoke(
+        app, ["separate", str(tmp_path / "in"), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"]
+    )
     flat = " ".join(result.output.split())
     assert result.exit_code == 1, result.output
     assert "no space left on the device of" in flat and "--skip-existing" in flat and "System error" not in flat
@@ -189,13 +214,20 @@ def test_sigterm_second_writer_and_leftovers(tmp_path, tiny_checkpoint):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # one core: the other is this test's
     # 0.25 s chunks every 0.0125 s: 40 forward passes, slow enough to be caught writing; the
     # partial files appear after the first one
-    first = subprocess.Popen([sys.executable, "-m", "mixitcli", *base, "--chunk", "0.25", "--hop", "0.0125"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mixitcli", *base, "--chunk", "0.25", "--hop", "0.0125"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         partials = _wait_for(".*.partial", out, first)
         second = runner.invoke(app, base)
         said = " ".join(second.output.split())
-        assert second.exit_code == 1 and "being written by another command" in said and f"(process {first.pid} on" in said, said
+        assert (
+            second.exit_code == 1 and "being written by another command" in said and f"(process {first.pid} on" in said
+        ), said
         assert all(p.exists() for p in partials)  # the second run did not touch the first's files
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=60)
@@ -206,7 +238,9 @@ def test_sigterm_second_writer_and_leftovers(tmp_path, tiny_checkpoint):
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]  # no partial, no lock, no stem
 
     # what a kill -9 leaves behind
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     leftovers = [out / "song" / f".vocals.wav.{dead}.partial", out / "song" / ".bass.wav.partial"]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +267,9 @@ def test_non_utf8_name_is_separated_and_a_failed_song_leaves_no_folder(tmp_path,
         pytest.skip("this file system refuses names that are not UTF-8")
     sf.write(folder / "empty.wav", np.zeros((0, 2), np.float32), 44100)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["separate", str(folder), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"])
+    result = runner.invoke(
+        app, ["separate", str(folder), "--out", str(out), "-m", str(tiny_checkpoint), "--device", "cpu"]
+    )
     assert result.exit_code == 1 and "empty.wav" in result.output and "1 file(s) failed" in result.output
     assert sorted(p.name for p in out.iterdir()) == [os.fsdecode(b"caf\xe9 \xff")]  # no empty out/empty/
     assert sorted(p.name for p in (out / os.fsdecode(b"caf\xe9 \xff")).iterdir()) == sorted(f"{s}.wav" for s in STEMS)
@@ -257,8 +293,12 @@ def test_two_stems_with_a_published_four_stem_model(official, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "song").iterdir()) == ["no_vocals.wav", "vocals.wav"]
     four = {s: sf.read(tmp_path / "four" / "song" / f"{s}.wav")[0] for s in ("bass", "drums", "vocals", "other")}
     np.testing.assert_array_equal(sf.read(tmp_path / "two" / "song" / "vocals.wav")[0], four["vocals"])
-    np.testing.assert_allclose(sf.read(tmp_path / "two" / "song" / "no_vocals.wav")[0], four["bass"] + four["drums"] + four["other"], atol=1e-6)
+    np.testing.assert_allclose(
+        sf.read(tmp_path / "two" / "song" / "no_vocals.wav")[0], four["bass"] + four["drums"] + four["other"], atol=1e-6
+    )
     wrong = runner.invoke(app, ["separate", *common, "--out", str(tmp_path / "x"), "--two-stems", "guitar"])
     assert wrong.exit_code == 1 and isinstance(wrong.exception, SystemExit)
-    assert "--two-stems guitar: this model outputs bass, drums, vocals, other; name one of them" in " ".join(wrong.output.split())
+    assert "--two-stems guitar: this model outputs bass, drums, vocals, other; name one of them" in " ".join(
+        wrong.output.split()
+    )
     assert not (tmp_path / "x").exists()

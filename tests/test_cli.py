@@ -58,10 +58,28 @@ def plain(text: str) -> str:
 @pytest.mark.parametrize(
     "command, options",
     [
-        ("prepare-fma", ["--out", "--subset", "--audio-dir", "--metadata", "--workers", "--shard", "--valid-fraction",
-                         "--silence-rule", "--silence-db", "--keep-mono", "--merge", "--progress"]),
+        (
+            "prepare-fma",
+            [
+                "--out",
+                "--subset",
+                "--audio-dir",
+                "--metadata",
+                "--workers",
+                "--shard",
+                "--valid-fraction",
+                "--silence-rule",
+                "--silence-db",
+                "--keep-mono",
+                "--merge",
+                "--progress",
+            ],
+        ),
         ("prepare-musdb", ["--out", "--workers", "--progress"]),
-        ("prepare-stems", ["--out", "--stems", "--rest", "--layout", "--valid-tracks", "--test-tracks", "--workers", "--progress"]),
+        (
+            "prepare-stems",
+            ["--out", "--stems", "--rest", "--layout", "--valid-tracks", "--test-tracks", "--workers", "--progress"],
+        ),
     ],
 )
 def test_help_explains_every_option(command, options):

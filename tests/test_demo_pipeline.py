@@ -23,8 +23,15 @@ from tests.builders import REPO
 def test_make_demo_runs_every_stage(tmp_path):
     demo = tmp_path / "demo"
     variables = {
-        "DEMO": demo, "DEMO_MIXIT": f"{sys.executable} -m mixitcli", "DEMO_SONGS": 6, "DEMO_TRAIN": 4,
-        "DEMO_TEST": 1, "DEMO_SECONDS": 11, "DEMO_PRE_STEPS": 2, "DEMO_FT_STEPS": 2, "DEMO_VALID_FRACTION": 0.5,
+        "DEMO": demo,
+        "DEMO_MIXIT": f"{sys.executable} -m mixitcli",
+        "DEMO_SONGS": 6,
+        "DEMO_TRAIN": 4,
+        "DEMO_TEST": 1,
+        "DEMO_SECONDS": 11,
+        "DEMO_PRE_STEPS": 2,
+        "DEMO_FT_STEPS": 2,
+        "DEMO_VALID_FRACTION": 0.5,
         "DEMO_ARGS": "--segment-seconds 1 --batch-size 2 --workers 0",
     }
     cmd = ["make", "-C", str(REPO), "demo", *[f"{k}={v}" for k, v in variables.items()]]
@@ -42,18 +49,28 @@ def test_make_demo_runs_every_stage(tmp_path):
     for run in ("pretrain", "finetune-mixit", "finetune-scratch"):
         assert (demo / "runs" / run / "curves.png").is_file()
     page = (demo / "listen" / "index.html").read_text()
-    assert "tiny-from-scratch" in page and "tiny-mixit-pretrained" in page and page.count("<audio") == 1 + 3 * 4  # mixture, references, two models
+    assert (
+        "tiny-from-scratch" in page and "tiny-mixit-pretrained" in page and page.count("<audio") == 1 + 3 * 4
+    )  # mixture, references, two models
     summary = json.loads((demo / "results" / "finetune-mixit" / "summary.json").read_text())
     assert summary["tracks"] == 1 and set(summary["csdr"]) >= {"vocals", "bass", "drums", "other"}
 
     # `make demo-stems` on top: a guitar learnt from 2 training songs, as 2 of the 12 outputs and from scratch
-    scale = {"DEMO_STEMS_TRAIN": 3, "DEMO_STEMS_TEST": 1, "DEMO_STEMS_SECONDS": 8.5, "DEMO_STEMS_STEPS": 2, "DEMO_EVAL_WORKERS": 0}
+    scale = {
+        "DEMO_STEMS_TRAIN": 3,
+        "DEMO_STEMS_TEST": 1,
+        "DEMO_STEMS_SECONDS": 8.5,
+        "DEMO_STEMS_STEPS": 2,
+        "DEMO_EVAL_WORKERS": 0,
+    }
     stems_cmd = cmd[:3] + ["demo-stems"] + cmd[4:] + [f"{k}={v}" for k, v in scale.items()]
     proc = subprocess.run(stems_cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     guitar = demo / "guitar"
     assert "pretrain --config" not in proc.stdout  # the demo's pre-training is reused as it is
-    assert "| guitar-mixit-pretrained |" in proc.stdout and "cSDR Guitar" in proc.stdout and "Table 1" not in proc.stdout
+    assert (
+        "| guitar-mixit-pretrained |" in proc.stdout and "cSDR Guitar" in proc.stdout and "Table 1" not in proc.stdout
+    )
     assert json.loads((guitar / "prep" / "summary.json").read_text())["stems"] == ["guitar", "rest"]
     selection = json.loads((guitar / "selection.json").read_text())
     assert selection["stems"] == ["guitar", "rest"] and len(set(selection["selected"])) == 2
@@ -66,6 +83,10 @@ def test_make_demo_runs_every_stage(tmp_path):
     assert page.count("<audio") == 1 + 2 + 2 * 2 and "cSDR Guitar" in page  # mixture, references, two models
 
     # a second `make demo demo-stems` finds everything done and trains nothing again
-    again = subprocess.run(stems_cmd[:3] + ["demo", *stems_cmd[3:]], capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0 and "pretrain" not in again.stdout.replace("tiny-mixit-pretrained", "").replace("guitar-mixit-pretrained", "")
+    again = subprocess.run(
+        stems_cmd[:3] + ["demo", *stems_cmd[3:]], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert again.returncode == 0 and "pretrain" not in again.stdout.replace("tiny-mixit-pretrained", "").replace(
+        "guitar-mixit-pretrained", ""
+    )
     assert "finetune" not in again.stdout and "| guitar-mixit-pretrained |" in again.stdout

@@ -80,7 +80,6 @@ def test_slugs_follow_github():
     assert slug("`mixit separate`: songs in, stems out") == "mixit-separate-songs-in-stems-out"
 
 
-
 def test_readme_is_a_five_minute_read():
     lines = (REPO / "README.md").read_text().count("\n")
     assert lines <= 300, f"README.md has {lines} lines: move reference material to docs/"

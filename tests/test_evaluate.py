@@ -32,7 +32,14 @@ STEMS = ("vocals", "bass", "drums", "other")
 def test_results_folder_resumes_and_refuses_another_evaluation(tmp_path):
     config = {"musdb": "/m", "subset": "test", "model": "x", "estimates": None}
     folder = ResultsFolder(tmp_path, config)
-    record = {"track": "A", "seconds": 1.0, "csdr": {s: 1.0 for s in TABLE_STEMS}, "usdr": {s: 2.0 for s in TABLE_STEMS}, "usdr_mdx": {s: 2.0 for s in TABLE_STEMS}, "flags": {}}
+    record = {
+        "track": "A",
+        "seconds": 1.0,
+        "csdr": {s: 1.0 for s in TABLE_STEMS},
+        "usdr": {s: 2.0 for s in TABLE_STEMS},
+        "usdr_mdx": {s: 2.0 for s in TABLE_STEMS},
+        "flags": {},
+    }
     folder.add(record)
     with open(tmp_path / evaluate.RECORDS, "a") as f:
         f.write('{"track": "B", "csdr": {')  # interrupted mid-line
@@ -73,7 +80,9 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "score_track", fake_score)
     out = estimates  # the default results folder with --estimates
     args = ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--workers", "0"]
-    ResultsFolder(out, {"musdb": str(musdb.resolve()), "subset": "test", "model": None, "estimates": str(estimates)}).add(fake_score("B - Two", {}, {}))
+    ResultsFolder(
+        out, {"musdb": str(musdb.resolve()), "subset": "test", "model": None, "estimates": str(estimates)}
+    ).add(fake_score("B - Two", {}, {}))
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert scored == ["B - Two", "A - One", "C - Three"]  # B was done: only A and C scored now
@@ -83,7 +92,10 @@ def test_eval_estimates_resumes_without_rescoring(tmp_path, monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and len(scored) == 3  # everything done: nothing scored again
     (estimates / "C - Three" / "bass.flac").unlink()
-    result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(tmp_path / "r2"), "--workers", "0"])
+    result = runner.invoke(
+        app,
+        ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--out", str(tmp_path / "r2"), "--workers", "0"],
+    )
     assert result.exit_code == 1 and "C - Three/bass" in result.output
 
 
@@ -93,7 +105,22 @@ def test_eval_model_end_to_end(tmp_path, official):
     torch.save(model_to_dict(model), tmp_path / "tiny.pt")
     musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=2.0)
     out = tmp_path / "res"
-    result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--model", str(tmp_path / "tiny.pt"), "--out", str(out), "--workers", "1", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--musdb",
+            str(musdb),
+            "--model",
+            str(tmp_path / "tiny.pt"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / evaluate.RECORDS).read_text())
     ests = np.stack([sf.read(out / "estimates" / "A - One" / f"{s}.wav", always_2d=True)[0].T for s in TABLE_STEMS])
@@ -126,7 +153,11 @@ def test_damaged_eval_config_is_written_again_when_nothing_was_scored(tmp_path, 
         (estimates / "A - One").mkdir(parents=True, exist_ok=True)
         sf.write(estimates / "A - One" / f"{s}.wav", sf.read(musdb / "test" / "A - One" / f"{s}.wav")[0], SR)
     v = {s: 1.0 for s in evaluate.STEMS}
-    monkeypatch.setattr(evaluate, "score_track", lambda name, r, e: {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}})
+    monkeypatch.setattr(
+        evaluate,
+        "score_track",
+        lambda name, r, e: {"track": name, "seconds": 3.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}},
+    )
     out = tmp_path / "results"
     out.mkdir()
     (out / evaluate.CONFIG).write_text("")
@@ -149,7 +180,19 @@ def test_eval_stopped_by_sigint_keeps_nothing_partial_and_resumes(tmp_path, offi
     torch.save(model_to_dict(load_official(official.weights("tiny4"), official.config("tiny4"))), tmp_path / "tiny.pt")
     musdb = fake_musdb(tmp_path / "musdb", ["A - One"], seconds=1.0)
     out = tmp_path / "res"
-    args = ["eval", "--musdb", str(musdb), "--model", str(tmp_path / "tiny.pt"), "--out", str(out), "--workers", "0", "--device", "cpu"]
+    args = [
+        "eval",
+        "--musdb",
+        str(musdb),
+        "--model",
+        str(tmp_path / "tiny.pt"),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     real_write = audio.BlockWriter.write
 
     def write_then_ctrl_c(self, block):  # the stems' temporary files exist and hold data now
@@ -165,7 +208,11 @@ def test_eval_stopped_by_sigint_keeps_nothing_partial_and_resumes(tmp_path, offi
     assert not [p.name for p in out.rglob("*") if p.name.startswith(".")]  # no partial stem, no lock
     monkeypatch.setattr(audio.BlockWriter, "write", real_write)
     v = {s: 1.0 for s in TABLE_STEMS}  # museval is tested above (and takes seconds per track)
-    monkeypatch.setattr(evaluate, "score_track", lambda name, r, e: {"track": name, "seconds": 1.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}})
+    monkeypatch.setattr(
+        evaluate,
+        "score_track",
+        lambda name, r, e: {"track": name, "seconds": 1.0, "csdr": v, "usdr": v, "usdr_mdx": v, "flags": {}},
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["track"] for line in (out / evaluate.RECORDS).read_text().splitlines()] == ["A - One"]
@@ -199,7 +246,11 @@ def test_eval_refuses_a_busy_folder_and_flags_estimates_of_another_length(tmp_pa
     try:
         result = runner.invoke(app, args)
         said = " ".join(result.output.split())
-        assert result.exit_code == 1 and f"{out} is being written by another command" in said and f"(process {holder.pid} on" in said
+        assert (
+            result.exit_code == 1
+            and f"{out} is being written by another command" in said
+            and f"(process {holder.pid} on" in said
+        )
         assert not (out / evaluate.CONFIG).exists()
     finally:
         stop([holder])
@@ -210,10 +261,15 @@ def test_eval_refuses_a_busy_folder_and_flags_estimates_of_another_length(tmp_pa
     assert "bass: estimate 44200 samples, reference 44100: its last 100 cut" in said
     assert "vocals: estimate 43900 samples, reference 44100: padded with 200 zeros" in said
     record = json.loads((out / evaluate.RECORDS).read_text())
-    assert record["length_mismatch"] == {"vocals": {"estimate_samples": 43900, "reference_samples": 44100},
-                                         "bass": {"estimate_samples": 44200, "reference_samples": 44100}}
+    assert record["length_mismatch"] == {
+        "vocals": {"estimate_samples": 43900, "reference_samples": 44100},
+        "bass": {"estimate_samples": 44200, "reference_samples": 44100},
+    }
     summary = json.loads((out / SUMMARY_JSON).read_text())
-    assert {(m["stem"], m["estimate_samples"]) for m in summary["length_mismatch"]} == {("vocals", 43900), ("bass", 44200)}
+    assert {(m["stem"], m["estimate_samples"]) for m in summary["length_mismatch"]} == {
+        ("vocals", 43900),
+        ("bass", 44200),
+    }
     assert "2 estimate(s) of another length" in (out / SUMMARY_MD).read_text()
     assert "its last 100 cut" in (out / evaluate.RECORDS_CSV).read_text()
     bass, vocals = TABLE_STEMS.index("bass"), TABLE_STEMS.index("vocals")
@@ -239,10 +295,14 @@ def test_eval_scores_nonfinite_input_as_zero_and_names_it(tmp_path):
     result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--estimates", str(estimates), "--workers", "0"])
     assert result.exit_code == 0, result.output
     bad = estimates / "A - One" / "vocals.wav"
-    assert f"warning: {bad}: 3 non-finite sample(s) (NaN or infinity) replaced by 0 before scoring" in flat(result.output)
+    assert f"warning: {bad}: 3 non-finite sample(s) (NaN or infinity) replaced by 0 before scoring" in flat(
+        result.output
+    )
     record = json.loads((estimates / "results.jsonl").read_text())
     assert record["nonfinite"] == {str(bad): 3}
     assert all(np.isfinite(record[m]["vocals"]) for m in ("csdr", "usdr", "usdr_mdx"))
-    assert record["usdr"]["vocals"] == pytest.approx(20 * np.log10(5), abs=0.1)  # noise 5x below the reference: a real score
+    assert record["usdr"]["vocals"] == pytest.approx(
+        20 * np.log10(5), abs=0.1
+    )  # noise 5x below the reference: a real score
     summary = json.loads((estimates / "summary.json").read_text())
     assert summary["nonfinite"] == [{"track": "A - One", "file": str(bad), "samples": 3}]

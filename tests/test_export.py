@@ -76,7 +76,11 @@ def test_the_graph_runs_without_torch(exported, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().replace("'", '"')) == ["mixitcli", "mixitcli.onnxrun", "torch"]  # torch: the None
+    assert json.loads(proc.stdout.strip().replace("'", '"')) == [
+        "mixitcli",
+        "mixitcli.onnxrun",
+        "torch",
+    ]  # torch: the None
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert rel_errors(np.load(tmp_path / "y.npy"), ref).max() <= TOL
@@ -88,8 +92,25 @@ def test_separate_with_the_onnxruntime_backend(exported, tmp_path):
     x = 0.1 * np.random.default_rng(0).standard_normal((2, int(1.1 * SR))).astype(np.float32)  # two chunks
     song = tmp_path / "song.wav"
     sf.write(song, x.T, SR, subtype="FLOAT")
-    result = runner.invoke(app, ["separate", str(song), "-o", str(tmp_path / "out"), "-m", str(path), "--bits", "float",
-                                 "--chunk", "1", "--hop", "0.5", "--filename", "{stem}.{ext}"])
+    result = runner.invoke(
+        app,
+        [
+            "separate",
+            str(song),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            str(path),
+            "--bits",
+            "float",
+            "--chunk",
+            "1",
+            "--hop",
+            "0.5",
+            "--filename",
+            "{stem}.{ext}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "(cpu, float32, onnxruntime)" in result.output
     stems = np.stack([sf.read(tmp_path / "out" / f"{s}.wav", dtype="float32")[0].T for s in model.stems])
@@ -103,10 +124,15 @@ def test_backend_problems_are_listed_together(exported, tmp_path, monkeypatch):
     song = tmp_path / "song.wav"
     sf.write(song, np.zeros((SR // 2, 2), dtype=np.float32), SR)
     base = ["separate", str(song), "-o", str(tmp_path / "out")]
-    result = runner.invoke(app, base + ["-m", "some-model.pt", "--backend", "onnxruntime", "--precision", "bf16", "--device", "cuda"])
+    result = runner.invoke(
+        app, base + ["-m", "some-model.pt", "--backend", "onnxruntime", "--precision", "bf16", "--device", "cuda"]
+    )
     assert result.exit_code == 1
-    for problem in ("`mixit export some-model.pt --onnx model.onnx`", "--precision bf16 needs --backend torch",
-                    "runs on the CPU"):
+    for problem in (
+        "`mixit export some-model.pt --onnx model.onnx`",
+        "--precision bf16 needs --backend torch",
+        "runs on the CPU",
+    ):
         assert problem in result.output, result.output
     result = runner.invoke(app, base + ["-m", str(path), "--backend", "torch"])
     assert result.exit_code == 1 and "run it with --backend onnxruntime" in result.output

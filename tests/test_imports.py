@@ -82,20 +82,31 @@ def test_cycle_finder_finds_a_constructed_cycle():
 
 def test_import_graph_of_mixitcli_has_no_cycle():
     modules = module_names()
-    assert {"mixitcli.cli", "mixitcli.metrics", "mixitcli.stems", "mixitcli.progress", "mixitcli.demo.data"} <= set(modules)
+    assert {"mixitcli.cli", "mixitcli.metrics", "mixitcli.stems", "mixitcli.progress", "mixitcli.demo.data"} <= set(
+        modules
+    )
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
-    assert "mixitcli.metrics" in graph["mixitcli.train.loop"] and "mixitcli.evaluate" not in graph["mixitcli.train.loop"]
+    assert (
+        "mixitcli.metrics" in graph["mixitcli.train.loop"] and "mixitcli.evaluate" not in graph["mixitcli.train.loop"]
+    )
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
     # loading is one straight path: the model package (loading, checkpoint reading, averaging)
     # never reaches up into training or the registry; names are resolved before loading
-    upward = {(m, d) for m, deps in graph.items() if m.startswith("mixitcli.model") for d in deps
-              if d.startswith(("mixitcli.train", "mixitcli.registry"))}
+    upward = {
+        (m, d)
+        for m, deps in graph.items()
+        if m.startswith("mixitcli.model")
+        for d in deps
+        if d.startswith(("mixitcli.train", "mixitcli.registry"))
+    }
     assert not upward, upward
     assert "mixitcli.model.checkpoints" in graph["mixitcli.train.checkpoint"]
 
 
-@pytest.mark.parametrize("name", sorted(n for n in module_names() if not n.endswith("__main__")))  # __main__ runs the CLI
+@pytest.mark.parametrize(
+    "name", sorted(n for n in module_names() if not n.endswith("__main__"))
+)  # __main__ runs the CLI
 def test_every_module_imports(name):
     assert importlib.import_module(name).__name__ == name
 
@@ -103,13 +114,46 @@ def test_every_module_imports(name):
 # The layers of docs/architecture.md, lowest first: a module may import its own layer and the
 # layers below it, never one above. "mixitcli.data" covers mixitcli.data.* (and so on).
 LAYERS = [
-    ("foundations", ["mixitcli.stems", "mixitcli.signals", "mixitcli.storage", "mixitcli.progress", "mixitcli.devices",
-                     "mixitcli.allocator", "mixitcli.losses", "mixitcli.lock", "mixitcli.audio", "mixitcli.onnxrun"]),
+    (
+        "foundations",
+        [
+            "mixitcli.stems",
+            "mixitcli.signals",
+            "mixitcli.storage",
+            "mixitcli.progress",
+            "mixitcli.devices",
+            "mixitcli.allocator",
+            "mixitcli.losses",
+            "mixitcli.lock",
+            "mixitcli.audio",
+            "mixitcli.onnxrun",
+        ],
+    ),
     ("model", ["mixitcli.model"]),
-    ("data and metrics", ["mixitcli.data", "mixitcli.metrics", "mixitcli.report", "mixitcli.separate", "mixitcli.inference",
-                          "mixitcli.demo"]),
-    ("stages", ["mixitcli.registry", "mixitcli.selection", "mixitcli.train", "mixitcli.evaluate", "mixitcli.batch",
-                "mixitcli.listen", "mixitcli.listen_page", "mixitcli.export"]),
+    (
+        "data and metrics",
+        [
+            "mixitcli.data",
+            "mixitcli.metrics",
+            "mixitcli.report",
+            "mixitcli.separate",
+            "mixitcli.inference",
+            "mixitcli.demo",
+        ],
+    ),
+    (
+        "stages",
+        [
+            "mixitcli.registry",
+            "mixitcli.selection",
+            "mixitcli.train",
+            "mixitcli.evaluate",
+            "mixitcli.batch",
+            "mixitcli.listen",
+            "mixitcli.listen_page",
+            "mixitcli.export",
+        ],
+    ),
     ("command line", ["mixitcli.cli", "mixitcli.__main__", "mixitcli"]),
 ]
 
@@ -127,15 +171,30 @@ def layer_of(name: str) -> int:
 def test_layers_point_down():
     modules = module_names()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
-    upward = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
-                    for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+    upward = sorted(
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+        for m, deps in graph.items()
+        for d in deps
+        if layer_of(d) > layer_of(m)
+    )
     assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
     # within the stages, training and the command line are leaves: only the CLI starts a stage
     assert {m for m, deps in graph.items() if "mixitcli.cli" in deps} == {"mixitcli.__main__"}
-    train_users = {m for m, deps in graph.items() for d in deps if d.startswith("mixitcli.train") and not m.startswith("mixitcli.train")}
+    train_users = {
+        m
+        for m, deps in graph.items()
+        for d in deps
+        if d.startswith("mixitcli.train") and not m.startswith("mixitcli.train")
+    }
     assert train_users <= {"mixitcli.cli"}, train_users
     # the data stage knows nothing of models: it prepares and reads files
-    data_to_model = {(m, d) for m, deps in graph.items() if m.startswith("mixitcli.data") for d in deps if d.startswith("mixitcli.model")}
+    data_to_model = {
+        (m, d)
+        for m, deps in graph.items()
+        if m.startswith("mixitcli.data")
+        for d in deps
+        if d.startswith("mixitcli.model")
+    }
     assert not data_to_model, data_to_model
 
 

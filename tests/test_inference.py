@@ -41,8 +41,25 @@ def song(tmp_path_factory):
 
 def separate(tmp_path, song, model_path, *extra):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["separate", str(song), "-o", str(out), "-m", str(model_path), "--device", "cpu", "--bits", "float",
-                                 "--filename", "{stem}.{ext}", *CHUNKING, *extra])
+    result = runner.invoke(
+        app,
+        [
+            "separate",
+            str(song),
+            "-o",
+            str(out),
+            "-m",
+            str(model_path),
+            "--device",
+            "cpu",
+            "--bits",
+            "float",
+            "--filename",
+            "{stem}.{ext}",
+            *CHUNKING,
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     stems = {p.stem: torch.from_numpy(sf.read(p, dtype="float32", always_2d=True)[0].T) for p in out.glob("*.wav")}
     return result.output, stems

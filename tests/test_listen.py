@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from mixitcli import evaluate, listen
 from mixitcli.cli import app
-from mixitcli.lock import LOCK_NAME
 from mixitcli.listen import PICTURE, encode, frequency_ticks, loudest_window, loudness, spectrogram_db
+from mixitcli.lock import LOCK_NAME
 
 runner = CliRunner()
 SR = 44100
@@ -53,7 +53,9 @@ def test_loudness_of_a_known_sine_and_of_silence():
     assert loudness(np.stack([sine, sine]), SR) == pytest.approx(-6.02, abs=0.1)
     assert loudness(np.stack([sine, 0 * sine]), SR) == pytest.approx(-9.03, abs=0.1)
     assert loudness(np.zeros((2, 3 * SR)), SR) is None  # digital silence
-    assert loudness(1e-6 * np.random.default_rng(0).standard_normal((2, 3 * SR)), SR) == -np.inf  # below the -70 LUFS gate
+    assert (
+        loudness(1e-6 * np.random.default_rng(0).standard_normal((2, 3 * SR)), SR) == -np.inf
+    )  # below the -70 LUFS gate
 
 
 def test_spectrogram_picture_puts_a_tone_at_its_frequency():
@@ -74,7 +76,9 @@ def test_encoded_audio_decodes_to_the_same_length_and_sound(tmp_path, codec):
     path = tmp_path / ("a.webm" if codec == "opus" else "a.mp3")
     encode(x, SR, path, codec=codec)
     assert 2000 < path.stat().st_size < 60_000  # small: about 100-160 kb/s
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ar", str(SR), "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ar", str(SR), "-"], capture_output=True, check=True
+    ).stdout
     y = np.frombuffer(raw, dtype="<f4").reshape(-1, 2).T  # decoded by ffmpeg, as a browser would
     assert abs(y.shape[1] - x.shape[1]) < 0.06 * SR  # codec padding only
     lag = int(np.argmax(np.correlate(y[0, 4000:8000], x[0, 4000:6000], mode="valid")))  # encoder delay
@@ -126,23 +130,62 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     def fake_score(name, references, estimates):
         value = scores[Path(estimates["vocals"]).parent.parent.name][name]
         per_stem = {s: value + k for k, s in enumerate(evaluate.STEMS)}
-        return {"track": name, "seconds": SECONDS, "csdr": per_stem, "usdr": per_stem, "usdr_mdx": per_stem, "flags": {}}
+        return {
+            "track": name,
+            "seconds": SECONDS,
+            "csdr": per_stem,
+            "usdr": per_stem,
+            "usdr_mdx": per_stem,
+            "flags": {},
+        }
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluate, "score_track", fake_score)
         for est in scores:
-            result = runner.invoke(app, ["eval", "--musdb", str(musdb), "--estimates", str(root / est), "--out", str(root / f"eval-{est}"), "--workers", "0"])
+            result = runner.invoke(
+                app,
+                [
+                    "eval",
+                    "--musdb",
+                    str(musdb),
+                    "--estimates",
+                    str(root / est),
+                    "--out",
+                    str(root / f"eval-{est}"),
+                    "--workers",
+                    "0",
+                ],
+            )
             assert result.exit_code == 0, result.output
-    selection = {"stems": ["bass", "drums", "vocals", "other"], "selected": [1, 2, 0, 3], "counts": [[0, 1, 7, 0], [9, 0, 0, 1], [0, 8, 0, 0], [0, 0, 1, 6]] + [[0, 0, 0, 0]] * 8, "chunks": 9}
+    selection = {
+        "stems": ["bass", "drums", "vocals", "other"],
+        "selected": [1, 2, 0, 3],
+        "counts": [[0, 1, 7, 0], [9, 0, 0, 1], [0, 8, 0, 0], [0, 0, 1, 6]] + [[0, 0, 0, 0]] * 8,
+        "chunks": 9,
+    }
     (root / "selection.json").write_text(json.dumps(selection))
-    return {"root": root, "musdb": musdb, "scratch": root / "eval-est-scratch", "mixit": root / "eval-est-mixit", "separated": root / "separated", "selection": root / "selection.json"}
+    return {
+        "root": root,
+        "musdb": musdb,
+        "scratch": root / "eval-est-scratch",
+        "mixit": root / "eval-est-mixit",
+        "separated": root / "separated",
+        "selection": root / "selection.json",
+    }
 
 
 # -- the page in a browser ---------------------------------------------------------------------
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,2200",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,2200",
 )
 
 
@@ -155,7 +198,9 @@ def browser():
     binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
     driver_path = shutil.which("chromedriver")
     if binary is None or driver_path is None:
-        pytest.fail("the browser test needs Chromium and its driver: `sudo apt-get install -y chromium chromium-driver` (or `make install`)")
+        pytest.fail(
+            "the browser test needs Chromium and its driver: `sudo apt-get install -y chromium chromium-driver` (or `make install`)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in CHROMIUM_FLAGS:
@@ -190,14 +235,19 @@ def open_and_check(driver, index: Path) -> dict:
 
 
 def column(driver, table: str, col: int) -> list[str]:
-    return driver.execute_script(f"return [...document.querySelectorAll('#{table} tbody tr')].map(r => r.cells[{col}].textContent.trim())")
+    return driver.execute_script(
+        f"return [...document.querySelectorAll('#{table} tbody tr')].map(r => r.cells[{col}].textContent.trim())"
+    )
 
 
 def test_two_evaluations_side_by_side_in_chromium(inputs, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     page = tmp_path / "page"
-    result = runner.invoke(app, ["listen", f"scratch={inputs['scratch']}", f"mixit={inputs['mixit']}", "--out", str(page), "--seconds", "1.5"])
+    result = runner.invoke(
+        app,
+        ["listen", f"scratch={inputs['scratch']}", f"mixit={inputs['mixit']}", "--out", str(page), "--seconds", "1.5"],
+    )
     assert result.exit_code == 0, result.output
     state = open_and_check(browser, page / "index.html")
     # per track: mixture, 4 references, 4 stems of each evaluation
@@ -209,12 +259,17 @@ def test_two_evaluations_side_by_side_in_chromium(inputs, browser, tmp_path):
     heading = browser.find_element(By.CSS_SELECTOR, f'#scores-table th[data-col="{mixit_avg}"]')
     assert heading.text.startswith("cSDR Avg")
     heading.click()  # numbers: best first
-    assert column(browser, "scores-table", 0) == ["A - One", "B - Two"] and column(browser, "scores-table", mixit_avg) == ["10.50", "6.50"]
+    assert column(browser, "scores-table", 0) == ["A - One", "B - Two"] and column(
+        browser, "scores-table", mixit_avg
+    ) == ["10.50", "6.50"]
     scratch_vocals = browser.find_element(By.CSS_SELECTOR, '#scores-table th[data-col="1"]')
     scratch_vocals.click()
     assert column(browser, "scores-table", 0) == ["B - Two", "A - One"] and heading.get_attribute("aria-sort") is None
     scratch_vocals.click()  # again: the other way round
-    assert column(browser, "scores-table", 0) == ["A - One", "B - Two"] and scratch_vocals.get_attribute("aria-sort") == "ascending"
+    assert (
+        column(browser, "scores-table", 0) == ["A - One", "B - Two"]
+        and scratch_vocals.get_attribute("aria-sort") == "ascending"
+    )
     link = browser.find_element(By.LINK_TEXT, "B - Two")
     assert link.get_attribute("href").endswith("#t2-b-two")
     text = browser.find_element(By.ID, "t2-b-two").text
@@ -230,7 +285,19 @@ def test_two_evaluations_side_by_side_in_chromium(inputs, browser, tmp_path):
 
 def test_separate_folder_with_12_outputs_and_selection_counts(inputs, browser, tmp_path):
     page = tmp_path / "page"
-    result = runner.invoke(app, ["listen", str(inputs["separated"]), "--out", str(page), "--selection", str(inputs["selection"]), "--codec", "mp3"])
+    result = runner.invoke(
+        app,
+        [
+            "listen",
+            str(inputs["separated"]),
+            "--out",
+            str(page),
+            "--selection",
+            str(inputs["selection"]),
+            "--codec",
+            "mp3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     state = open_and_check(browser, page / "index.html")
     assert len(state["audio"]) == len(TRACKS) * (1 + 12) and all(src.endswith(".mp3") for src, _, _ in state["audio"])
@@ -256,7 +323,9 @@ def test_one_evaluation_whole_tracks_and_a_moved_musdb(inputs, tmp_path):
     result = runner.invoke(app, ["listen", str(eval_copy), "--out", str(page), "--full"])
     assert result.exit_code == 1 and "give --musdb PATH" in " ".join(result.output.split())
     assert not page.exists()  # nothing written before the inputs are checked
-    result = runner.invoke(app, ["listen", str(eval_copy), "--out", str(page), "--full", "--musdb", str(moved), "--title", "Mine"])
+    result = runner.invoke(
+        app, ["listen", str(eval_copy), "--out", str(page), "--full", "--musdb", str(moved), "--title", "Mine"]
+    )
     assert result.exit_code == 0, result.output
     html = (page / "index.html").read_text()
     assert "<title>Mine</title>" in html and "whole track, 2.0 s" in html and html.count("<audio") == 1 + 4 + 4
@@ -289,14 +358,23 @@ def test_bad_inputs_are_all_reported_at_once_and_nothing_is_written(inputs, tmp_
     sf.write(ragged / "drums.wav", np.zeros((SR + 10, 2)), SR)
     result = runner.invoke(app, ["listen", str(ragged.parent), "--out", str(page)])
     out = " ".join(result.output.split())
-    assert result.exit_code == 1 and "song: its stems have different lengths" in out and "44100 samples" in out and "44110 samples" in out
+    assert (
+        result.exit_code == 1
+        and "song: its stems have different lengths" in out
+        and "44100 samples" in out
+        and "44110 samples" in out
+    )
 
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["listen", f"a={inputs['separated']}", f"a={inputs['scratch']}", "--out", str(busy)])
     out = " ".join(result.output.split())
-    assert result.exit_code == 1 and "not a page written by `mixit listen`" in out and "label(s) a name more than one input" in out
+    assert (
+        result.exit_code == 1
+        and "not a page written by `mixit listen`" in out
+        and "label(s) a name more than one input" in out
+    )
     assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
 
 
@@ -317,7 +395,11 @@ def test_selection_files_of_both_formats_and_a_bad_one(inputs, tmp_path):
     assert ours["selected"] == {1: "bass", 2: "drums", 0: "vocals", 3: "other"} and ours["counts"][0]["vocals"] == 7
     official = tmp_path / "inst_head.json"
     official.write_text(json.dumps({"vocals": 5, "bass": 7, "drums": 1, "other": 0}))
-    assert read_selection_counts(official) == {"selected": {5: "vocals", 7: "bass", 1: "drums", 0: "other"}, "counts": {}, "chunks": None}
+    assert read_selection_counts(official) == {
+        "selected": {5: "vocals", 7: "bass", 1: "drums", 0: "other"},
+        "counts": {},
+        "chunks": None,
+    }
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     with pytest.raises(ListenError, match="not a selection JSON"):
@@ -352,7 +434,9 @@ def test_full_disk_signal_busy_folder_and_stale_lock(tmp_path, monkeypatch):
     said = " ".join(result.output.split())
     assert result.exit_code == 1, result.output
     assert f"no space left on the device of {out}" in said and "run the same command again" in said, said
-    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]  # no 0-byte file under a final name
+    assert not [
+        p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
+    ]  # no 0-byte file under a final name
     monkeypatch.undo()
 
     def encode_then_usr1(*a, **kw):  # one audio file is written, then the signal comes
@@ -376,6 +460,6 @@ def test_full_disk_signal_busy_folder_and_stale_lock(tmp_path, monkeypatch):
     dead = stale_lock(out)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert f"took over the lock left by" in result.output and f"process {dead} on" in " ".join(result.output.split())
+    assert "took over the lock left by" in result.output and f"process {dead} on" in " ".join(result.output.split())
     assert (out / "index.html").is_file() and not (out / listen.MARKER).exists() and not (out / LOCK_NAME).exists()
     assert all(p.stat().st_size > 0 for p in out.rglob("*") if p.is_file())

@@ -46,7 +46,9 @@ def test_a_stale_lock_of_a_gone_process_is_taken_over_with_a_warning(tmp_path):
     folder = tmp_path / "out"
     dead = stale_lock(folder)
     lock = folder_lock(folder)
-    with pytest.warns(UserWarning, match=rf"took over the lock left by .*process {dead} on {socket.gethostname()}.*no longer running"):
+    with pytest.warns(
+        UserWarning, match=rf"took over the lock left by .*process {dead} on {socket.gethostname()}.*no longer running"
+    ):
         with lock:
             assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert not (folder / LOCK_NAME).exists()
@@ -59,7 +61,9 @@ def test_a_reused_pid_does_not_keep_a_lock(tmp_path):
     path = tmp_path / LOCK_NAME
 
     def lock_file(proc_start: int) -> None:
-        holder = dataclasses.replace(Holder.this_process(), pid=parent, proc_start=proc_start, command="mixit pretrain --out run")
+        holder = dataclasses.replace(
+            Holder.this_process(), pid=parent, proc_start=proc_start, command="mixit pretrain --out run"
+        )
         path.write_text(json.dumps(dataclasses.asdict(holder)))
 
     lock_file(started)  # that process itself holds it: refused
@@ -95,8 +99,10 @@ def test_commands_refuse_a_folder_another_process_writes(tmp_path):
     data.mkdir()
     (holder,) = start_holders(run)
     try:
-        for args in (["pretrain", "--data", str(data), "--out", str(run), "--size", "tiny", "--device", "cpu"],
-                     ["prepare-musdb", str(data), "--out", str(run), "--workers", "0", "--no-progress"]):
+        for args in (
+            ["pretrain", "--data", str(data), "--out", str(run), "--size", "tiny", "--device", "cpu"],
+            ["prepare-musdb", str(data), "--out", str(run), "--workers", "0", "--no-progress"],
+        ):
             result = runner.invoke(app, args)
             said = " ".join(result.output.split())
             assert result.exit_code == 1, result.output

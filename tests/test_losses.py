@@ -166,8 +166,10 @@ def test_mixit_from_spectra_equals_mixit_of_the_waveforms(solver, frames_outside
         mixtures = torch.einsum("bnm,bnct->bmct", onehot, istft(spectra, t))
         mixtures += 0.3 * torch.randn(mixtures.shape, generator=g)
     results = []
-    for fn in (lambda: mixit_loss(istft(spectra, t), mixtures, solver=solver),
-               lambda: mixit_loss_from_spectra(spectra, mixtures, lambda s: istft(s, t), solver=solver)):
+    for fn in (
+        lambda: mixit_loss(istft(spectra, t), mixtures, solver=solver),
+        lambda: mixit_loss_from_spectra(spectra, mixtures, lambda s: istft(s, t), solver=solver),
+    ):
         loss, assignment = fn()
         (grad,) = torch.autograd.grad(loss, spectra)
         results.append((loss.detach(), assignment, grad))

@@ -78,10 +78,29 @@ def test_clock():
 
 
 def test_the_stages_report_through_it(tmp_path, capsys):
-    run_parallel(abs, [Task(key=str(x), args=(-x,)) for x in range(3)], workers=0, on_result=lambda t, r: None,
-                 on_crash=None, label="cutting")
+    run_parallel(
+        abs,
+        [Task(key=str(x), args=(-x,)) for x in range(3)],
+        workers=0,
+        on_result=lambda t, r: None,
+        on_crash=None,
+        label="cutting",
+    )
     assert re.search(rf"^cutting: 3/3 files in {FINAL}$", capsys.readouterr().err, re.M)  # stderr: stdout stays clean
-    result = CliRunner().invoke(app, ["make-demo-data", str(tmp_path / "demo"), "--songs", "1", "--musdb-train", "1",
-                                      "--musdb-test", "0", "--seconds", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "make-demo-data",
+            str(tmp_path / "demo"),
+            "--songs",
+            "1",
+            "--musdb-train",
+            "1",
+            "--musdb-test",
+            "0",
+            "--seconds",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert re.search(rf"^synthesising: 2/2 songs in {FINAL}$", result.output, re.M), result.output

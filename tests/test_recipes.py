@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixitcli.train.config import STAGE_CONFIGS, ConfigError, TrainConfig as Config, build_config
+from mixitcli.train.config import STAGE_CONFIGS, ConfigError, build_config
+from mixitcli.train.config import TrainConfig as Config
 from mixitcli.train.loop import micro_batch
 from mixitcli.train.options import convert, options_of
 from mixitcli.train.schedule import lr_factor
 from tests.builders import REPO
-
 
 RECIPES = sorted((REPO / "recipes").glob("*/*.yaml"))
 
@@ -48,7 +48,15 @@ def test_recipe_states_only_what_differs_from_the_stage_defaults(recipe):
 
 def plan(target: str, **variables: object) -> str:
     settings = {"FMA": "/data/fma", "MUSDB": "/data/musdb18hq", "GPUS": 8, "WORK": "w"} | variables
-    cmd = ["make", "-n", "--no-print-directory", "-C", str(REPO), *target.split(), *(f"{k}={v}" for k, v in settings.items())]
+    cmd = [
+        "make",
+        "-n",
+        "--no-print-directory",
+        "-C",
+        str(REPO),
+        *target.split(),
+        *(f"{k}={v}" for k, v in settings.items()),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -61,7 +69,9 @@ def test_table1_plan_has_every_run_in_order():
     for size in ("small", "medium", "large"):
         pre = next(i for i, l in enumerate(lines) if f"pretrain --config recipes/pretrain/{size}.yaml" in l)
         select = next(i for i, l in enumerate(lines) if f"select-channels w/runs/pre-{size}-large " in l)
-        fine = next(i for i, l in enumerate(lines) if f"--out w/runs/ft-{size}-large --init w/runs/pre-{size}-large" in l)
+        fine = next(
+            i for i, l in enumerate(lines) if f"--out w/runs/ft-{size}-large --init w/runs/pre-{size}-large" in l
+        )
         evaluation = next(i for i, l in enumerate(lines) if f"eval --model w/runs/ft-{size}-large " in l)
         assert pre < select < fine < evaluation
         assert f"--out w/runs/ft-{size}-scratch" in text
@@ -82,8 +92,16 @@ def test_tables_2_and_3_plans():
         assert f"eval --model w/runs/ft-medium-{subset} " in three
 
 
-def authors_lr(step: int, *, peak: float, warmup: int = 4000, decay_start: int = 4001, decay_stop: int = 152_850,
-               step_size: int = 2038, decay: float = 0.965) -> float:
+def authors_lr(
+    step: int,
+    *,
+    peak: float,
+    warmup: int = 4000,
+    decay_start: int = 4001,
+    decay_stop: int = 152_850,
+    step_size: int = 2038,
+    decay: float = 0.965,
+) -> float:
     """The authors' WarmUpStepLR (mixit_mss/common/lr_schedulers/warmup.py) at optimizer step
     ``step``, with the values of their FMA configs, written out from its formula."""
     if step < decay_start:
@@ -108,7 +126,8 @@ def pretraining_runs(text: str) -> dict[str, Config]:
                 if flag in words:
                     given[field] = int(words[words.index(flag) + 1])
             runs[words[words.index("--out") + 1]] = build_config(
-                "pretrain", recipe=REPO / words[words.index("--config") + 1], overrides=given)
+                "pretrain", recipe=REPO / words[words.index("--config") + 1], overrides=given
+            )
     return runs
 
 
@@ -141,14 +160,19 @@ def test_grad_accum_reaches_the_global_batch_on_fewer_devices():
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is part of the documented set-up")
 def test_pretraining_runs_follow_the_authors_schedule():
     runs = pretraining_runs(plan("table1") + plan("table3"))
-    assert sorted(runs) == [f"w/runs/pre-{r}" for r in ("large-large", "medium-full", "medium-large", "medium-medium", "medium-small", "small-large")]
+    assert sorted(runs) == [
+        f"w/runs/pre-{r}"
+        for r in ("large-large", "medium-full", "medium-large", "medium-medium", "medium-small", "small-large")
+    ]
     for out, config in runs.items():
         size, subset = out.split("/pre-")[1].split("-")
         assert config.total_steps == AUTHORS_STEPS[subset], out
         assert config.batch_size == 128 and config.decay_stop_epoch * config.steps_per_epoch == 152_850
         last = config.total_steps - 1
         for step in (4000, 50_000, 152_850, last, 1, 2, 3999, 4001, 6038, 6039, 152_849, 152_851):
-            assert config.lr * lr_factor(step, config) == pytest.approx(authors_lr(step, peak=config.lr), rel=1e-12, abs=0), (out, step)
+            assert config.lr * lr_factor(step, config) == pytest.approx(
+                authors_lr(step, peak=config.lr), rel=1e-12, abs=0
+            ), (out, step)
         # Step 0: their formula gives a negative rate (-peak / 3999), a step up the gradient; ours is 0.
         assert authors_lr(0, peak=config.lr) < 0 and lr_factor(0, config) == 0.0
         assert config.lr * lr_factor(last, config) == pytest.approx(config.lr * 0.965**73)

@@ -58,7 +58,10 @@ def test_registry_holds_the_published_models(monkeypatch):
     assert "sup.musdb18hq.bslocoformer-medium.mixit-fma-full-pretrained" in names
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
     url = registry.file_url(GOOD, "checkpoints/model.pth")
-    assert url == f"https://mirror.example/kohei0209/mixit_mss/resolve/20a286f28b4a4c9058b935544cb7934ecc132443/models/sup/{GOOD}/checkpoints/model.pth"
+    assert (
+        url
+        == f"https://mirror.example/kohei0209/mixit_mss/resolve/20a286f28b4a4c9058b935544cb7934ecc132443/models/sup/{GOOD}/checkpoints/model.pth"
+    )
     monkeypatch.setenv("HF_HOME", "/somewhere/hf")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     assert registry.cache_dir() == Path("/somewhere/hf/hub")
@@ -68,11 +71,22 @@ def test_registry_holds_the_published_models(monkeypatch):
 
 def test_first_download_goes_into_the_hub_cache_and_loads(hub, official):
     folder = registry.fetch_model(GOOD, progress=False)
-    expected = Path(os.environ["HF_HOME"]) / "hub" / "models--kohei0209--mixit_mss" / "snapshots" / registry.HUB_REVISION / "models" / "sup" / GOOD
+    expected = (
+        Path(os.environ["HF_HOME"])
+        / "hub"
+        / "models--kohei0209--mixit_mss"
+        / "snapshots"
+        / registry.HUB_REVISION
+        / "models"
+        / "sup"
+        / GOOD
+    )
     assert folder == expected
     assert (folder / "checkpoints" / "model.pth").read_bytes() == official.weights("tiny4").read_bytes()
     # the cache names each blob by the hub's hash: SHA-256 for the LFS file, git SHA-1 for the small one
-    assert Path(os.path.realpath(folder / "checkpoints" / "model.pth")).name == hub.sha256(registry.get(GOOD).hub_path("checkpoints/model.pth"))
+    assert Path(os.path.realpath(folder / "checkpoints" / "model.pth")).name == hub.sha256(
+        registry.get(GOOD).hub_path("checkpoints/model.pth")
+    )
     heads = [r for r in hub.requests if r.method == "HEAD"]
     gets = [r for r in hub.requests if r.method == "GET"]
     assert {r.path.rsplit("/", 1)[-1] for r in heads} == {"model.pth", "merged_config.yaml"}
@@ -102,7 +116,10 @@ def test_offline_with_nothing_cached_says_how_to_get_the_files(hub, monkeypatch)
     message = str(info.value)
     assert GOOD in message and "HF_HUB_OFFLINE is set" in message
     assert registry.download_command(GOOD) in message
-    assert f"hf download kohei0209/mixit_mss models/sup/{GOOD}/checkpoints/model.pth models/sup/{GOOD}/merged_config.yaml --revision {registry.HUB_REVISION}" in message
+    assert (
+        f"hf download kohei0209/mixit_mss models/sup/{GOOD}/checkpoints/model.pth models/sup/{GOOD}/merged_config.yaml --revision {registry.HUB_REVISION}"
+        in message
+    )
     for file in registry.FILES:
         assert registry.file_url(GOOD, file) in message
     assert "--model" in message and str(registry.cache_dir()) in message
@@ -174,7 +191,12 @@ def test_separate_with_the_default_model_for_a_new_user(hub, tmp_path):
     sf.write(song, (0.1 * np.random.default_rng(0).standard_normal((44100, 2))).astype(np.float32), 44100)
     result = CliRunner().invoke(app, ["separate", str(song), "--out", str(tmp_path / "stems"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "stems" / "song").iterdir()) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert sorted(p.name for p in (tmp_path / "stems" / "song").iterdir()) == [
+        "bass.wav",
+        "drums.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
     assert registry.is_cached(registry.DEFAULT_MODEL)
 
 
@@ -214,7 +236,9 @@ def test_a_cache_that_cannot_be_written_is_not_an_unreachable_hub(hub, tmp_path,
     assert hub.requests == []  # nothing fetched that could not be kept
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline too: no advice to copy files into it
     offline = " ".join(CliRunner().invoke(app, args).output.split())
-    assert "into a writable folder, and point the cache at it" in offline and f"into {unwritable / 'hub'}" not in offline
+    assert (
+        "into a writable folder, and point the cache at it" in offline and f"into {unwritable / 'hub'}" not in offline
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # the advice
     assert registry.fetch_model(GOOD, progress=False).is_relative_to(tmp_path / "hf-cache")

@@ -127,15 +127,31 @@ def test_the_outputs_chosen_maximise_the_total_count_not_each_stem_in_turn():
     counts = torch.tensor([[10, 10, 0], [9, 1, 0], [0, 0, 4], [0, 0, 4]])
     chosen, notes = resolve(counts, ("guitar", "piano", "rest"))
     assert chosen == [1, 0, 2]  # rest: outputs 2 and 3 tie at 4 votes, the lowest index wins
-    assert notes == ["output 0 is the most frequent match of guitar, piano",
-                     "resolved by choosing distinct outputs with the largest total count: guitar -> 1, piano -> 0, rest -> 2"]
+    assert notes == [
+        "output 0 is the most frequent match of guitar, piano",
+        "resolved by choosing distinct outputs with the largest total count: guitar -> 1, piano -> 0, rest -> 2",
+    ]
     ties = torch.tensor([[3, 3], [3, 3], [3, 3]])  # every assignment totals 6: the first stem takes the lowest output
     assert best_assignment(ties) == (0, 1) and resolve(ties)[0] == [0, 1]
     twelve = torch.eye(12, dtype=torch.long).flip(0) * 5 + 1  # 12 stems: stem j's output is 11 - j
     assert best_assignment(twelve) == tuple(range(11, -1, -1))
     assert stem_report(counts, chosen, ("guitar", "piano", "rest")) == [
-        {"stem": "guitar", "active_chunks": 19, "output": 1, "share": round(9 / 19, 4), "runner_up": 0, "runner_up_share": round(10 / 19, 4)},
-        {"stem": "piano", "active_chunks": 11, "output": 0, "share": round(10 / 11, 4), "runner_up": 1, "runner_up_share": round(1 / 11, 4)},
+        {
+            "stem": "guitar",
+            "active_chunks": 19,
+            "output": 1,
+            "share": round(9 / 19, 4),
+            "runner_up": 0,
+            "runner_up_share": round(10 / 19, 4),
+        },
+        {
+            "stem": "piano",
+            "active_chunks": 11,
+            "output": 0,
+            "share": round(10 / 11, 4),
+            "runner_up": 1,
+            "runner_up_share": round(1 / 11, 4),
+        },
         {"stem": "rest", "active_chunks": 8, "output": 2, "share": 0.5, "runner_up": 3, "runner_up_share": 0.5},
     ]
 
@@ -146,9 +162,16 @@ def setup(tmp_path_factory) -> dict:
     tiny 6-output model (the counts do not matter here, only which stems get any; small: fast)."""
     tmp = tmp_path_factory.mktemp("sel")
     root = tmp / "musdb"
-    songs = {"Own - Train": ("train", 8.5), VALIDATION_TRACKS[0]: ("train", 1.0), VALIDATION_TRACKS[1]: ("train", 1.0), "Own - Test": ("test", 1.0)}
+    songs = {
+        "Own - Train": ("train", 8.5),
+        VALIDATION_TRACKS[0]: ("train", 1.0),
+        VALIDATION_TRACKS[1]: ("train", 1.0),
+        "Own - Test": ("test", 1.0),
+    }
     for k, (name, (split, seconds)) in enumerate(songs.items()):
-        stems = {s: noise(seconds, amp=0.05, seed=10 * k + j) for j, s in enumerate(("vocals", "drums", "bass", "other"))}
+        stems = {
+            s: noise(seconds, amp=0.05, seed=10 * k + j) for j, s in enumerate(("vocals", "drums", "bass", "other"))
+        }
         if split == "train" and name != "Own - Train":
             stems["vocals"][:] = 0.0
         for s, x in stems.items():
@@ -165,7 +188,18 @@ def setup(tmp_path_factory) -> dict:
 
 def test_a_stem_silent_in_every_validation_song_is_warned_about_and_recorded(setup, monkeypatch):
     out = setup["tmp"] / "selection.json"
-    args = ["select-channels", str(setup["model"]), "--musdb", str(setup["prep"]), "--out", str(out), "--device", "cpu", "--chunk-seconds", "0.5"]
+    args = [
+        "select-channels",
+        str(setup["model"]),
+        "--musdb",
+        str(setup["prep"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--chunk-seconds",
+        "0.5",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     chosen = json.loads(out.read_text())
@@ -188,8 +222,28 @@ def test_a_stem_silent_in_every_validation_song_is_warned_about_and_recorded(set
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "train_step", interrupt)
-    fine = runner.invoke(app, ["finetune", "--data", str(setup["prep"]), "--out", str(setup["tmp"] / "fine"), "--init", str(setup["model"]),
-                               "--selection", str(out), "--segment-seconds", "0.5", "--batch-size", "1", "--workers", "0", "--device", "cpu"])
+    fine = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(setup["prep"]),
+            "--out",
+            str(setup["tmp"] / "fine"),
+            "--init",
+            str(setup["model"]),
+            "--selection",
+            str(out),
+            "--segment-seconds",
+            "0.5",
+            "--batch-size",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert fine.exit_code == 130, fine.output
     text = flat(fine.output)
     assert f"outputs {[chosen['by_stem'][s] for s in ('bass', 'drums', 'vocals', 'other')]} selected by {out}" in text
@@ -202,7 +256,19 @@ def test_no_validation_songs_says_so_and_how_to_make_some(setup, tmp_path):
     prep = tmp_path / "prep"
     shutil.copytree(setup["prep"], prep)
     (prep / "valid.txt").write_text("")
-    result = runner.invoke(app, ["select-channels", str(setup["model"]), "--musdb", str(prep), "--out", str(tmp_path / "s.json"), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "select-channels",
+            str(setup["model"]),
+            "--musdb",
+            str(prep),
+            "--out",
+            str(tmp_path / "s.json"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1
     text = flat(result.output)
     assert "there are no validation songs" in text and "too short or silent" not in text
@@ -216,17 +282,37 @@ def test_a_malformed_selection_is_one_clear_error(setup, tmp_path):
         "list": ([3, 1, 2, 0], "a selection is a JSON object"),
         "text": ("vocals", "a selection is a JSON object"),
         "no stems": ({"selected": [0, 1, 2, 3]}, 'no "stems" list of names beside "selected"'),
-        "out of range": ({"stems": ["bass", "drums", "vocals", "other"], "selected": [0, 1, 2, 9]},
-                         "outputs [0, 1, 2, 9] are not distinct indices of a 6-output model: other -> 9 is not a whole number from 0 to 5"),
+        "out of range": (
+            {"stems": ["bass", "drums", "vocals", "other"], "selected": [0, 1, 2, 9]},
+            "outputs [0, 1, 2, 9] are not distinct indices of a 6-output model: other -> 9 is not a whole number from 0 to 5",
+        ),
         "repeated": ({"bass": 1, "drums": 1, "vocals": 2, "other": 3}, "output 1 is chosen for bass and drums"),
-        "other stems": ({"stems": ["guitar", "rest"], "selected": [0, 1]},
-                        "no output chosen for bass, drums, vocals, other: it selects for guitar, rest"),
+        "other stems": (
+            {"stems": ["guitar", "rest"], "selected": [0, 1]},
+            "no output chosen for bass, drums, vocals, other: it selects for guitar, rest",
+        ),
     }
     for name, (content, expected) in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(content))
-        result = runner.invoke(app, ["finetune", "--data", str(setup["prep"]), "--out", str(tmp_path / "run"), "--init", str(setup["model"]),
-                                     "--selection", str(path), "--workers", "0", "--device", "cpu"])
+        result = runner.invoke(
+            app,
+            [
+                "finetune",
+                "--data",
+                str(setup["prep"]),
+                "--out",
+                str(tmp_path / "run"),
+                "--init",
+                str(setup["model"]),
+                "--selection",
+                str(path),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ],
+        )
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output)
         text = flat(result.output)
         assert expected in text and f"mixit select-channels PRETRAINED --data DIR --out {path}" in text, (name, text)

@@ -115,7 +115,9 @@ def test_file_round_trip_rate_and_channels(tmp_path, rate, channels, out_rate):
     sf.write(src, x.T if channels > 1 else x[0], rate)
     model = GainModel()
     outputs = {s: tmp_path / f"{s}.wav" for s in model.stems}
-    result = separate_file(model, src, outputs, options=ChunkOptions(chunk_s=1.0, hop_s=0.5), sample_rate=out_rate, bits="float")
+    result = separate_file(
+        model, src, outputs, options=ChunkOptions(chunk_s=1.0, hop_s=0.5), sample_rate=out_rate, bits="float"
+    )
     assert result.seconds == pytest.approx(2.5, abs=1e-3)
     expected_rate = out_rate or rate
     for k, stem in enumerate(model.stems):
@@ -126,10 +128,16 @@ def test_file_round_trip_rate_and_channels(tmp_path, rate, channels, out_rate):
             assert err < 1e-3 * model.gains[k].item()
 
 
-@pytest.mark.parametrize("suffix,bits,subtype", [
-    (".wav", "16", "PCM_16"), (".wav", "24", "PCM_24"), (".wav", "float", "FLOAT"),
-    (".flac", "24", "PCM_24"), (".mp3", "24", "MPEG_LAYER_III"),
-])
+@pytest.mark.parametrize(
+    "suffix,bits,subtype",
+    [
+        (".wav", "16", "PCM_16"),
+        (".wav", "24", "PCM_24"),
+        (".wav", "float", "FLOAT"),
+        (".flac", "24", "PCM_24"),
+        (".mp3", "24", "MPEG_LAYER_III"),
+    ],
+)
 def test_output_formats(tmp_path, suffix, bits, subtype):
     src = tmp_path / "in.wav"
     sf.write(src, _tone(1.5, SR, 2).T, SR)
@@ -151,7 +159,9 @@ def test_formats_only_ffmpeg_reads_are_streamed_too(tmp_path):
     assert rate == SR and len(blocks) > 1 and all(b.shape[0] == 2 for b in blocks)
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), whole)
     result = separate_file(GainModel(), m4a, {"bass": tmp_path / "bass.wav"}, bits="float")
-    assert sf.info(tmp_path / "bass.wav").frames == whole.shape[1] and result.seconds == pytest.approx(whole.shape[1] / SR)
+    assert sf.info(tmp_path / "bass.wav").frames == whole.shape[1] and result.seconds == pytest.approx(
+        whole.shape[1] / SR
+    )
 
 
 def test_refuses_to_overwrite_the_input(tmp_path):
@@ -186,7 +196,13 @@ def test_memory_does_not_grow_with_the_song(tmp_path):
             rng = np.random.default_rng(0)
             for _ in range(seconds // 6):
                 f.write((0.1 * rng.standard_normal((6 * SR, 2))).astype(np.float32))
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(src), str(tmp_path / f"out{seconds}.wav")], capture_output=True, text=True, env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_SCRIPT, str(src), str(tmp_path / f"out{seconds}.wav")],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         peaks[seconds] = int(proc.stdout.split()[-1]) / 1024  # MB
         assert sf.info(tmp_path / f"out{seconds}.wav").frames == seconds * SR
     # Holding the extra 336 s in memory would take about 590 MB (input + 4 stems, float32).

@@ -86,27 +86,99 @@ def test_stem_names_are_checked_and_reported_together():
 def test_five_stems_end_to_end(collection):
     tmp, root = collection["tmp"], collection["root"]
     prep, run = tmp / "prep", tmp / "run"
-    fast = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu", "--no-checkpointing"]
+    fast = [
+        "--size",
+        "tiny",
+        "--segment-seconds",
+        "0.5",
+        "--warmup-steps",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-checkpointing",
+    ]
 
-    result = invoke("prepare-stems", root, "--out", prep, "--stems", ",".join(STEMS5), "--valid-tracks", "1", "--workers", "0", "--no-progress")
+    result = invoke(
+        "prepare-stems",
+        root,
+        "--out",
+        prep,
+        "--stems",
+        ",".join(STEMS5),
+        "--valid-tracks",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert "stems: lead, pad, sub, kick, hats" in flat(result.output)
-    assert "silence for a stem a song lacks: pad in 1 song(s), sub in 1 song(s), hats in 1 song(s)" in flat(result.output)
-    invoke("prepare-fma", "--audio-dir", collection["music"], "--out", tmp / "fma", "--valid-fraction", "0.5", "--workers", "0", "--no-progress")
-    invoke("pretrain", "--data", tmp / "fma", "--out", tmp / "pre", *fast, "--batch-size", "2", "--max-steps", "1", "--valid-size", "2")
+    assert "silence for a stem a song lacks: pad in 1 song(s), sub in 1 song(s), hats in 1 song(s)" in flat(
+        result.output
+    )
+    invoke(
+        "prepare-fma",
+        "--audio-dir",
+        collection["music"],
+        "--out",
+        tmp / "fma",
+        "--valid-fraction",
+        "0.5",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
+    invoke(
+        "pretrain",
+        "--data",
+        tmp / "fma",
+        "--out",
+        tmp / "pre",
+        *fast,
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--valid-size",
+        "2",
+    )
 
     assert (prep / "valid.txt").read_text() == "Song 2\n"
     # select-channels: 5 of the 12 outputs, from the one validation song
     selection = tmp / "selection.json"
-    result = invoke("select-channels", tmp / "pre", "--data", prep, "--out", selection, "--device", "cpu", "--chunk-seconds", "1")
+    result = invoke(
+        "select-channels", tmp / "pre", "--data", prep, "--out", selection, "--device", "cpu", "--chunk-seconds", "1"
+    )
     chosen = json.loads(selection.read_text())
-    assert chosen["stems"] == list(STEMS5) and len(set(chosen["selected"])) == 5 and torch.tensor(chosen["counts"]).shape == (12, 5)
+    assert (
+        chosen["stems"] == list(STEMS5)
+        and len(set(chosen["selected"])) == 5
+        and torch.tensor(chosen["counts"]).shape == (12, 5)
+    )
     assert [r["stem"] for r in chosen["report"]] == list(STEMS5)
     assert all(r["active_chunks"] == sum(row[j] for row in chosen["counts"]) for j, r in enumerate(chosen["report"]))
     assert "active chunks" in result.output and "runner-up" in result.output
 
     # finetune: 5 outputs named after the data's stems, recorded in config.yaml and the checkpoints
-    invoke("finetune", "--data", prep, "--out", run, "--init", tmp / "pre", "--selection", selection, *fast,
-           "--batch-size", "1", "--epochs", "1", "--steps-per-epoch", "2")
+    invoke(
+        "finetune",
+        "--data",
+        prep,
+        "--out",
+        run,
+        "--init",
+        tmp / "pre",
+        "--selection",
+        selection,
+        *fast,
+        "--batch-size",
+        "1",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    )
     assert yaml.safe_load((run / "config.yaml").read_text())["stems"] == list(STEMS5)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["model"]["stems"] == list(STEMS5)
     model = load_model(run)
@@ -115,20 +187,52 @@ def test_five_stems_end_to_end(collection):
     assert {f"usdr/valid/{s}" for s in STEMS5} <= valid[-1].keys()
     invoke("finetune", "--out", run, "--resume", "--epochs", "2")  # a resumed k-stem run goes on
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
-    invoke("freeze-finetune", "--data", prep, "--out", tmp / "frozen", "--init", tmp / "pre", "--selection", selection, *fast,
-           "--batch-size", "1", "--max-steps", "1")
+    invoke(
+        "freeze-finetune",
+        "--data",
+        prep,
+        "--out",
+        tmp / "frozen",
+        "--init",
+        tmp / "pre",
+        "--selection",
+        selection,
+        *fast,
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "1",
+    )
     assert load_model(tmp / "frozen").stems == STEMS5
     invoke("average", run, "--out", tmp / "model.pt")
     assert load_model(tmp / "model.pt").stems == STEMS5
 
     # a resume on data of other stems is refused, naming both lists
-    invoke("prepare-stems", root, "--out", tmp / "prep2", "--stems", "lead", "--rest", "rest", "--valid-tracks", "1", "--workers", "0", "--no-progress")
+    invoke(
+        "prepare-stems",
+        root,
+        "--out",
+        tmp / "prep2",
+        "--stems",
+        "lead",
+        "--rest",
+        "rest",
+        "--valid-tracks",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     result = runner.invoke(app, ["finetune", "--out", str(run), "--resume", "--data", str(tmp / "prep2")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert f"this run fine-tunes the stems {', '.join(STEMS5)}, but --data {tmp / 'prep2'} holds lead, rest" in flat(result.output)
+    assert f"this run fine-tunes the stems {', '.join(STEMS5)}, but --data {tmp / 'prep2'} holds lead, rest" in flat(
+        result.output
+    )
 
     # separate: one file per stem, named after it
-    invoke("separate", root / "test" / "Song T" / "mixture.wav", "--model", run, "--out", tmp / "sep", "--device", "cpu")
+    invoke(
+        "separate", root / "test" / "Song T" / "mixture.wav", "--model", run, "--out", tmp / "sep", "--device", "cpu"
+    )
     assert sorted(p.name for p in (tmp / "sep" / "mixture").iterdir()) == sorted(f"{s}.wav" for s in STEMS5)
 
     # eval on the prepared folder's test song: scores per stem name; the stems it lacks are left out
@@ -136,11 +240,18 @@ def test_five_stems_end_to_end(collection):
     summary = json.loads((tmp / "res" / "summary.json").read_text())
     assert summary["stems"] == list(STEMS5) and set(summary["csdr"]) == {*STEMS5, "average"}
     assert [s for s in STEMS5 if summary["csdr"][s] is not None] == ["lead", "kick"]
-    assert summary["flagged"] == [{"track": "Song T", "stem": s, "flag": "silent reference"} for s in ("pad", "sub", "hats")]
+    assert summary["flagged"] == [
+        {"track": "Song T", "stem": s, "flag": "silent reference"} for s in ("pad", "sub", "hats")
+    ]
     assert "Lead" in result.output and "Hats" in result.output
-    refused = runner.invoke(app, ["eval", "--model", str(tmp / "pre"), "--data", str(prep), "--out", str(tmp / "res12"), "--workers", "0"])
+    refused = runner.invoke(
+        app, ["eval", "--model", str(tmp / "pre"), "--data", str(prep), "--out", str(tmp / "res12"), "--workers", "0"]
+    )
     assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
-    assert f"the model outputs the stems {', '.join(f'out{i}' for i in range(12))}, but the data's stems are {', '.join(STEMS5)}" in flat(refused.output)
+    assert (
+        f"the model outputs the stems {', '.join(f'out{i}' for i in range(12))}, but the data's stems are {', '.join(STEMS5)}"
+        in flat(refused.output)
+    )
 
     # report: no paper tables for other stems, one generic table with a column per stem
     invoke("report", f"five={tmp / 'res'}", "--out", tmp / "report")
@@ -152,5 +263,7 @@ def test_five_stems_end_to_end(collection):
     invoke("listen", f"five={tmp / 'res'}", "--out", tmp / "page", "--codec", "mp3")
     page = (tmp / "page" / "index.html").read_text()
     assert all(f'<th class="stem">{s}</th>' in page for s in STEMS5)
-    assert page.count("<audio") == 1 + 2 + 5  # the mixture, the references (lead and kick; no file for silence), the estimates
+    assert (
+        page.count("<audio") == 1 + 2 + 5
+    )  # the mixture, the references (lead and kick; no file for silence), the estimates
     assert "cSDR Lead" in page and "cSDR Hats" in page

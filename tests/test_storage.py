@@ -127,7 +127,14 @@ def _musdb(root):
 @pytest.mark.parametrize("command", ["prepare-fma", "prepare-musdb", "eval", "separate"])
 def test_read_only_output_folder_is_one_message(tmp_path, read_only, command, monkeypatch, request):
     if command == "prepare-fma":
-        args = ["prepare-fma", "--audio-dir", str(_song(tmp_path / "music" / "a.wav").parent), "--workers", "0", "--no-progress"]
+        args = [
+            "prepare-fma",
+            "--audio-dir",
+            str(_song(tmp_path / "music" / "a.wav").parent),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
     elif command == "prepare-musdb":
         args = ["prepare-musdb", str(_musdb(tmp_path / "musdb")), "--workers", "0", "--no-progress"]
     elif command == "eval":
@@ -139,7 +146,9 @@ def test_read_only_output_folder_is_one_message(tmp_path, read_only, command, mo
         from mixitcli.model.official import load_official
 
         official = request.getfixturevalue("official")
-        torch.save(model_to_dict(load_official(official.weights("tiny4"), official.config("tiny4"))), tmp_path / "tiny.pt")
+        torch.save(
+            model_to_dict(load_official(official.weights("tiny4"), official.config("tiny4"))), tmp_path / "tiny.pt"
+        )
         args = ["separate", str(_song(tmp_path / "a.wav")), "-m", str(tmp_path / "tiny.pt"), "--device", "cpu"]
     result = runner.invoke(app, args + ["--out", str(read_only / "out")])
     assert result.exit_code == 1, result.output

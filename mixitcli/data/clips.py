@@ -413,8 +413,12 @@ def _process(path: Path, store_path: Path, tmp: Path, rules: ClipRules) -> dict:
         if cutter.failed:
             return _reject("silent", "the official whole-track rule dropped it", seconds)
         if not cutter.kept and cutter.dropped_nonfinite:
-            return _reject("nonfinite", f"{nonfinite.samples} non-finite sample(s): {cutter.dropped_nonfinite} clip(s) hold some, "
-                           f"{cutter.dropped} fail the silence rule", seconds)
+            return _reject(
+                "nonfinite",
+                f"{nonfinite.samples} non-finite sample(s): {cutter.dropped_nonfinite} clip(s) hold some, "
+                f"{cutter.dropped} fail the silence rule",
+                seconds,
+            )
         if not cutter.kept:
             return _reject("silent", f"all {cutter.dropped} clips fail the silence rule", seconds)
         out.commit(store_path)

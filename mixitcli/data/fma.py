@@ -48,7 +48,15 @@ from pathlib import Path
 
 from mixitcli.audio import AUDIO_EXTENSIONS
 from mixitcli.data import manifest as mf
-from mixitcli.data.clips import PARTIAL_SUFFIX, REASONS, STORE_CHANNELS, STORE_DTYPE, WRITE_FAILED, ClipRules, process_file
+from mixitcli.data.clips import (
+    PARTIAL_SUFFIX,
+    REASONS,
+    STORE_CHANNELS,
+    STORE_DTYPE,
+    WRITE_FAILED,
+    ClipRules,
+    process_file,
+)
 from mixitcli.data.errors import DataError, LayoutError, MetadataError, PrepareError
 from mixitcli.data.parallel import Task, run_parallel, wait_for_orphans
 from mixitcli.storage import SPACE_ERRORS, StorageError, StorageWarning, describe_os_error, remove_stale_temporaries
@@ -157,7 +165,7 @@ def _check_fraction(valid_fraction: float | None) -> None:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"I/N" -> (I, N); raises DataError for anything else."""
+    """ "I/N" -> (I, N); raises DataError for anything else."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m:
         raise DataError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
@@ -268,7 +276,9 @@ def read_tracks(tracks_csv: Path, subset: str) -> dict[int, str | None]:
         raise MetadataError(f"{tracks_csv}: no tracks in subset {subset!r}")
     unknown = sorted({v for v in tracks.values() if v is not None and v not in FMA_SPLITS})
     if unknown:
-        raise MetadataError(f"{tracks_csv}: unknown value(s) {', '.join(map(repr, unknown))} in column set/split; expected {', '.join(FMA_SPLITS)}")
+        raise MetadataError(
+            f"{tracks_csv}: unknown value(s) {', '.join(map(repr, unknown))} in column set/split; expected {', '.join(FMA_SPLITS)}"
+        )
     return tracks
 
 
@@ -314,8 +324,15 @@ def scan(source: AudioSource) -> Scan:
                     if fma_split is not None and FMA_SPLITS[fma_split] is None:
                         result.fma_test_split += 1  # FMA's test split is not used (never decoded)
                         continue
-                    result.files.append(SourceFile(path=path, rel=rel, track=track, size=path.stat().st_size,
-                                                   fma_split=FMA_SPLITS.get(fma_split)))
+                    result.files.append(
+                        SourceFile(
+                            path=path,
+                            rel=rel,
+                            track=track,
+                            size=path.stat().st_size,
+                            fma_split=FMA_SPLITS.get(fma_split),
+                        )
+                    )
                     continue
             else:
                 track = rel[: -len(path.suffix)]
@@ -347,7 +364,7 @@ def _unit_hash(track: str) -> float:
 
 
 def split_of(track: str, valid_fraction: float) -> str:
-    """"valid" for a deterministic ``valid_fraction`` of track keys, else "train"."""
+    """ "valid" for a deterministic ``valid_fraction`` of track keys, else "train"."""
     return "valid" if _unit_hash(track) < valid_fraction else "train"
 
 
@@ -429,7 +446,9 @@ def _write_failure(error: OSError, shard_dir: Path, mine: list, done: dict[str, 
         ratio = sum(frames for _, frames in kept) * bytes_per_frame / sum(size for size, _ in kept)
         needed = sum(f.size for f in remaining) * ratio
     else:  # nothing kept yet: 16-bit PCM from a ~128 kbit/s MP3 is ~11x its size, from WAV/FLAC <= 1x
-        needed = sum(f.size * (1.0 if f.path.suffix.lower() in (".wav", ".flac", ".aiff", ".aif") else 11.0) for f in remaining)
+        needed = sum(
+            f.size * (1.0 if f.path.suffix.lower() in (".wav", ".flac", ".aiff", ".aif") else 11.0) for f in remaining
+        )
     message = describe_os_error(error, needed=int(needed) if error.errno in SPACE_ERRORS else None)
     return StorageError(
         f"prepare-fma stopped: {message}\n{len(mine) - len(remaining)} of {len(mine)} files are finished and "
@@ -469,7 +488,9 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
     shard_dir = _shard_dir(out, config.shard)
     lock = _lock(shard_dir)
     try:
-        _check_config(shard_dir, {"source": source.to_dict(), "rules": config.rules.to_dict(), "shard": list(config.shard)})
+        _check_config(
+            shard_dir, {"source": source.to_dict(), "rules": config.rules.to_dict(), "shard": list(config.shard)}
+        )
         (shard_dir / "done.json").unlink(missing_ok=True)
         if not wait_for_orphans(shard_dir / "workers.lock"):
             raise PrepareError(f"{shard_dir}: worker processes of an earlier run are still alive; stop them first")
@@ -481,7 +502,12 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
         mine = [f for f in listing.files if shard_of(f.rel, config.shard[1]) == config.shard[0]]
         todo = [f for f in mine if f.rel not in finished]
         tasks = [
-            Task(key=f.rel, args=(str(f.path), str(shard_dir / "audio" / f"{f.rel}.s16"), config.rules), weight=f.size, meta={"file": f})
+            Task(
+                key=f.rel,
+                args=(str(f.path), str(shard_dir / "audio" / f"{f.rel}.s16"), config.rules),
+                weight=f.size,
+                meta={"file": f},
+            )
             for f in todo
         ]
 
@@ -501,13 +527,28 @@ def prepare_fma(source: AudioSource, config: PrepareConfig) -> dict | None:
             finished[f.rel] = record
 
         def on_crash(task: Task) -> None:
-            on_result(task, {"status": "rejected", "reason": "decoder_crashed", "detail": "worker process died twice", "seconds": 0.0})
+            on_result(
+                task,
+                {
+                    "status": "rejected",
+                    "reason": "decoder_crashed",
+                    "detail": "worker process died twice",
+                    "seconds": 0.0,
+                },
+            )
 
         label = f"prepare-fma shard {config.shard[0]}/{config.shard[1]}" if config.shard[1] > 1 else "prepare-fma"
         try:
             run_parallel(
-                process_file, tasks, workers=config.workers, on_result=on_result, on_crash=on_crash,
-                label=label, log_path=shard_dir / "decoder.log", lock_path=shard_dir / "workers.lock", progress=config.progress,
+                process_file,
+                tasks,
+                workers=config.workers,
+                on_result=on_result,
+                on_crash=on_crash,
+                label=label,
+                log_path=shard_dir / "decoder.log",
+                lock_path=shard_dir / "workers.lock",
+                progress=config.progress,
             )
         except _WriteFailed as e:
             raise _write_failure(e.error, shard_dir, mine, finished) from None
@@ -551,12 +592,18 @@ def _forget_damaged_stores(out: Path, finished: dict[str, dict]) -> None:
         except OSError:
             size = None
         if size != record["store_frames"] * frame_bytes:
-            damaged.append(f"{store} ({'missing' if size is None else f'{size} bytes'}, journaled {record['store_frames'] * frame_bytes})")
+            damaged.append(
+                f"{store} ({'missing' if size is None else f'{size} bytes'}, journaled {record['store_frames'] * frame_bytes})"
+            )
             store.unlink(missing_ok=True)
             del finished[rel]
     if damaged:
         shown = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-        warnings.warn(f"{len(damaged)} store file(s) are damaged, so their sources are decoded again: {shown}", StorageWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(damaged)} store file(s) are damaged, so their sources are decoded again: {shown}",
+            StorageWarning,
+            stacklevel=3,
+        )
 
 
 def _lock_other_shards(out: Path, mine: tuple[int, int] | None) -> list | None:
@@ -600,8 +647,10 @@ def merge_shards(out: str | Path, *, valid_fraction: float | None = None) -> dic
     with _merge_lock(out):
         held = _lock_other_shards(out, None)
         if held is None:
-            raise PrepareError(f"{out}: a shard is being prepared by a running process right now; "
-                               "it merges by itself when it finishes (or run --merge after it)")
+            raise PrepareError(
+                f"{out}: a shard is being prepared by a running process right now; "
+                "it merges by itself when it finishes (or run --merge after it)"
+            )
         try:
             return _merge_locked(out, valid_fraction)
         finally:
@@ -621,10 +670,16 @@ def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
     n = ns[0]
     unfinished = [f"{i}/{n}" for i in range(n) if (i, n) not in shards or not (shards[(i, n)] / "done.json").exists()]
     if unfinished:
-        raise PrepareError(f"{out}: shard(s) {', '.join(unfinished)} not finished; run them (or copy their folders in) first")
+        raise PrepareError(
+            f"{out}: shard(s) {', '.join(unfinished)} not finished; run them (or copy their folders in) first"
+        )
     configs = [json.loads((shards[(i, n)] / "config.json").read_text()) for i in range(n)]
     for c in configs[1:]:
-        if (c["source"]["kind"], c["source"]["subset"], c["rules"]) != (configs[0]["source"]["kind"], configs[0]["source"]["subset"], configs[0]["rules"]):
+        if (c["source"]["kind"], c["source"]["subset"], c["rules"]) != (
+            configs[0]["source"]["kind"],
+            configs[0]["source"]["subset"],
+            configs[0]["rules"],
+        ):
             raise PrepareError(f"{out}: shards were prepared with different sources or rules: {configs[0]} vs {c}")
     rules = ClipRules(**configs[0]["rules"])
     records: dict[str, dict] = {}
@@ -636,7 +691,11 @@ def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
     hash_fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
     by_fma = valid_fraction is None and any("fma_split" in r for r in records.values())
     # the minimum of validation tracks applies to the hash split; FMA's own split is taken as it is
-    raised = set() if by_fma else raised_to_minimum({r["track"] for r in records.values() if r["status"] == "kept"}, hash_fraction)
+    raised = (
+        set()
+        if by_fma
+        else raised_to_minimum({r["track"] for r in records.values() if r["status"] == "kept"}, hash_fraction)
+    )
     index = mf.IndexBuilder()
     per_split: Counter = Counter()
     tracks_per_split: dict[str, set] = {s: set() for s in mf.SPLITS}
@@ -654,22 +713,30 @@ def _merge_locked(out: Path, valid_fraction: float | None) -> dict:
             tracks_per_split[split].add(r["track"])
             for offset, store_offset in r["segments"]:
                 row = {
-                    "track": r["track"], "source": str(roots[rel] / rel), "offset": offset,
-                    "length": rules.segment_frames, "split": split, "store": r["store"], "store_offset": store_offset,
+                    "track": r["track"],
+                    "source": str(roots[rel] / rel),
+                    "offset": offset,
+                    "length": rules.segment_frames,
+                    "split": split,
+                    "store": r["store"],
+                    "store_offset": store_offset,
                 }
                 index.add(row)
                 yield row
 
     rejected = (
         {"file": str(roots[rel] / rel), "track": r["track"], "reason": r["reason"], "detail": r.get("detail", "")}
-        for rel, r in sorted(records.items()) if r["status"] != "kept"
+        for rel, r in sorted(records.items())
+        if r["status"] != "kept"
     )
     manifest_sha256 = mf.write_jsonl(out / mf.MANIFEST, manifest_rows())
     mf.write_jsonl(out / mf.REJECTED, rejected)
     index.save(out, rules.sample_rate, manifest_sha256=manifest_sha256)
-    splits = {"segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
-              "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()},
-              "valid_tracks_raised": len(raised)}
+    splits = {
+        "segments_per_split": {s: per_split.get(s, 0) for s in mf.SPLITS},
+        "tracks_per_split": {s: len(t) for s, t in tracks_per_split.items()},
+        "valid_tracks_raised": len(raised),
+    }
     splits["split_rule"] = "fma tracks.csv" if by_fma else "hash"
     summary = _summary(records, splits, rules, configs[0], shards[(0, n)], None if by_fma else hash_fraction, n)
     mf.write_json(out / mf.SUMMARY, summary)
@@ -691,8 +758,13 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
         "files_in_fma_test_split": scan_stats.get("fma_test_split", 0),
         "other_files": scan_stats.get("other_files", 0),
         "segments_kept": n_segments,
-        "segments_dropped": {"silent": sum(r["dropped"] for r in kept), "nonfinite": sum(r.get("dropped_nonfinite", 0) for r in kept)},
-        "files_with_nonfinite": sum(1 for r in records.values() if r.get("nonfinite_samples") or r.get("reason") == "nonfinite"),
+        "segments_dropped": {
+            "silent": sum(r["dropped"] for r in kept),
+            "nonfinite": sum(r.get("dropped_nonfinite", 0) for r in kept),
+        },
+        "files_with_nonfinite": sum(
+            1 for r in records.values() if r.get("nonfinite_samples") or r.get("reason") == "nonfinite"
+        ),
         **splits,
         "hours_seen": round(sum(r.get("seconds", 0.0) for r in records.values()) / 3600, 4),
         "hours_kept": round(store_frames / rules.sample_rate / 3600, 4),
@@ -709,19 +781,26 @@ def _summary(records, splits, rules, config, shard0, valid_fraction, n_shards) -
 def describe(summary: dict) -> str:
     """A few human-readable lines about a summary, for the CLI."""
     rejected = ", ".join(f"{k} {v}" for k, v in summary["files_rejected"].items()) or "none"
-    split = ("FMA's own split from tracks.csv" if summary.get("split_rule") == "fma tracks.csv"
-             else f"{summary['valid_fraction']:g} of tracks held out by hash")
+    split = (
+        "FMA's own split from tracks.csv"
+        if summary.get("split_rule") == "fma tracks.csv"
+        else f"{summary['valid_fraction']:g} of tracks held out by hash"
+    )
     test = summary.get("files_in_fma_test_split", 0)
     return (
         f"files: {summary['files_seen']} seen, {summary['files_kept']} kept; rejected: {rejected}\n"
         f"split: {split}" + (f"; {test} files of FMA's test split left out" if test else "") + "\n"
         f"clips: {summary['segments_kept']} kept ({summary['segments_per_split']['train']} train, "
         f"{summary['segments_per_split']['valid']} valid), {summary['segments_dropped']['silent']} dropped as silent"
-        + (f", {summary['segments_dropped']['nonfinite']} dropped for non-finite samples (NaN or infinity; "
-           f"{summary['files_with_nonfinite']} file(s) held some)" if summary.get("files_with_nonfinite") else "") + "\n"
+        + (
+            f", {summary['segments_dropped']['nonfinite']} dropped for non-finite samples (NaN or infinity; "
+            f"{summary['files_with_nonfinite']} file(s) held some)"
+            if summary.get("files_with_nonfinite")
+            else ""
+        )
+        + "\n"
         f"audio: {summary['hours_kept']:.2f} h kept of {summary['hours_seen']:.2f} h seen, "
-        f"store {summary['store_bytes'] / 2**30:.2f} GiB\n"
-        + _describe_valid(summary)
+        f"store {summary['store_bytes'] / 2**30:.2f} GiB\n" + _describe_valid(summary)
     )
 
 
@@ -729,17 +808,34 @@ def _describe_valid(summary: dict) -> str:
     tracks, raised = summary["tracks_per_split"], summary.get("valid_tracks_raised", 0)
     line = f"validation: {tracks['valid']} of {tracks['train'] + tracks['valid']} tracks held out"
     if raised:
-        line += (f" ({raised} added: --valid-fraction {summary['valid_fraction']:g} gave {tracks['valid'] - raised}, "
-                 f"and at least {MIN_VALID_TRACKS} are held out whenever {2 * MIN_VALID_TRACKS} or more tracks are kept)")
+        line += (
+            f" ({raised} added: --valid-fraction {summary['valid_fraction']:g} gave {tracks['valid'] - raised}, "
+            f"and at least {MIN_VALID_TRACKS} are held out whenever {2 * MIN_VALID_TRACKS} or more tracks are kept)"
+        )
     elif tracks["valid"] < MIN_VALID_TRACKS:
-        line += (f"; pretrain needs at least {MIN_VALID_TRACKS} validation tracks, so add tracks "
-                 f"(with {2 * MIN_VALID_TRACKS} or more kept, {MIN_VALID_TRACKS} are held out)")
+        line += (
+            f"; pretrain needs at least {MIN_VALID_TRACKS} validation tracks, so add tracks "
+            f"(with {2 * MIN_VALID_TRACKS} or more kept, {MIN_VALID_TRACKS} are held out)"
+        )
     return line
 
 
 __all__ = [
-    "SUBSETS", "AudioSource", "PrepareConfig", "Scan", "SourceFile", "describe", "locate_audio_dir",
-    "locate_fma", "merge_shards", "parse_shard", "prepare_fma", "raised_to_minimum", "read_subset_ids", "read_tracks", "scan",
-    "shard_of", "split_of",
+    "SUBSETS",
+    "AudioSource",
+    "PrepareConfig",
+    "Scan",
+    "SourceFile",
+    "describe",
+    "locate_audio_dir",
+    "locate_fma",
+    "merge_shards",
+    "parse_shard",
+    "prepare_fma",
+    "raised_to_minimum",
+    "read_subset_ids",
+    "read_tracks",
+    "scan",
+    "shard_of",
+    "split_of",
 ]
-

@@ -128,15 +128,21 @@ def read_song_folder(folder: Path, split: str, required: tuple[str, ...] = ()) -
     if not names:
         problems.append(f"{rel}: no WAV file")
     song = Song(
-        name=folder.name, split=split, folder=folder, rel=rel,
+        name=folder.name,
+        split=split,
+        folder=folder,
+        rel=rel,
         mixture=folder / f"{MIXTURE}.wav" if MIXTURE in names else None,
         files={n: [folder / f"{n}.wav"] for n in names if n != MIXTURE},
-        frames=infos[reference].frames if reference else 0, title=folder.name,
+        frames=infos[reference].frames if reference else 0,
+        title=folder.name,
     )
     return song, problems
 
 
-def read_folders(root: Path, *, required: tuple[str, ...] = (), splits: tuple[str, ...] = FOLDER_SPLITS) -> tuple[list[Song], list[str]]:
+def read_folders(
+    root: Path, *, required: tuple[str, ...] = (), splits: tuple[str, ...] = FOLDER_SPLITS
+) -> tuple[list[Song], list[str]]:
     """Every song of ``ROOT/{train,test}`` (:func:`read_song_folder`) and every problem found."""
     songs, problems = [], []
     for split in splits:
@@ -166,18 +172,18 @@ def _moisesdb_files(folder: Path, rel: str, problems: list[str]) -> tuple[dict[s
         return {}, folder.name
     stems = meta.get("stems") if isinstance(meta, dict) else None
     if not isinstance(stems, list):
-        problems.append(f"{where}: no \"stems\" list (MoisesDB's data.json lists each stem with its tracks)")
+        problems.append(f'{where}: no "stems" list (MoisesDB\'s data.json lists each stem with its tracks)')
         return {}, folder.name
     files: dict[str, list[Path]] = {}
     for k, stem in enumerate(stems):
         tracks = stem.get("tracks") if isinstance(stem, dict) else None
         category = stem.get("stemName") if isinstance(stem, dict) else None
         if not isinstance(category, str) or not category or not isinstance(tracks, list):
-            problems.append(f"{where}: stem {k} has no \"stemName\" and \"tracks\" list")
+            problems.append(f'{where}: stem {k} has no "stemName" and "tracks" list')
             continue
         for t in tracks:
             if not isinstance(t, dict) or not t.get("id"):
-                problems.append(f"{where}: a track of {category} has no \"id\"")
+                problems.append(f'{where}: a track of {category} has no "id"')
                 continue
             path = folder / category / f"{t['id']}.{t.get('extension', 'wav')}"
             if not path.is_file():
@@ -193,7 +199,9 @@ def read_moisesdb(root: Path) -> tuple[list[Song], list[str]]:
     folders = moisesdb_tracks(root)
     problems: list[str] = []
     if not folders:
-        return [], [f"no track folder holding {DATA_JSON} (MoisesDB: ROOT/<track uuid>/{DATA_JSON} or ROOT/moisesdb_v0.1/<track uuid>/{DATA_JSON})"]
+        return [], [
+            f"no track folder holding {DATA_JSON} (MoisesDB: ROOT/<track uuid>/{DATA_JSON} or ROOT/moisesdb_v0.1/<track uuid>/{DATA_JSON})"
+        ]
     names = [f.name for f in folders]
     songs = []
     for folder in folders:
@@ -219,6 +227,17 @@ def read_moisesdb(root: Path) -> tuple[list[Song], list[str]]:
         if not files and not any(p.startswith(f"{rel}/{DATA_JSON}") for p in problems):
             problems.append(f"{rel}: {DATA_JSON} lists no stem")
         reshape = [p for p, i in infos.items() if i.channels == 1 or i.frames != frames]
-        songs.append(Song(name=folder.name, split="train", folder=folder, rel=rel, mixture=None, files=files,
-                          frames=frames, reshape=reshape, title=title))
+        songs.append(
+            Song(
+                name=folder.name,
+                split="train",
+                folder=folder,
+                rel=rel,
+                mixture=None,
+                files=files,
+                frames=frames,
+                reshape=reshape,
+                title=title,
+            )
+        )
     return songs, problems

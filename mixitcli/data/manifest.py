@@ -166,8 +166,16 @@ class IndexBuilder:
     def __init__(self) -> None:
         self.stores: dict[str, int] = {}
         self.tracks: dict[str, int] = {}
-        self.columns = {name: array(code) for name, code in
-                        (("store_id", "i"), ("track_id", "i"), ("store_offset", "q"), ("length", "q"), ("split", "b"))}
+        self.columns = {
+            name: array(code)
+            for name, code in (
+                ("store_id", "i"),
+                ("track_id", "i"),
+                ("store_offset", "q"),
+                ("length", "q"),
+                ("split", "b"),
+            )
+        }
 
     def add(self, row: dict) -> None:
         c = self.columns
@@ -179,7 +187,13 @@ class IndexBuilder:
 
     def arrays(self, sample_rate: int) -> dict[str, np.ndarray]:
         """The columns as index.npz holds them."""
-        dtypes = {"store_id": np.int32, "track_id": np.int32, "store_offset": np.int64, "length": np.int64, "split": np.int8}
+        dtypes = {
+            "store_id": np.int32,
+            "track_id": np.int32,
+            "store_offset": np.int64,
+            "length": np.int64,
+            "split": np.int8,
+        }
         return {
             "stores": np.array(list(self.stores), dtype=str),
             "tracks": np.array(list(self.tracks), dtype=str),
@@ -204,15 +218,22 @@ def _row_problem(row) -> str | None:
     if not isinstance(row, dict):
         return "not a JSON object"
     wrong = []
-    for key, ok in (("track", lambda v: isinstance(v, str) and v), ("store", lambda v: isinstance(v, str) and v),
-                    ("store_offset", lambda v: type(v) is int and v >= 0), ("length", lambda v: type(v) is int and v > 0),
-                    ("split", lambda v: v in SPLITS)):
+    for key, ok in (
+        ("track", lambda v: isinstance(v, str) and v),
+        ("store", lambda v: isinstance(v, str) and v),
+        ("store_offset", lambda v: type(v) is int and v >= 0),
+        ("length", lambda v: type(v) is int and v > 0),
+        ("split", lambda v: v in SPLITS),
+    ):
         if key not in row:
             wrong.append(f"no {key!r}")
         elif not ok(row[key]):
             wrong.append(f"{key} {row[key]!r}")
     if wrong:
-        return "; ".join(wrong) + " (a clip needs a track, a store file, store_offset >= 0, length > 0 and split train or valid)"
+        return (
+            "; ".join(wrong)
+            + " (a clip needs a track, a store file, store_offset >= 0, length > 0 and split train or valid)"
+        )
     return None
 
 
@@ -267,7 +288,9 @@ def prepare_command(out: str | Path) -> str:
     n = sorted(shards)[0][1]
     if n > 1:
         args += ["--shard", f"I/{n}"]
-    return shlex.join(["mixit", "prepare-fma", *args, "--out", str(out)]) + (f" (for each I of 0 ... {n - 1})" if n > 1 else "")
+    return shlex.join(["mixit", "prepare-fma", *args, "--out", str(out)]) + (
+        f" (for each I of 0 ... {n - 1})" if n > 1 else ""
+    )
 
 
 def restore_command(root: Path) -> str:
@@ -309,7 +332,7 @@ class SegmentIndex:
     sample_rate: int
 
     @classmethod
-    def load(cls, prep_dir: str | Path) -> "SegmentIndex":
+    def load(cls, prep_dir: str | Path) -> SegmentIndex:
         """The index of a prepared folder, checked against its manifest.
 
         An index.npz that does not carry the SHA-256 of the current manifest.jsonl (the
@@ -334,8 +357,11 @@ class SegmentIndex:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     fields = {name: z[name] for name in z.files}
-                why = (f"{MANIFEST} was changed after {INDEX} was written" if "manifest_sha256" in fields
-                       else f"{INDEX} carries no hash of its manifest (an older mixit wrote it)")
+                why = (
+                    f"{MANIFEST} was changed after {INDEX} was written"
+                    if "manifest_sha256" in fields
+                    else f"{INDEX} carries no hash of its manifest (an older mixit wrote it)"
+                )
                 if str(fields.get("manifest_sha256", "")) == digest:
                     return cls._of(root, fields)
             except (OSError, ValueError, KeyError) as e:  # a damaged zip
@@ -343,7 +369,7 @@ class SegmentIndex:
         return cls._rebuilt(root, why)
 
     @classmethod
-    def _of(cls, root: Path, z) -> "SegmentIndex":
+    def _of(cls, root: Path, z) -> SegmentIndex:
         return cls(
             root=root,
             stores=[str(s) for s in z["stores"]],
@@ -357,7 +383,7 @@ class SegmentIndex:
         )
 
     @classmethod
-    def _rebuilt(cls, root: Path, why: str) -> "SegmentIndex":
+    def _rebuilt(cls, root: Path, why: str) -> SegmentIndex:
         """The index built again from every line of manifest.jsonl (see :meth:`load`)."""
         manifest = root / MANIFEST
         builder, problems = IndexBuilder(), []
@@ -380,9 +406,13 @@ class SegmentIndex:
         if not problems and not builder.stores:
             problems.append(f"{manifest}: no clip in it")
         if problems:
-            raise PreparedDataError(with_problems(
-                f"{root}: {why}, and {MANIFEST} cannot replace it. Fix the lines below, or write both files again "
-                f"from the shard journals (no decoding): {restore_command(root)}", problems))
+            raise PreparedDataError(
+                with_problems(
+                    f"{root}: {why}, and {MANIFEST} cannot replace it. Fix the lines below, or write both files again "
+                    f"from the shard journals (no decoding): {restore_command(root)}",
+                    problems,
+                )
+            )
         rate = _sample_rate_of(root)
         note = f"{root}: {why}; rebuilt {INDEX} from {MANIFEST} ({len(builder.columns['split'])} clips)"
         try:
@@ -426,12 +456,18 @@ class SegmentIndex:
             mine = clips[(self.store_id[clips] == s) & (ends > have)]
             line = int(mine.min()) + 1  # index entry k is manifest line k + 1
             got = "missing" if size is None else f"{size} bytes"
-            problems.append(f"{path}: {got}, but {MANIFEST} needs {need[s] * frame_bytes} bytes (line {line} and later read beyond its end)")
+            problems.append(
+                f"{path}: {got}, but {MANIFEST} needs {need[s] * frame_bytes} bytes (line {line} and later read beyond its end)"
+            )
         if problems:
-            raise PreparedDataError(with_problems(
-                f"{self.root}: audio store file(s) shorter than {MANIFEST} says (truncated or damaged). Run the "
-                f"command that prepared the folder again; it decodes those files again and rewrites the manifest: "
-                f"{prepare_command(self.root)}", problems))
+            raise PreparedDataError(
+                with_problems(
+                    f"{self.root}: audio store file(s) shorter than {MANIFEST} says (truncated or damaged). Run the "
+                    f"command that prepared the folder again; it decodes those files again and rewrites the manifest: "
+                    f"{prepare_command(self.root)}",
+                    problems,
+                )
+            )
 
     def read(self, k: int, start: int, frames: int) -> np.ndarray:
         """Samples [start, start + frames) of clip k, as float32 (c, t)."""

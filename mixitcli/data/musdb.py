@@ -127,7 +127,9 @@ def _validation_names(root: Path, valid_tracks: int | None) -> set[str]:
     return standard or set(held_out_tracks(names, valid_tracks))
 
 
-def scan_musdb(root: str | Path, subset: str = "test", *, validate: bool = True, valid_tracks: int | None = None) -> list[MusdbTrack]:
+def scan_musdb(
+    root: str | Path, subset: str = "test", *, validate: bool = True, valid_tracks: int | None = None
+) -> list[MusdbTrack]:
     """The tracks of one subset of a raw MUSDB18-HQ tree, sorted by name.
 
     Args:
@@ -158,7 +160,12 @@ def _subset_of(name: str, split: str, valid: set[str]) -> str:
 
 
 def prepare_musdb(
-    root: str | Path, out: str | Path, *, workers: int = 1, progress: bool = True, config: SadConfig = SadConfig(),
+    root: str | Path,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    config: SadConfig = SadConfig(),
     valid_tracks: int | None = None,
 ) -> dict:
     """`mixit prepare-musdb`: :func:`mixitcli.data.prepare_stems.prepare_stems` with the MUSDB18-HQ
@@ -184,6 +191,21 @@ def musdb_spec(valid_tracks: int | None = None) -> StemsSpec:
 
 
 __all__ = [
-    "HQ_HINT", "MIN_VALID_TRACKS", "NO_VALIDATION_FIX", "VALID_SHARE", "SOURCES", "SUBSETS", "VALIDATION_TRACKS", "MusdbTrack", "PreparedTrack", "SadConfig",
-    "held_out_tracks", "load_prepared_tracks", "musdb_spec", "prepare_musdb", "salient_segments", "scan_musdb", "validate_musdb",
+    "HQ_HINT",
+    "MIN_VALID_TRACKS",
+    "NO_VALIDATION_FIX",
+    "VALID_SHARE",
+    "SOURCES",
+    "SUBSETS",
+    "VALIDATION_TRACKS",
+    "MusdbTrack",
+    "PreparedTrack",
+    "SadConfig",
+    "held_out_tracks",
+    "load_prepared_tracks",
+    "musdb_spec",
+    "prepare_musdb",
+    "salient_segments",
+    "scan_musdb",
+    "validate_musdb",
 ]

@@ -22,11 +22,12 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mixitcli.progress import Progress
 
@@ -139,7 +140,9 @@ def run_parallel(
             isolated = bool(suspects)
             source = suspects if isolated else queue
             limit = 1 if isolated else 2 * workers
-            pool = ProcessPoolExecutor(1 if isolated else workers, mp_context=ctx, initializer=_init_worker, initargs=init_args)
+            pool = ProcessPoolExecutor(
+                1 if isolated else workers, mp_context=ctx, initializer=_init_worker, initargs=init_args
+            )
             inflight: dict = {}
             try:
                 while source or inflight:

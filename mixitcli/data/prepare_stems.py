@@ -114,7 +114,9 @@ def stem_set(spec: StemsSpec, songs: list[Song]) -> tuple[tuple[str, ...], dict[
     """
     found = Counter(name for song in songs for name in song.files)
     if spec.rest is not None and spec.stems is None:
-        raise DataError(f"--rest {spec.rest} needs --stems: without --stems every stem found is kept, so nothing is left for the rest")
+        raise DataError(
+            f"--rest {spec.rest} needs --stems: without --stems every stem found is kept, so nothing is left for the rest"
+        )
     listed = check_stems(spec.stems if spec.stems is not None else default_order(found))
     stems = check_stems(listed + ((spec.rest,) if spec.rest else ()), what="--stems with --rest")
     unknown = [s for s in listed if s not in found]
@@ -140,7 +142,9 @@ def assign_subsets(songs: list[Song], spec: StemsSpec) -> tuple[dict[str, str], 
             MoisesDB, or a count that leaves no training song.
     """
     if spec.test_tracks is not None and spec.layout != "moisesdb":
-        raise DataError("--test-tracks is for --layout moisesdb (MoisesDB has no test split); the folders layout's test songs are ROOT/test")
+        raise DataError(
+            "--test-tracks is for --layout moisesdb (MoisesDB has no test split); the folders layout's test songs are ROOT/test"
+        )
     if spec.layout == "moisesdb":
         test = set(_test_names([s.name for s in songs], spec.test_tracks))
         for song in songs:
@@ -169,11 +173,19 @@ def _jobs(songs: list[Song], subsets: dict[str, str], stems: tuple[str, ...], sp
         unlisted = [str(p) for name, paths in song.files.items() if name not in listed for p in paths]
         if spec.rest:
             groups[spec.rest] = unlisted
-        jobs.append(_Job(
-            name=song.name, subset=subsets[song.rel], rel=song.rel, frames=song.frames,
-            mixture=str(song.mixture) if song.mixture else None, groups=groups,
-            dropped=[] if spec.rest else unlisted, reshape=[str(p) for p in song.reshape], title=song.title,
-        ))
+        jobs.append(
+            _Job(
+                name=song.name,
+                subset=subsets[song.rel],
+                rel=song.rel,
+                frames=song.frames,
+                mixture=str(song.mixture) if song.mixture else None,
+                groups=groups,
+                dropped=[] if spec.rest else unlisted,
+                reshape=[str(p) for p in song.reshape],
+                title=song.title,
+            )
+        )
     return jobs
 
 
@@ -291,7 +303,12 @@ def read_layout(root: Path, spec: StemsSpec) -> list[Song]:
 
 
 def prepare_stems(
-    root: str | Path, out: str | Path, spec: StemsSpec = StemsSpec(), *, workers: int = 1, progress: bool = True,
+    root: str | Path,
+    out: str | Path,
+    spec: StemsSpec = StemsSpec(),
+    *,
+    workers: int = 1,
+    progress: bool = True,
     config: SadConfig = SadConfig(),
 ) -> dict:
     """Prepare a stems collection into DIR (see the module doc); every check comes before the work.
@@ -315,25 +332,42 @@ def prepare_stems(
     results: dict[str, dict] = {}
     tasks = [Task(key=j.rel, args=(j, str(out), config), weight=max(j.frames, 1)) for j in jobs]
     run_parallel(
-        prepare_song, tasks, workers=workers, label=spec.command, progress=progress,
-        on_result=lambda task, r: results.__setitem__(task.key, r), on_crash=lambda task: results.__setitem__(task.key, None),
+        prepare_song,
+        tasks,
+        workers=workers,
+        label=spec.command,
+        progress=progress,
+        on_result=lambda task, r: results.__setitem__(task.key, r),
+        on_crash=lambda task: results.__setitem__(task.key, None),
     )
     crashed = [k for k, r in results.items() if r is None]
     if crashed:
         raise LayoutError(f"{root}: reading these songs crashed the WAV reader:", crashed)
     by_subset = {s: sorted((j for j in jobs if j.subset == s), key=lambda j: j.name) for s in SUBSETS}
     rows = [
-        {"track": j.name, "subset": j.subset, "folder": str(root / j.rel), "title": j.title,
-         "frames": j.frames, "mixture": results[j.rel]["mixture"], "stems": results[j.rel]["stems"]}
-        for s in SUBSETS for j in by_subset[s]
+        {
+            "track": j.name,
+            "subset": j.subset,
+            "folder": str(root / j.rel),
+            "title": j.title,
+            "frames": j.frames,
+            "mixture": results[j.rel]["mixture"],
+            "stems": results[j.rel]["stems"],
+        }
+        for s in SUBSETS
+        for j in by_subset[s]
     ]
     mf.write_jsonl(out / TRACKS, rows)
     length = config.segment_seconds * SAMPLE_RATE
     for stem in stems:
-        mf.write_jsonl(out / "salient" / f"{stem}.jsonl", (
-            {"track": j.name, "path": results[j.rel]["stems"][stem], "start": start, "length": length}
-            for j in by_subset["train"] for start in results[j.rel]["segments"][stem]
-        ))
+        mf.write_jsonl(
+            out / "salient" / f"{stem}.jsonl",
+            (
+                {"track": j.name, "path": results[j.rel]["stems"][stem], "start": start, "length": length}
+                for j in by_subset["train"]
+                for start in results[j.rel]["segments"][stem]
+            ),
+        )
     for subset, listed in by_subset.items():
         mf.write_text_atomic(out / f"{subset}.txt", "".join(f"{j.name}\n" for j in listed))
     summary = _summary(root, spec, stems, found, how, by_subset, results, config)
@@ -341,8 +375,16 @@ def prepare_stems(
     return summary
 
 
-def _summary(root: Path, spec: StemsSpec, stems: tuple[str, ...], found: dict[str, int], how: str,
-             by_subset: dict[str, list[_Job]], results: dict[str, dict], config: SadConfig) -> dict:
+def _summary(
+    root: Path,
+    spec: StemsSpec,
+    stems: tuple[str, ...],
+    found: dict[str, int],
+    how: str,
+    by_subset: dict[str, list[_Job]],
+    results: dict[str, dict],
+    config: SadConfig,
+) -> dict:
     """The prepared folder's summary.json (module doc)."""
     train = [results[j.rel] for j in by_subset["train"]]
     n_segments = {stem: sum(len(r["segments"][stem]) for r in train) for stem in stems}
@@ -359,10 +401,17 @@ def _summary(root: Path, spec: StemsSpec, stems: tuple[str, ...], found: dict[st
         "validation_tracks": [j.name for j in by_subset["valid"]],
         "validation_tracks_missing": sorted(set(VALIDATION_TRACKS) - {j.name for j in by_subset["valid"]}),
         "test_split": "hash" if spec.layout == "moisesdb" else "ROOT/test",
-        "silent": {stem: sorted(j.name for s in SUBSETS for j in by_subset[s] if results[j.rel]["stems"][stem] is None) for stem in stems},
+        "silent": {
+            stem: sorted(j.name for s in SUBSETS for j in by_subset[s] if results[j.rel]["stems"][stem] is None)
+            for stem in stems
+        },
         "mixture_summed": sorted(j.name for s in SUBSETS for j in by_subset[s] if results[j.rel]["mixture_summed"]),
-        "mixture_residual_db": {j.name: results[j.rel]["residual_db"] for s in SUBSETS for j in by_subset[s]
-                                if results[j.rel]["residual_db"] is not None and results[j.rel]["residual_db"] > RESIDUAL_WARN_DB},
+        "mixture_residual_db": {
+            j.name: results[j.rel]["residual_db"]
+            for s in SUBSETS
+            for j in by_subset[s]
+            if results[j.rel]["residual_db"] is not None and results[j.rel]["residual_db"] > RESIDUAL_WARN_DB
+        },
         "segments": n_segments,
         "candidate_segments": sum(r["candidates"] for r in train),
         "salient_hours": {stem: round(n * config.segment_seconds / 3600, 4) for stem, n in n_segments.items()},
@@ -378,8 +427,13 @@ def describe(summary: dict) -> str:
     stems = summary.get("stems", list(summary["segments"]))
     lines = [
         "tracks: " + ", ".join(f"{count} {s}" for s, count in n.items()),
-        "stems: " + ", ".join(stems)
-        + (f" ({summary['rest']} = {' + '.join(summary['rest_of']) or 'nothing: silent'})" if summary.get("rest") else "")
+        "stems: "
+        + ", ".join(stems)
+        + (
+            f" ({summary['rest']} = {' + '.join(summary['rest_of']) or 'nothing: silent'})"
+            if summary.get("rest")
+            else ""
+        )
         + (f"; dropped (no --rest): {', '.join(summary['dropped'])}" if summary.get("dropped") else ""),
         "salient 8 s segments: " + ", ".join(f"{s} {count}" for s, count in summary["segments"].items()),
     ]
@@ -403,7 +457,9 @@ def describe(summary: dict) -> str:
     else:
         lines.append(f"validation: {n['valid']} standard validation track(s) taken out of train/{shown}")
     if summary.get("test_split") == "hash":
-        lines.append(f"test: {n['test']} of {sum(n.values())} tracks (chosen by a hash of the track folder's name; --test-tracks N sets how many)")
+        lines.append(
+            f"test: {n['test']} of {sum(n.values())} tracks (chosen by a hash of the track folder's name; --test-tracks N sets how many)"
+        )
     return "\n".join(lines)
 
 

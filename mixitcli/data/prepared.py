@@ -112,14 +112,21 @@ def prepare_command(prep_dir: str | Path, summary: dict | None = None) -> str:
     if tuple(stems) == STEMS and summary.get("layout", "folders") == "folders" and not rest:
         return f"mixit prepare-musdb {summary['root']} --out {prep_dir}"
     listed = [s for s in stems if s != rest]
-    return (f"mixit prepare-stems {summary['root']} --out {prep_dir} --stems {','.join(listed)}"
-            + (f" --rest {rest}" if rest else "") + (" --layout moisesdb" if summary.get("layout") == "moisesdb" else ""))
+    return (
+        f"mixit prepare-stems {summary['root']} --out {prep_dir} --stems {','.join(listed)}"
+        + (f" --rest {rest}" if rest else "")
+        + (" --layout moisesdb" if summary.get("layout") == "moisesdb" else "")
+    )
 
 
 def _fail(prep_dir: Path, problems: list[str], what: str) -> None:
     if problems:
-        raise PreparedDataError(with_problems(
-            f"{prep_dir}: {what} ({len(problems)} problem(s)); prepare it again: {prepare_command(prep_dir)}", problems))
+        raise PreparedDataError(
+            with_problems(
+                f"{prep_dir}: {what} ({len(problems)} problem(s)); prepare it again: {prepare_command(prep_dir)}",
+                problems,
+            )
+        )
 
 
 def read_listing(prep_dir: str | Path, subset: str) -> list[str]:
@@ -199,7 +206,9 @@ def load_prepared_tracks(prep_dir: str | Path, subset: str) -> list[PreparedTrac
                 continue
             line, row = rows[(subset, name)]
             stems = {s: Path(p) if p is not None else None for s, p in row["stems"].items()}
-            tracks.append(PreparedTrack(name, subset, Path(row["folder"]), int(row["frames"]), Path(row["mixture"]), stems))
+            tracks.append(
+                PreparedTrack(name, subset, Path(row["folder"]), int(row["frames"]), Path(row["mixture"]), stems)
+            )
         _fail(prep_dir, problems, f"{TRACKS} does not fit {subset}.txt")
     problems, cache = [], {}
     for track in tracks:
@@ -241,16 +250,27 @@ def read_salient(prep_dir: str | Path, stem: str) -> list[tuple[str, int, int]]:
             problems.append(f"{where} {line}: not JSON ({e})")
             continue
         ints = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        if not (isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("track"), str)
-                and ints(r.get("start")) and ints(r.get("length")) and r["start"] >= 0 and r["length"] > 0):
-            problems.append(f"{where} {line}: not a segment {{\"track\", \"path\", \"start\" >= 0, \"length\" > 0}}: {text[:120]}")
+        if not (
+            isinstance(r, dict)
+            and isinstance(r.get("path"), str)
+            and isinstance(r.get("track"), str)
+            and ints(r.get("start"))
+            and ints(r.get("length"))
+            and r["start"] >= 0
+            and r["length"] > 0
+        ):
+            problems.append(
+                f'{where} {line}: not a segment {{"track", "path", "start" >= 0, "length" > 0}}: {text[:120]}'
+            )
             continue
         frames = _frames(Path(r["path"]), cache)
         if frames is None:
             problems.append(f"{where} {line}: {r['path']} does not exist or is not readable audio")
         elif r["start"] + r["length"] > frames:
-            problems.append(f"{where} {line}: the segment [{r['start']}, {r['start'] + r['length']}) ends past the end of "
-                            f"{r['path']} ({frames} samples)")
+            problems.append(
+                f"{where} {line}: the segment [{r['start']}, {r['start'] + r['length']}) ends past the end of "
+                f"{r['path']} ({frames} samples)"
+            )
         else:
             rows.append((r["path"], r["start"], r["length"]))
     _fail(prep_dir, problems, f"salient/{stem}.jsonl is damaged")

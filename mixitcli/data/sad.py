@@ -33,8 +33,9 @@ class SadConfig:
     min_threshold: float = 1e-3
 
 
-
-def salient_segments(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, config: SadConfig = SadConfig()) -> tuple[list[int], int]:
+def salient_segments(
+    audio: np.ndarray, sample_rate: int = SAMPLE_RATE, config: SadConfig = SadConfig()
+) -> tuple[list[int], int]:
     """BSRNN's unsupervised source activity detection on one stem of one track.
 
     Args:

@@ -110,11 +110,15 @@ class MixtureOfMixtures(Dataset):
             )
         shortest = int(self.index.length[self.clips].min())
         if self.crop > shortest:
-            raise PreparedDataError(f"{prep_dir}: a {segment_seconds} s crop ({self.crop} samples) is longer than the clips ({shortest})")
+            raise PreparedDataError(
+                f"{prep_dir}: a {segment_seconds} s crop ({self.crop} samples) is longer than the clips ({shortest})"
+            )
         self.epoch_size = int(epoch_size) if epoch_size is not None else max(1, len(self.clips) // 2)
 
     @classmethod
-    def validation(cls, prep_dir: str | Path, *, segment_seconds: float = 6.0, seed: int = 0, size: int | None = None) -> "MixtureOfMixtures":
+    def validation(
+        cls, prep_dir: str | Path, *, segment_seconds: float = 6.0, seed: int = 0, size: int | None = None
+    ) -> MixtureOfMixtures:
         """Held-out mixtures of mixtures: the "valid" split; ``ds[i]`` for i < size is fixed by the seed."""
         return cls(prep_dir, split="valid", segment_seconds=segment_seconds, seed=seed, epoch_size=size)
 
@@ -225,7 +229,9 @@ class DynamicMixing(Dataset):
         stems = have if stems is None else tuple(stems)
         unknown = [s for s in stems if s not in have]
         if unknown or len(set(stems)) != len(stems) or not stems:
-            raise ValueError(f"stems must be distinct names of the folder's stems {describe(have)}, got {describe(stems)}")
+            raise ValueError(
+                f"stems must be distinct names of the folder's stems {describe(have)}, got {describe(stems)}"
+            )
         if not 0.0 <= p_dropout < 1.0:
             raise ValueError(f"p_dropout must be in [0, 1), got {p_dropout}")
         self.stems, self.seed, self.p_dropout = tuple(stems), seed, float(p_dropout)
@@ -237,7 +243,9 @@ class DynamicMixing(Dataset):
         self.segments = [rows for rows, _ in loaded]  # per stem, (k, 2) int64: path id, start
         self.segment_length = min(length for _, length in loaded)  # 8 s for the official SAD
         if self.crop > self.segment_length:
-            raise PreparedDataError(f"{prep_dir}: a {segment_seconds} s crop is longer than the salient segments ({self.segment_length} samples)")
+            raise PreparedDataError(
+                f"{prep_dir}: a {segment_seconds} s crop is longer than the salient segments ({self.segment_length} samples)"
+            )
 
     def _load(self, prep_dir: Path, stem: str) -> tuple[np.ndarray, int]:
         ids: dict[str, int] = {p: i for i, p in enumerate(self.paths)}
@@ -268,7 +276,12 @@ class DynamicMixing(Dataset):
             dropped = rng.random(n) < self.p_dropout
         offset = int(rng.integers(0, self.segment_length - self.crop + 1))  # shared by all stems
         gain_db = rng.uniform(*self.gain_db, size=n)
-        return MixPlan(picks=picks, dropped=tuple(bool(d) for d in dropped), offset=offset, gain_db=tuple(float(g) for g in gain_db))
+        return MixPlan(
+            picks=picks,
+            dropped=tuple(bool(d) for d in dropped),
+            offset=offset,
+            gain_db=tuple(float(g) for g in gain_db),
+        )
 
     def render(self, plan: MixPlan) -> torch.Tensor:
         """The stems (n, c, t) of a plan: crop, normalise (``stem_norm``), apply the gains."""
@@ -279,7 +292,9 @@ class DynamicMixing(Dataset):
             if plan.dropped[j]:
                 continue
             path_id, start = seg[pick]
-            data, _ = sf.read(self.paths[path_id], start=int(start) + plan.offset, frames=self.crop, dtype="float32", always_2d=True)
+            data, _ = sf.read(
+                self.paths[path_id], start=int(start) + plan.offset, frames=self.crop, dtype="float32", always_2d=True
+            )
             x = data.T  # (t, c) -> (c, t)
             level = stem_level(x, self.stem_norm)
             if level > 0.0:  # a silent stem stays zero

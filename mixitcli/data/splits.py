@@ -42,7 +42,10 @@ VALIDATION_TRACKS = (
 )
 """The standard 14-track validation split, taken out of train (docs/method.md §2.2)."""
 
-def held_out_tracks(names: list[str], count: int | None = None, *, option: str = "--valid-tracks", where: str = "ROOT/train") -> list[str]:
+
+def held_out_tracks(
+    names: list[str], count: int | None = None, *, option: str = "--valid-tracks", where: str = "ROOT/train"
+) -> list[str]:
     """The training tracks held out for validation when none of the standard ones is present.
 
     The tracks whose names have the smallest BLAKE2b hashes are taken, so the choice depends
@@ -67,8 +70,9 @@ def held_out_tracks(names: list[str], count: int | None = None, *, option: str =
     elif not 1 <= count < len(names):
         raise DataError(
             f"{option} {count}: {where} holds {len(names)} track(s); hold out between 1 and "
-            f"{len(names) - 1} so that training keeps at least one" if len(names) > 1 else
-            f"{option} {count}: {where} holds {len(names)} track(s), too few to hold any out; add tracks"
+            f"{len(names) - 1} so that training keeps at least one"
+            if len(names) > 1
+            else f"{option} {count}: {where} holds {len(names)} track(s), too few to hold any out; add tracks"
         )
     ranked = sorted(names, key=lambda n: (hashlib.blake2b(n.encode(), digest_size=8).digest(), n))
     return sorted(ranked[: max(count, 0)])

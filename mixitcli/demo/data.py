@@ -22,8 +22,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -43,12 +43,48 @@ MARKER = "demo.json"
 
 # Words of the made-up "Artist - Title" names of the MUSDB-like songs.
 _WORDS = (
-    "Amber", "Static", "Velvet", "Paper", "Neon", "Silver", "Hollow", "Crimson", "Quiet", "Electric",
-    "Northern", "Glass", "Wild", "Lunar", "Broken", "Golden", "Distant", "Midnight", "Copper", "Ivory",
+    "Amber",
+    "Static",
+    "Velvet",
+    "Paper",
+    "Neon",
+    "Silver",
+    "Hollow",
+    "Crimson",
+    "Quiet",
+    "Electric",
+    "Northern",
+    "Glass",
+    "Wild",
+    "Lunar",
+    "Broken",
+    "Golden",
+    "Distant",
+    "Midnight",
+    "Copper",
+    "Ivory",
 )
 _NOUNS = (
-    "Harbour", "Engines", "Foxes", "Orchard", "Signals", "Tides", "Lanterns", "Machines", "Rivers", "Pilots",
-    "Echoes", "Gardens", "Satellites", "Winters", "Sparrows", "Horizons", "Mirrors", "Cities", "Comets", "Roads",
+    "Harbour",
+    "Engines",
+    "Foxes",
+    "Orchard",
+    "Signals",
+    "Tides",
+    "Lanterns",
+    "Machines",
+    "Rivers",
+    "Pilots",
+    "Echoes",
+    "Gardens",
+    "Satellites",
+    "Winters",
+    "Sparrows",
+    "Horizons",
+    "Mirrors",
+    "Cities",
+    "Comets",
+    "Roads",
 )
 
 
@@ -114,7 +150,9 @@ def _check(counts: dict[str, int], seconds: tuple[str, float], valid: tuple[str,
         problems.append(f"{seconds[0]} must be a positive number of seconds, got {seconds[1]}")
     if valid is not None and not 0 <= valid[1] <= min(valid[2], len(VALIDATION_TRACKS)):
         top = min(max(valid[2], 0), len(VALIDATION_TRACKS))
-        problems.append(f"{valid[0]} must be between 0 and {top} (the train songs, at most {len(VALIDATION_TRACKS)} names), got {valid[1]}")
+        problems.append(
+            f"{valid[0]} must be between 0 and {top} (the train songs, at most {len(VALIDATION_TRACKS)} names), got {valid[1]}"
+        )
     if problems:
         raise DemoDataError(problems)
 
@@ -155,7 +193,14 @@ def make_unlabeled(
         rates[str(rate)] = rates.get(str(rate), 0) + 1
         if on_song:
             on_song(rel)
-    return {"dir": str(out_dir), "songs": n_songs, "seconds": n_songs * seconds, "files": files, "formats": formats, "sample_rates": rates}
+    return {
+        "dir": str(out_dir),
+        "songs": n_songs,
+        "seconds": n_songs * seconds,
+        "files": files,
+        "formats": formats,
+        "sample_rates": rates,
+    }
 
 
 def _track_names(seed: int, n: int, taken: set[str]) -> list[str]:
@@ -163,7 +208,11 @@ def _track_names(seed: int, n: int, taken: set[str]) -> list[str]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     names: list[str] = []
     while len(names) < n:
-        artist = f"The {rng.choice(_WORDS)} {rng.choice(_NOUNS)}" if rng.random() < 0.5 else f"{rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
+        artist = (
+            f"The {rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
+            if rng.random() < 0.5
+            else f"{rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
+        )
         name = f"{artist} - {rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
         if name not in taken:
             taken.add(name)
@@ -172,8 +221,15 @@ def _track_names(seed: int, n: int, taken: set[str]) -> list[str]:
 
 
 def make_musdb(
-    out_dir: str | Path, n_train: int, n_test: int, seconds: float, seed: int, *, n_valid: int = 3,
-    guitar: bool = False, on_song: Callable[[str], None] | None = None,
+    out_dir: str | Path,
+    n_train: int,
+    n_test: int,
+    seconds: float,
+    seed: int,
+    *,
+    n_valid: int = 3,
+    guitar: bool = False,
+    on_song: Callable[[str], None] | None = None,
 ) -> dict:
     """Write a MUSDB18-HQ-layout set: ``out_dir/{train,test}/<Artist - Title>/{mixture,vocals,drums,bass,other}.wav``
     (and ``guitar.wav`` with ``guitar``).
@@ -217,13 +273,27 @@ def make_musdb(
             if on_song:
                 on_song(f"{split}/{name}")
     tracks = {"train": splits["train"][n_valid:], "valid": splits["train"][:n_valid], "test": splits["test"]}
-    return {"root": str(out_dir), "songs": n_train + n_test, "seconds": (n_train + n_test) * seconds, "tracks": tracks,
-            "stems": list(sources[1:])}
+    return {
+        "root": str(out_dir),
+        "songs": n_train + n_test,
+        "seconds": (n_train + n_test) * seconds,
+        "tracks": tracks,
+        "stems": list(sources[1:]),
+    }
 
 
 def make_demo_data(
-    out: str | Path, *, songs: int = 40, musdb_train: int = 12, musdb_test: int = 4, musdb_valid: int | None = None,
-    seconds: float = 30.0, seed: int = 0, guitar: bool = False, overwrite: bool = False, progress: bool = True,
+    out: str | Path,
+    *,
+    songs: int = 40,
+    musdb_train: int = 12,
+    musdb_test: int = 4,
+    musdb_valid: int | None = None,
+    seconds: float = 30.0,
+    seed: int = 0,
+    guitar: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Write both demo datasets: ``out/unlabeled/`` (:func:`make_unlabeled`) and ``out/musdb/`` (:func:`make_musdb`).
 
@@ -258,16 +328,27 @@ def make_demo_data(
         problems += e.problems
     existing = [p for p in targets if p.is_dir() and any(p.iterdir())]
     if existing and not overwrite:
-        problems.append(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another OUT")
+        problems.append(
+            f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another OUT"
+        )
     elif existing and not (out / MARKER).is_file():
-        problems.append(f"{', '.join(map(str, existing))} exist(s) but {out / MARKER} does not: not made by make-demo-data, so not replaced")
+        problems.append(
+            f"{', '.join(map(str, existing))} exist(s) but {out / MARKER} does not: not made by make-demo-data, so not replaced"
+        )
     if problems:
         raise DemoDataError(problems)
     for p in existing:
         shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"songs": songs, "musdb_train": musdb_train, "musdb_test": musdb_test, "musdb_valid": musdb_valid, "seconds": seconds, "seed": seed,
-               "guitar": guitar}
+    options = {
+        "songs": songs,
+        "musdb_train": musdb_train,
+        "musdb_test": musdb_test,
+        "musdb_valid": musdb_valid,
+        "seconds": seconds,
+        "seed": seed,
+        "guitar": guitar,
+    }
     atomic_write_text(out / MARKER, json.dumps({"complete": False, "options": options}, indent=2))
     began = time.perf_counter()
     with Progress(enabled=progress) as display:
@@ -277,11 +358,19 @@ def make_demo_data(
             bar.advance(info=label)
 
         unlabeled = make_unlabeled(targets[0], songs, seconds, seed, on_song=advance)
-        musdb = make_musdb(targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, guitar=guitar, on_song=advance)
+        musdb = make_musdb(
+            targets[1], musdb_train, musdb_test, seconds, seed, n_valid=musdb_valid, guitar=guitar, on_song=advance
+        )
         bar.update(info="")  # the final line counts the songs; it names none
     summary = {
-        "complete": True, "options": options, "out": str(out), "seed": seed, "seconds_per_song": seconds,
-        "unlabeled": unlabeled, "musdb": musdb, "elapsed_s": round(time.perf_counter() - began, 2),
+        "complete": True,
+        "options": options,
+        "out": str(out),
+        "seed": seed,
+        "seconds_per_song": seconds,
+        "unlabeled": unlabeled,
+        "musdb": musdb,
+        "elapsed_s": round(time.perf_counter() - began, 2),
     }
     atomic_write_text(out / MARKER, json.dumps(summary, indent=2))
     return summary

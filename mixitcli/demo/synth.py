@@ -56,11 +56,23 @@ _SCALES = {
     "dorian": (0, 2, 3, 5, 7, 9, 10),
     "mixolydian": (0, 2, 4, 5, 7, 9, 10),
 }
-_PROGRESSIONS = ((0, 5, 3, 4), (0, 4, 5, 3), (5, 3, 0, 4), (0, 3, 4, 3), (0, 5, 1, 4), (0, 6, 5, 4), (0, 3, 0, 4), (3, 4, 0, 0))
+_PROGRESSIONS = (
+    (0, 5, 3, 4),
+    (0, 4, 5, 3),
+    (5, 3, 0, 4),
+    (0, 3, 4, 3),
+    (0, 5, 1, 4),
+    (0, 6, 5, 4),
+    (0, 3, 0, 4),
+    (3, 4, 0, 0),
+)
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _VOWELS = {  # formant frequencies F1, F2, F3 in Hz (an adult male voice; scaled per song)
-    "a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (270, 2290, 3010),
-    "o": (570, 840, 2410), "u": (300, 870, 2240),
+    "a": (730, 1090, 2440),
+    "e": (530, 1840, 2480),
+    "i": (270, 2290, 3010),
+    "o": (570, 840, 2410),
+    "u": (300, 870, 2240),
 }
 _GROOVES = {  # 16 steps per bar: kick, snare, closed hat, open hat
     "rock": ((0, 8, 10), (4, 12), tuple(range(0, 16, 2)), ()),
@@ -249,16 +261,35 @@ def _plan(rng: np.random.Generator, seconds: float, sr: int) -> tuple[_Plan, flo
     hats_intro, bass_break = rng.random() < 0.5, rng.random() < 0.5
     sections, step_section = [], np.zeros(n_steps, np.int64)
     for i, (kind, (first, last)) in enumerate(zip(kinds, bounds)):
-        stems = SECTION_STEMS[kind] + (("drums",) if kind == "intro" and hats_intro else ()) + (("bass",) if kind == "break" and bass_break else ())
-        sections.append(Section(kind, min(n, int(round(first * step))), min(n, int(round(last * step))), tuple(s for s in STEMS if s in stems)))
+        stems = (
+            SECTION_STEMS[kind]
+            + (("drums",) if kind == "intro" and hats_intro else ())
+            + (("bass",) if kind == "break" and bass_break else ())
+        )
+        sections.append(
+            Section(
+                kind,
+                min(n, int(round(first * step))),
+                min(n, int(round(last * step))),
+                tuple(s for s in STEMS if s in stems),
+            )
+        )
         step_section[first:last] = i
     mode = str(rng.choice(list(_SCALES)))
     root = int(rng.integers(12))
     picks = rng.choice(len(_PROGRESSIONS), 2, replace=False)
     plan = _Plan(
-        sr=sr, n=n, step=step, n_steps=n_steps, root=root, scale=_SCALES[mode],
+        sr=sr,
+        n=n,
+        step=step,
+        n_steps=n_steps,
+        root=root,
+        scale=_SCALES[mode],
         progressions={"verse": _PROGRESSIONS[picks[0]], "chorus": _PROGRESSIONS[picks[1]]},
-        chord_steps=int(rng.choice([8, 16, 16, 32])), step_section=step_section, sections=sections, bounds=bounds,
+        chord_steps=int(rng.choice([8, 16, 16, 32])),
+        step_section=step_section,
+        sections=sections,
+        bounds=bounds,
     )
     return plan, tempo, f"{_NOTE_NAMES[root]} {mode}"
 
@@ -277,10 +308,20 @@ def _drums(rng: np.random.Generator, p: _Plan) -> np.ndarray:
     t_snare = t[: int(0.3 * sr)]
     snare_tone = np.sin(2 * np.pi * rng.uniform(160, 230) * t_snare) * np.exp(-t_snare / 0.05)
     snare_noise = rng.uniform(0.5, 1.2)
-    snare = [snare_tone + snare_noise * _shaped_noise(rng, len(t_snare), sr, 900, 7000) * np.exp(-t_snare / rng.uniform(0.06, 0.14)) * 0.4 for _ in range(3)]
+    snare = [
+        snare_tone
+        + snare_noise
+        * _shaped_noise(rng, len(t_snare), sr, 900, 7000)
+        * np.exp(-t_snare / rng.uniform(0.06, 0.14))
+        * 0.4
+        for _ in range(3)
+    ]
     hat_decay = rng.uniform(0.02, 0.05)
     hat_lo = rng.uniform(5000, 8000)
-    hats = [0.25 * _shaped_noise(rng, int(0.15 * sr), sr, hat_lo, 16000) * np.exp(-t[: int(0.15 * sr)] / hat_decay) for _ in range(3)]
+    hats = [
+        0.25 * _shaped_noise(rng, int(0.15 * sr), sr, hat_lo, 16000) * np.exp(-t[: int(0.15 * sr)] / hat_decay)
+        for _ in range(3)
+    ]
     t_open = np.arange(int(0.5 * sr)) / sr
     open_hat = 0.2 * _shaped_noise(rng, len(t_open), sr, hat_lo, 16000) * np.exp(-t_open / 0.18)
     t_crash = np.arange(int(1.8 * sr)) / sr
@@ -336,7 +377,9 @@ def _bass(rng: np.random.Generator, p: _Plan) -> np.ndarray:
         n_gate, n_rel = int(length * p.step * gate), int(0.02 * sr)
         phase = f0 * np.arange(n_gate + n_rel) / sr + rng.random()
         mix = np.exp(-np.arange(n_gate + n_rel) / (pluck * sr))  # bright -> dark: a low-pass sweeping down
-        tone = mix * _osc(_wavetable(base * np.exp(-k / bright)), phase) + (1 - mix) * _osc(_wavetable(base * np.exp(-k / dark)), phase)
+        tone = mix * _osc(_wavetable(base * np.exp(-k / bright)), phase) + (1 - mix) * _osc(
+            _wavetable(base * np.exp(-k / dark)), phase
+        )
         tone += 0.5 * np.sin(2 * np.pi * phase)  # sub
         _add(out, p.at(s), tone * _envelope(n_gate, n_rel, sr, 0.004, 0.3, 0.7) * rng.uniform(0.8, 1.0))
     return _pan(out, rng.uniform(-0.1, 0.1))
@@ -373,7 +416,9 @@ def _melody(rng: np.random.Generator, p: _Plan) -> list[tuple[int, int, int]]:
         for bar in range(first // 16, math.ceil(last / 16)):
             if bar % 4 == 3 and last - first > 16 and rng.random() < 0.35:
                 continue  # breathe between phrases
-            sung += [(bar * 16 + pos, length) for pos, length in motifs[form[bar % 4]] if first <= bar * 16 + pos < last]
+            sung += [
+                (bar * 16 + pos, length) for pos, length in motifs[form[bar % 4]] if first <= bar * 16 + pos < last
+            ]
         if not sung:  # a short section that the motifs miss: one long note
             sung = [(first, 8)]
         for s, length in sung:
@@ -428,7 +473,9 @@ def _vocals(rng: np.random.Generator, p: _Plan) -> np.ndarray:
     return stereo
 
 
-def _chord_tone(rng: np.random.Generator, p: _Plan, midi: float, n_gate: int, n_rel: int, brightness: float) -> np.ndarray:
+def _chord_tone(
+    rng: np.random.Generator, p: _Plan, midi: float, n_gate: int, n_rel: int, brightness: float
+) -> np.ndarray:
     k = _harmonics(_hz(midi), p.sr, 30)
     phase = _hz(midi) * np.arange(n_gate + n_rel) / p.sr + rng.random()
     return _osc(_wavetable(np.exp(-k / brightness) / k), phase)
@@ -489,7 +536,9 @@ def _pluck(rng: np.random.Generator, f0: float, n_gate: int, sr: int, brightness
     decay = 2.5 + (k / brightness) ** 2  # per second
     freq = k * f0 * np.sqrt(1 + 2e-4 * k**2)
     phase = rng.random(len(k))
-    partials = np.sin(2 * np.pi * (freq[:, None] * t[None] + phase[:, None])) * np.exp(-decay[:, None] * t[None])  # (H, n)
+    partials = np.sin(2 * np.pi * (freq[:, None] * t[None] + phase[:, None])) * np.exp(
+        -decay[:, None] * t[None]
+    )  # (H, n)
     note = (amps[:, None] * partials).sum(axis=0)
     attack = int(0.002 * sr)
     note[:attack] += 0.3 * rng.standard_normal(attack) * np.linspace(1, 0, attack)
@@ -520,7 +569,9 @@ def _room(rng: np.random.Generator, sr: int) -> np.ndarray:
     """A stereo noise reverb: decorrelated channels, -60 dB at its end (so tails end); (2, r)."""
     t60, predelay = rng.uniform(0.4, 1.2), int(rng.uniform(0.005, 0.025) * sr)
     t = np.arange(int(t60 * sr)) / sr
-    tail = np.stack([_shaped_noise(rng, len(t), sr, 200, rng.uniform(3000, 8000)) for _ in range(2)]) * 10 ** (-3 * t / t60)
+    tail = np.stack([_shaped_noise(rng, len(t), sr, 200, rng.uniform(3000, 8000)) for _ in range(2)]) * 10 ** (
+        -3 * t / t60
+    )
     ir = np.concatenate([np.zeros((2, predelay)), tail], axis=1)
     return ir / np.sqrt(np.sum(ir**2, axis=1, keepdims=True))
 
@@ -549,7 +600,9 @@ def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE, *
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x50_4E_47]))
     plan, tempo, key = _plan(rng, seconds, sample_rate)
     if guitar:
-        sections = [dataclasses.replace(x, stems=x.stems + (GUITAR,)) if x.kind in GUITAR_SECTIONS else x for x in plan.sections]
+        sections = [
+            dataclasses.replace(x, stems=x.stems + (GUITAR,)) if x.kind in GUITAR_SECTIONS else x for x in plan.sections
+        ]
         plan = dataclasses.replace(plan, sections=sections)
     # One generator per instrument, so that changing one instrument keeps the others.
     *instrument_rngs, mix_rng = rng.spawn(len(STEMS) + 1)
@@ -561,7 +614,11 @@ def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE, *
         "other": _other(gens["other"], plan),
     }
     reverb = _Reverb(_room(mix_rng, sample_rate), plan.n)
-    sends = {"vocals": mix_rng.uniform(0.1, 0.35), "other": mix_rng.uniform(0.15, 0.4), "drums": mix_rng.uniform(0.03, 0.12)}
+    sends = {
+        "vocals": mix_rng.uniform(0.1, 0.35),
+        "other": mix_rng.uniform(0.15, 0.4),
+        "drums": mix_rng.uniform(0.03, 0.12),
+    }
     levels_db = {"vocals": 0.0, "drums": -1.0, "bass": -3.0, "other": -4.0}
     stems = {}
     for name in STEMS:
@@ -582,5 +639,8 @@ def synthesize_song(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE, *
     gain *= min(1.0, 0.95 / peak)
     return Song(
         stems={n: (x * gain).astype(np.float32) for n, x in stems.items()},
-        sample_rate=sample_rate, tempo_bpm=tempo, key=key, sections=plan.sections,
+        sample_rate=sample_rate,
+        tempo_bpm=tempo,
+        key=key,
+        sections=plan.sections,
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from mixitcli.model.bslocoformer import BSLocoformer
+from mixitcli.model.checkpoints import CheckpointError, average_run, newest_good_hint, verify_checksum
 from mixitcli.model.config import PRESETS, ModelConfig, default_stems
 from mixitcli.model.config import preset as preset_config
-from mixitcli.model.checkpoints import CheckpointError, average_run, newest_good_hint, verify_checksum
 from mixitcli.model.official import OfficialCheckpointError, find_official, load_official
 from mixitcli.model.serialize import FORMAT, ModelLoadError, model_from_dict, model_to_dict
 
@@ -97,7 +97,9 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> BSLocoformer:
         raise ModelLoadError(f"{path}: {e}.{newest_good_hint(path)}") from e
 
 
-def slice_outputs(model: BSLocoformer, keep: list[int] | tuple[int, ...], *, stems: tuple[str, ...] | None = None) -> BSLocoformer:
+def slice_outputs(
+    model: BSLocoformer, keep: list[int] | tuple[int, ...], *, stems: tuple[str, ...] | None = None
+) -> BSLocoformer:
     """A copy of ``model`` that computes only the outputs ``keep`` (in that order).
 
     The last decoder layer of every band holds one block of rows per output (in the
@@ -116,7 +118,9 @@ def slice_outputs(model: BSLocoformer, keep: list[int] | tuple[int, ...], *, ste
     n = model.config.n_outputs
     keep = [int(i) for i in keep]
     if not keep or any(not 0 <= i < n for i in keep) or len(set(keep)) != len(keep):
-        raise ValueError(f"cannot keep outputs {keep} of a model with {n} outputs (need distinct indices in 0..{n - 1})")
+        raise ValueError(
+            f"cannot keep outputs {keep} of a model with {n} outputs (need distinct indices in 0..{n - 1})"
+        )
     config = model.config.replace(n_outputs=len(keep))
     new = BSLocoformer(config, stems=stems if stems is not None else default_stems(len(keep)))
     state = model.state_dict()

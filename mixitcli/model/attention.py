@@ -91,8 +91,9 @@ def _chunks(n: int, s: int, elements: int) -> list[tuple[int, int, int, int]]:
     return [(a, a + 1, r, min(r + rows, s)) for a in range(n) for r in range(0, s, rows)]
 
 
-def _buffers(like: torch.Tensor, chunks: list[tuple[int, int, int, int]], s: int, count: int,
-             dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+def _buffers(
+    like: torch.Tensor, chunks: list[tuple[int, int, int, int]], s: int, count: int, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
     """``count`` flat buffers, each large enough for the scores of the largest chunk, reused by every chunk."""
     size = max((b - a) * (r1 - r0) for a, b, r0, r1 in chunks) * s
     return [like.new_empty(size, dtype=dtype) for _ in range(count)]
@@ -253,5 +254,10 @@ class _DropoutAttention(torch.autograd.Function):
             dscores.mul_(weights).addcmul_(probs, rowdot[seqs, rows], value=-1.0)  # dS
             mm.times(dscores, kk[seqs], out=mm.rows(dq, seqs, rows))
             mm.add_transposed_times(dscores, mm.rows(qs, seqs, rows), out=dk[seqs])
-        return (_unoperand(dq, scale, out.shape, mm.narrow), _unoperand(dk, 1.0, out.shape, mm.narrow),
-                _unoperand(dv, r, out.shape, mm.narrow), None, None)
+        return (
+            _unoperand(dq, scale, out.shape, mm.narrow),
+            _unoperand(dk, 1.0, out.shape, mm.narrow),
+            _unoperand(dv, r, out.shape, mm.narrow),
+            None,
+            None,
+        )

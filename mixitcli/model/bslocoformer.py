@@ -273,7 +273,9 @@ class MaskDecoder(nn.Module):
             bias = torch.baddbmm(b2.unsqueeze(-1), w2, inner).squeeze(-1)  # (k, 4d)
         return weight, bias
 
-    def forward(self, x: torch.Tensor, spec: torch.Tensor, *, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, spec: torch.Tensor, *, affine: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Masked spectra: the masks computed from ``x`` times the mixture spectrum ``spec``.
 
         Args:
@@ -346,8 +348,13 @@ class BSLocoformer(nn.Module):
         cfg = self.config
         with torch.autocast(wav.device.type, enabled=False):
             spec = torch.stft(
-                wav.float().reshape(b * c, t), cfg.n_fft, cfg.hop_length, window=self.window,
-                center=True, pad_mode="reflect", return_complex=True,
+                wav.float().reshape(b * c, t),
+                cfg.n_fft,
+                cfg.hop_length,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
             )  # (b*c, f, t//hop + 1)
             spec = spec.view(b, c, *spec.shape[-2:])
             power = spec.real.square() + spec.imag.square()
@@ -367,8 +374,12 @@ class BSLocoformer(nn.Module):
         cfg = self.config
         with torch.autocast(spec.device.type, enabled=False):
             wav = torch.istft(
-                spec.reshape(b * n * c, f, l), cfg.n_fft, cfg.hop_length, window=self.window,
-                center=True, length=length,
+                spec.reshape(b * n * c, f, l),
+                cfg.n_fft,
+                cfg.hop_length,
+                window=self.window,
+                center=True,
+                length=length,
             )
         return wav.view(b, n, c, length)
 
@@ -403,6 +414,8 @@ class BSLocoformer(nn.Module):
                 f"expected a waveform shaped (batch, {self.config.n_channels} channels, samples), got {tuple(wav.shape)}"
             )
         if wav.shape[-1] < self.min_samples:
-            raise ValueError(f"input of {wav.shape[-1]} samples is too short; the model needs at least {self.min_samples}")
+            raise ValueError(
+                f"input of {wav.shape[-1]} samples is too short; the model needs at least {self.min_samples}"
+            )
         spec = self.masked(*self.analyse(wav))
         return spec if spectrum else self.synthesise(spec, wav.shape[-1])

@@ -141,7 +141,9 @@ def _read(path: str | Path, *, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"{path}: no such checkpoint")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it never finished (a full disk or a crash)")
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): the save that wrote it never finished (a full disk or a crash)"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -200,14 +202,20 @@ def average_checkpoints(paths: list[Path], *, map_location: str = "cpu") -> BSLo
             raise CheckpointError(f"{e}{_leave_out(path, paths)}") from e
         if reference is None:
             reference = model_dict
-            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in model_dict["state_dict"].items()}
+            total = {
+                k: v.double().clone() if v.is_floating_point() else v.clone()
+                for k, v in model_dict["state_dict"].items()
+            }
             continue
         if model_dict["model_config"] != reference["model_config"]:
             raise CheckpointError(f"{path}: a different architecture from {paths[0]}; cannot average")
         for k, v in model_dict["state_dict"].items():
             if v.is_floating_point():
                 total[k] += v.double()
-    averaged = {k: (v / len(paths)).to(reference["state_dict"][k].dtype) if v.is_floating_point() else v for k, v in total.items()}
+    averaged = {
+        k: (v / len(paths)).to(reference["state_dict"][k].dtype) if v.is_floating_point() else v
+        for k, v in total.items()
+    }
     try:
         return model_from_dict(dict(reference, state_dict=averaged))
     except ModelLoadError as e:
@@ -224,5 +232,7 @@ def _leave_out(bad: Path, paths: list[Path]) -> str:
     """How to average without a bad checkpoint of a run: move it away (the index skips missing files)."""
     if len(paths) < 2 or bad.name == "last.pt":
         return ""
-    return (f"\nTo average the other {len(paths) - 1} checkpoint(s), move it away and run the same command again: "
-            f"mv {bad} {bad}.damaged")
+    return (
+        f"\nTo average the other {len(paths) - 1} checkpoint(s), move it away and run the same command again: "
+        f"mv {bad} {bad}.damaged"
+    )

@@ -73,14 +73,14 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
         return cls(**d)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -109,4 +109,3 @@ def default_stems(n_outputs: int) -> tuple[str, ...]:
     if n_outputs == len(STEMS):
         return STEMS
     return tuple(f"out{i}" for i in range(n_outputs))
-

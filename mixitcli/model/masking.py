@@ -98,7 +98,9 @@ class MaskedSpectrum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, spec: torch.Tensor, n_channels: int, keep: bool, *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, spec: torch.Tensor, n_channels: int, keep: bool, *params: torch.Tensor
+    ) -> torch.Tensor:
         b, c, f, l = spec.shape
         n, dtype, real = params[0].shape[0], hidden.dtype, spec.real.dtype
         with torch.autocast(hidden.device.type, enabled=False):
@@ -166,7 +168,8 @@ class MaskedSpectrum(torch.autograd.Function):
                 grads += [
                     _deinterleave((dz2.T @ h).view_as(weight), c, w, param_dtype) if need_params[2 * i] else None,
                     _deinterleave(dz2.sum(0, dtype=param_dtype).view(n, -1), c, w, param_dtype)
-                    if need_params[2 * i + 1] else None,
+                    if need_params[2 * i + 1]
+                    else None,
                 ]
         return grad_hidden, grad_spec, None, None, *grads
 
@@ -196,8 +199,9 @@ def stacked_last_layers(weights, biases) -> list[tuple[torch.Tensor, torch.Tenso
     return [(torch.stack(weights[a : a + g]), torch.stack(biases[a : a + g])) for a, g in runs]
 
 
-def masked_planes(hidden: torch.Tensor, re: torch.Tensor, im: torch.Tensor, layers, *,
-                  n_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_planes(
+    hidden: torch.Tensor, re: torch.Tensor, im: torch.Tensor, layers, *, n_channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`masked_spectrum` composed from standard operators on real planes, for exporters.
 
     The same function (values equal to float rounding), written without the autograd Function,
@@ -219,7 +223,9 @@ def masked_planes(hidden: torch.Tensor, re: torch.Tensor, im: torch.Tensor, laye
     out_re, out_im, band, start = [], [], 0, 0
     for weight, bias in layers:  # (g, n, 4cw, D), (g, n, 4cw)
         g, w = weight.shape[0], weight.shape[2] // (4 * n_channels)
-        y = torch.matmul(hidden[band : band + g].unsqueeze(1), weight.transpose(-1, -2)) + bias.unsqueeze(2)  # (g, n, b*l, 4cw)
+        y = torch.matmul(hidden[band : band + g].unsqueeze(1), weight.transpose(-1, -2)) + bias.unsqueeze(
+            2
+        )  # (g, n, b*l, 4cw)
         mask = torch.nn.functional.glu(y, dim=-1).reshape(g, -1, b, l, 2, c, w)  # (g, n, b, l, r, c, w)
         mask = mask.permute(4, 2, 1, 5, 0, 6, 3).reshape(2, b, -1, c, g * w, l)  # (r, b, n, c, g*w, l)
         bins = slice(start, start + g * w)

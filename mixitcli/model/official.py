@@ -139,7 +139,9 @@ def _resolve(value, top: dict):
         m = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value.strip())
         if m:
             if m.group(1) not in top:
-                raise OfficialCheckpointError(f"merged_config.yaml refers to ${{{m.group(1)}}}, which it does not define")
+                raise OfficialCheckpointError(
+                    f"merged_config.yaml refers to ${{{m.group(1)}}}, which it does not define"
+                )
             return _resolve(top[m.group(1)], top)
         return value
     if isinstance(value, list):

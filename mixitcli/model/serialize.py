@@ -63,8 +63,10 @@ def first_nonfinite(state: dict) -> tuple[str, int, int] | None:
 
 def nonfinite_message(name: str, bad: int, size: int, *, fix: str = "use an earlier checkpoint of its run") -> str:
     """What :func:`first_nonfinite` found, and ``fix``."""
-    return (f"weight {name} holds {bad} non-finite value(s) (NaN or infinity) of {size}: a model with them "
-            f"separates nothing but noise or silence, so it is refused; {fix}")
+    return (
+        f"weight {name} holds {bad} non-finite value(s) (NaN or infinity) of {size}: a model with them "
+        f"separates nothing but noise or silence, so it is refused; {fix}"
+    )
 
 
 def fit_problem(model: BSLocoformer, state: dict) -> str | None:
@@ -78,11 +80,15 @@ def fit_problem(model: BSLocoformer, state: dict) -> str | None:
     reshaped = [f"{k} {given[k]} for {expected[k]}" for k in expected if k in given and given[k] != expected[k]]
     if not (missing or unexpected or reshaped):
         return None
-    parts = [f"{len(names)} {what} ({_few(names)})" for names, what in
-             ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if names]
+    parts = [
+        f"{len(names)} {what} ({_few(names)})"
+        for names, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+        if names
+    ]
     cause = _likely_cause(model.config, state)
-    return (f"the weights do not fit the model configuration saved with them: {'; '.join(parts)}"
-            + (f". Likely cause: {cause}" if cause else ""))
+    return f"the weights do not fit the model configuration saved with them: {'; '.join(parts)}" + (
+        f". Likely cause: {cause}" if cause else ""
+    )
 
 
 def _few(names: list[str], n: int = 3) -> str:
@@ -107,7 +113,10 @@ def _likely_cause(config: ModelConfig, state: dict) -> str:
         return ""
 
     def said(which: int) -> str:
-        return ", ".join(f"{sizes[which]} outputs" if name == "outputs" else f"{name} {sizes[which]}" for name, sizes in differ.items())
+        return ", ".join(
+            f"{sizes[which]} outputs" if name == "outputs" else f"{name} {sizes[which]}"
+            for name, sizes in differ.items()
+        )
 
     if list(differ) == ["outputs"]:
         kind = "another number of outputs"

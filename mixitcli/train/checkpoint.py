@@ -39,6 +39,7 @@ from mixitcli.storage import (  # atomic_write_text: config.yaml, best.json
     describe_os_error,
 )
 
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -79,7 +80,9 @@ def load_last(run: str | Path, *, stage: str, map_location: str = "cpu") -> dict
     except CheckpointError as e:
         found = newest_readable_best(run)
         if found is None:
-            raise CheckpointError(f"{e}. No readable best-*.pt beside it either: start the run again in a new --out.") from e
+            raise CheckpointError(
+                f"{e}. No readable best-*.pt beside it either: start the run again in a new --out."
+            ) from e
         path, ckpt = found
         raise CheckpointError(
             f"{e}.\nThe newest readable checkpoint is {path} (step {ckpt['step']}, epoch {ckpt['epoch']}); it holds the "
@@ -148,7 +151,9 @@ class CheckpointManager:
             ranked = sorted(self.best + [entry], key=lambda e: e["valid_loss"])  # best first
             self.best, evicted = ranked[: self.keep_best], ranked[self.keep_best :]
             written = self.dir / name
-            atomic_save(with_checksum(dict(state, best=self.best, optimizer=None, scheduler=None)), written)  # weights only: for averaging
+            atomic_save(
+                with_checksum(dict(state, best=self.best, optimizer=None, scheduler=None)), written
+            )  # weights only: for averaging
             atomic_write_text(self.dir / "best.json", json.dumps(self.best, indent=2))
             for old in evicted:
                 (self.dir / old["path"]).unlink(missing_ok=True)

@@ -34,7 +34,9 @@ from mixitcli.train.options import (
 )
 
 Stage = Literal["pretrain", "finetune", "freeze-finetune"]
-Size = Literal["tiny", "small", "medium", "large"]  # the presets of mixitcli.model.config.PRESETS (a test keeps them equal)
+Size = Literal[
+    "tiny", "small", "medium", "large"
+]  # the presets of mixitcli.model.config.PRESETS (a test keeps them equal)
 
 
 class ConfigError(Exception):
@@ -47,82 +49,177 @@ class TrainConfig:
 
     stage: Stage = option("pretrain", "The training stage (set by the command).", group=DATA, cli=False)
     # -- data and model
-    data: str = option("", "Prepared data folder: prepare-fma output for pretrain, prepare-musdb output for fine-tuning.",
-                       group=DATA, required=True, resume=True, metavar="DIR")
-    out: str = option("", "Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).",
-                      group=DATA, required=True, resume=True, metavar="RUN")
+    data: str = option(
+        "",
+        "Prepared data folder: prepare-fma output for pretrain, prepare-musdb output for fine-tuning.",
+        group=DATA,
+        required=True,
+        resume=True,
+        metavar="DIR",
+    )
+    out: str = option(
+        "",
+        "Run folder: config.yaml, metrics.jsonl, checkpoints/ (last.pt and the best ones).",
+        group=DATA,
+        required=True,
+        resume=True,
+        metavar="RUN",
+    )
     size: Size | None = option(None, "Model preset (default medium, or that of --init).", group=DATA)
-    init: str | None = option(None, "Start from these weights: a mixit checkpoint or run folder (averaged best), an "
-                              "official model folder, or the name of a published model (`mixit models`; e.g. "
-                              "mixit.fma-large.bslocoformer-medium.12outputs). Pretrain: continue pre-training from them.",
-                              group=DATA, metavar="PATH")
-    selection: str | None = option(None, "select-channels JSON that picks the outputs of --init for the stems of --data "
-                                   "(e.g. 4 of the 12 MixIT outputs).", group=DATA, metavar="JSON")
-    stems: tuple[str, ...] | None = option(None, "The fine-tuned model's stems in output order: those of --data (its "
-                                           "summary.json), recorded when the run starts.", group=DATA, cli=False,
-                                           stages=("finetune", "freeze-finetune"))
-    trainable: Literal["all", "encdec"] = option("all", "What trains: all, or encdec (the separator stays frozen).", group=DATA)
+    init: str | None = option(
+        None,
+        "Start from these weights: a mixit checkpoint or run folder (averaged best), an "
+        "official model folder, or the name of a published model (`mixit models`; e.g. "
+        "mixit.fma-large.bslocoformer-medium.12outputs). Pretrain: continue pre-training from them.",
+        group=DATA,
+        metavar="PATH",
+    )
+    selection: str | None = option(
+        None,
+        "select-channels JSON that picks the outputs of --init for the stems of --data "
+        "(e.g. 4 of the 12 MixIT outputs).",
+        group=DATA,
+        metavar="JSON",
+    )
+    stems: tuple[str, ...] | None = option(
+        None,
+        "The fine-tuned model's stems in output order: those of --data (its "
+        "summary.json), recorded when the run starts.",
+        group=DATA,
+        cli=False,
+        stages=("finetune", "freeze-finetune"),
+    )
+    trainable: Literal["all", "encdec"] = option(
+        "all", "What trains: all, or encdec (the separator stays frozen).", group=DATA
+    )
     dropout: float = option(0.1, "Dropout of the model (docs/method.md §3).", group=DATA, at_least=0, below=1)
     # -- objective
-    loss: Literal["mixit", "supervised"] = option("mixit", "MixIT (pre-training) or supervised with inactive sources "
-                                                  "(fine-tuning); set by the stage.", group=OBJECTIVE, cli=False)
+    loss: Literal["mixit", "supervised"] = option(
+        "mixit",
+        "MixIT (pre-training) or supervised with inactive sources (fine-tuning); set by the stage.",
+        group=OBJECTIVE,
+        cli=False,
+    )
     mixit_solver: Literal["efficient", "exact"] = option(
-        "efficient", "MixIT assignment: efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).",
-        group=OBJECTIVE, stages=("pretrain",))
+        "efficient",
+        "MixIT assignment: efficient (least squares + argmax, the paper's) or exact (all 4096 assignments).",
+        group=OBJECTIVE,
+        stages=("pretrain",),
+    )
     level_range_db: tuple[float, float] = option(
-        (-5.0, 5.0), "Level difference of the two mixtures of a mixture of mixtures, in dB (low high).",
-        group=OBJECTIVE, stages=("pretrain",), metavar="LOW HIGH")
+        (-5.0, 5.0),
+        "Level difference of the two mixtures of a mixture of mixtures, in dB (low high).",
+        group=OBJECTIVE,
+        stages=("pretrain",),
+        metavar="LOW HIGH",
+    )
     stem_norm: Literal["rms", "mean_abs"] = option(
-        "rms", "How dynamic mixing levels each stem before its random gain: rms (the paper) or mean_abs (the "
+        "rms",
+        "How dynamic mixing levels each stem before its random gain: rms (the paper) or mean_abs (the "
         "authors' code, which trained the published models; sparse stems come out 2-4 dB louder). docs/method.md §2.2.",
-        group=OBJECTIVE, stages=("finetune", "freeze-finetune"))
+        group=OBJECTIVE,
+        stages=("finetune", "freeze-finetune"),
+    )
     # -- batches and length
-    batch_size: int = option(128, "Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).",
-                             group=BATCHES, at_least=1)
-    grad_accum: int = option(1, "Gradient accumulation: micro-batches per step on each device (the global batch stays "
-                             "--batch-size; a resumed run may change it to fit in memory).", group=BATCHES, at_least=1,
-                             resume=True)
-    segment_seconds: float = option(6.0, "Length of the training crops in seconds (paper: 6).", group=BATCHES, above=0.1)
+    batch_size: int = option(
+        128,
+        "Global batch per optimizer step over all devices (pretrain: mixtures of mixtures).",
+        group=BATCHES,
+        at_least=1,
+    )
+    grad_accum: int = option(
+        1,
+        "Gradient accumulation: micro-batches per step on each device (the global batch stays "
+        "--batch-size; a resumed run may change it to fit in memory).",
+        group=BATCHES,
+        at_least=1,
+        resume=True,
+    )
+    segment_seconds: float = option(
+        6.0, "Length of the training crops in seconds (paper: 6).", group=BATCHES, above=0.1
+    )
     epochs: int = option(150, "Number of epochs.", group=BATCHES, at_least=1, resume=True)
-    steps_per_epoch: int = option(1000, "Optimizer steps per epoch (the schedule and validation count in epochs).",
-                                  group=BATCHES, at_least=1)
-    max_steps: int | None = option(None, "Stop after this many optimizer steps (default: epochs x steps per epoch).",
-                                   group=BATCHES, at_least=1, resume=True)
+    steps_per_epoch: int = option(
+        1000, "Optimizer steps per epoch (the schedule and validation count in epochs).", group=BATCHES, at_least=1
+    )
+    max_steps: int | None = option(
+        None,
+        "Stop after this many optimizer steps (default: epochs x steps per epoch).",
+        group=BATCHES,
+        at_least=1,
+        resume=True,
+    )
     # -- optimizer and schedule (AdamW; linear warm-up, then a factor every few epochs)
     lr: float = option(1e-3, "Peak learning rate (paper: 1e-3 small/medium, 5e-4 large).", group=OPTIMIZER, above=0)
     weight_decay: float = option(1e-2, "AdamW weight decay.", group=OPTIMIZER, at_least=0)
-    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas: decay rates of the moment estimates, each in [0, 1).",
-                                        group=OPTIMIZER, metavar="B1 B2", at_least=0, below=1)
+    betas: tuple[float, float] = option(
+        (0.9, 0.999),
+        "AdamW betas: decay rates of the moment estimates, each in [0, 1).",
+        group=OPTIMIZER,
+        metavar="B1 B2",
+        at_least=0,
+        below=1,
+    )
     clip_norm: float = option(5.0, "Gradients are clipped to this global norm.", group=OPTIMIZER, above=0)
     warmup_steps: int = option(5000, "Linear warm-up steps.", group=OPTIMIZER, at_least=0)
-    decay_start_epoch: int = option(0, "First epoch of the decay (0: from step warmup_steps + 1, as the authors' pre-training).",
-                                    group=OPTIMIZER, at_least=0)
-    decay_every_epochs: int = option(1, "The learning rate is multiplied by --decay-factor every so many epochs.",
-                                     group=OPTIMIZER, at_least=1)
+    decay_start_epoch: int = option(
+        0,
+        "First epoch of the decay (0: from step warmup_steps + 1, as the authors' pre-training).",
+        group=OPTIMIZER,
+        at_least=0,
+    )
+    decay_every_epochs: int = option(
+        1, "The learning rate is multiplied by --decay-factor every so many epochs.", group=OPTIMIZER, at_least=1
+    )
     decay_factor: float = option(0.965, "Factor of each decay.", group=OPTIMIZER, above=0, at_most=1)
-    decay_stop_epoch: int | None = option(None, "The learning rate stays constant after this epoch (none: never).",
-                                          group=OPTIMIZER, at_least=0)
+    decay_stop_epoch: int | None = option(
+        None, "The learning rate stays constant after this epoch (none: never).", group=OPTIMIZER, at_least=0
+    )
     # -- validation and checkpoints
-    valid_every_epochs: int = option(2, "Validate (and rank checkpoints) every N epochs; the last step is always validated.",
-                                     group=VALIDATION, at_least=1, resume=True, aliases=("--valid-every",))
-    valid_size: int = option(256, "Held-out mixtures of mixtures per validation.", group=VALIDATION, at_least=1,
-                             stages=("pretrain",))
+    valid_every_epochs: int = option(
+        2,
+        "Validate (and rank checkpoints) every N epochs; the last step is always validated.",
+        group=VALIDATION,
+        at_least=1,
+        resume=True,
+        aliases=("--valid-every",),
+    )
+    valid_size: int = option(
+        256, "Held-out mixtures of mixtures per validation.", group=VALIDATION, at_least=1, stages=("pretrain",)
+    )
     keep_best: int = option(5, "How many best checkpoints (by validation loss) to keep.", group=VALIDATION, at_least=1)
-    save_every_steps: int = option(500, "Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).",
-                                   group=VALIDATION, at_least=0, resume=True, aliases=("--save-every",))
+    save_every_steps: int = option(
+        500,
+        "Also write checkpoints/last.pt every N steps within an epoch (0: only at epoch ends).",
+        group=VALIDATION,
+        at_least=0,
+        resume=True,
+        aliases=("--save-every",),
+    )
     # -- runtime
-    device: str = option("auto", "auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its "
-                         "LOCAL_RANK GPU.", group=RUNTIME, resume=True)
+    device: str = option(
+        "auto",
+        "auto (GPU if any), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its LOCAL_RANK GPU.",
+        group=RUNTIME,
+        resume=True,
+    )
     bf16: bool | None = option(None, "bf16 autocast (default: on for CUDA, off on CPU).", group=RUNTIME, resume=True)
     activation_checkpointing: bool | None = option(
-        None, "Recompute block activations in the backward pass to save memory (default: on for CUDA and for the "
+        None,
+        "Recompute block activations in the backward pass to save memory (default: on for CUDA and for the "
         "medium and large models; off for the tiny and small models on CPU, where it only costs time).",
-        group=RUNTIME, resume=True, aliases=("--checkpointing",))
+        group=RUNTIME,
+        resume=True,
+        aliases=("--checkpointing",),
+    )
     workers: int = option(2, "DataLoader worker processes per device.", group=RUNTIME, at_least=0, resume=True)
     seed: int = option(0, "Seed of the initial weights, the data order and dropout.", group=RUNTIME, at_least=0)
-    max_bad_steps: int = option(20, "Non-finite steps in a row before the run stops.", group=RUNTIME, at_least=1, resume=True)
-    check_sync_every: int = option(100, "Steps between cross-rank weight checks under DDP (0: off).", group=RUNTIME,
-                                   at_least=0, resume=True)
+    max_bad_steps: int = option(
+        20, "Non-finite steps in a row before the run stops.", group=RUNTIME, at_least=1, resume=True
+    )
+    check_sync_every: int = option(
+        100, "Steps between cross-rank weight checks under DDP (0: off).", group=RUNTIME, at_least=0, resume=True
+    )
     log_every: int = option(10, "Log metrics every N steps.", group=RUNTIME, at_least=1, resume=True)
 
     @property
@@ -167,7 +264,7 @@ class TrainConfig:
                 d[k] = list(v)
         return d
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -259,8 +356,15 @@ def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
     return loaded
 
 
-def check_values(cls: type[TrainConfig], values: dict[str, Any] | None, source: str, problems: list[str], *,
-                 text: bool = False, unset: bool = False) -> dict[str, Any]:
+def check_values(
+    cls: type[TrainConfig],
+    values: dict[str, Any] | None,
+    source: str,
+    problems: list[str],
+    *,
+    text: bool = False,
+    unset: bool = False,
+) -> dict[str, Any]:
     """``values`` converted to the types of ``cls``'s fields. Each refused or unknown value adds
     a line to ``problems`` and is left out.
 
@@ -353,10 +457,15 @@ def resume_config(
             refused.append(f"{name} (run: {current!r}, {where}: {value!r})")
     if refused:
         problems.append(
-            "a resumed run keeps its configuration; these options differ: " + "; ".join(refused)
+            "a resumed run keeps its configuration; these options differ: "
+            + "; ".join(refused)
             + f". Only {', '.join(resumable(cls))} may change when resuming; to change the others start a new run "
             "in another --out (--init RUN starts from this run's weights)"
-            + ("; a resumed run needs no --config: its configuration is in RUN/config.yaml" if recipe is not None else "")
+            + (
+                "; a resumed run needs no --config: its configuration is in RUN/config.yaml"
+                if recipe is not None
+                else ""
+            )
         )
     config = config.replace(**changes)
     raise_problems(problems + config.problems())

@@ -117,8 +117,9 @@ def _preset_of(model: BSLocoformer) -> str:
     return "custom"
 
 
-def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source: str = "",
-                  warnings: list[str] | None = None) -> tuple[BSLocoformer, str]:
+def prepare_model(
+    config: TrainConfig, checkpoint: dict | None = None, *, source: str = "", warnings: list[str] | None = None
+) -> tuple[BSLocoformer, str]:
     """The model the run starts from, and a line saying where its weights come from.
 
     A resumed run: the model saved in ``checkpoint`` (read from ``source``), as it was.
@@ -143,8 +144,12 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
             from mixitcli.model.checkpoints import newest_good
 
             good = newest_good(Path(source).parent.parent, besides=Path(source))
-            then = (f" Start a new run from the newest good checkpoint of the run ({good[0]}, step {good[1]['step']}): "
-                    f"mixit {config.stage} --init {good[0]} --out NEW_RUN" if good else "")
+            then = (
+                f" Start a new run from the newest good checkpoint of the run ({good[0]}, step {good[1]['step']}): "
+                f"mixit {config.stage} --init {good[0]} --out NEW_RUN"
+                if good
+                else ""
+            )
             raise TrainingError(f"--resume: {source} does not hold a usable model ({e}).{then}") from e
         started = f"{config.init}" if config.init is not None else "random initialisation"
         origin = f"{source} (step {checkpoint['step']}; the run started from {started})"
@@ -156,8 +161,10 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
         model.train().requires_grad_(True)
     elif config.init is None:
         size = config.size or "medium"
-        model = BSLocoformer(preset_config(size, n_outputs=config.n_outputs, dropout=config.dropout),
-                             stems=tuple(config.stems) if supervised else None)
+        model = BSLocoformer(
+            preset_config(size, n_outputs=config.n_outputs, dropout=config.dropout),
+            stems=tuple(config.stems) if supervised else None,
+        )
         origin = f"random initialisation ({size}, {config.n_outputs} outputs)"
     else:
         from mixitcli.model import ModelLoadError
@@ -169,7 +176,9 @@ def prepare_model(config: TrainConfig, checkpoint: dict | None = None, *, source
             raise TrainingError(f"--init: {e}") from e
         origin = f"{config.init} ({model.config.n_outputs} outputs)"
         if config.size is not None and _preset_of(model) != config.size:
-            raise TrainingError(f"--size {config.size} but --init {config.init} is a {_preset_of(model)} model; drop --size or change it")
+            raise TrainingError(
+                f"--size {config.size} but --init {config.init} is a {_preset_of(model)} model; drop --size or change it"
+            )
         if config.loss == "mixit" and model.config.n_outputs != config.n_outputs:  # no selection makes 12 of 4
             raise TrainingError(
                 f"pre-training needs a {config.n_outputs}-output (MixIT) model, but --init {config.init} has "
@@ -260,8 +269,10 @@ def make_datasets(config: TrainConfig):
     except DataError as e:
         hint = ""
         if config.loss == "mixit" and "'valid' split" in str(e):
-            hint = (f" Hold out more tracks without decoding again: "
-                    f"`mixit prepare-fma --merge --out {config.data} --valid-fraction 0.05` (or larger for small collections).")
+            hint = (
+                f" Hold out more tracks without decoding again: "
+                f"`mixit prepare-fma --merge --out {config.data} --valid-fraction 0.05` (or larger for small collections)."
+            )
         raise TrainingError(f"--data: {e}{hint}") from e
 
 
@@ -285,8 +296,10 @@ def check_data_kind(config: TrainConfig) -> None:
     if found is None or found == needed:
         return
     what = {"prepare-fma": "unlabeled music cut into clips", "prepare-musdb": "songs with their stems"}
-    make = {"prepare-fma": "`mixit prepare-fma --audio-dir MUSIC --out DIR` (or ROOT --subset ...)",
-            "prepare-musdb": "`mixit prepare-musdb MUSDB18HQ --out DIR` (any other stems: `mixit prepare-stems ROOT --out DIR`)"}
+    make = {
+        "prepare-fma": "`mixit prepare-fma --audio-dir MUSIC --out DIR` (or ROOT --subset ...)",
+        "prepare-musdb": "`mixit prepare-musdb MUSDB18HQ --out DIR` (any other stems: `mixit prepare-stems ROOT --out DIR`)",
+    }
     raise TrainingError(
         f"--data {config.data} is a {found} folder ({what[found]}); {config.stage} trains on a {needed} folder "
         f"({what[needed]}): make one with {make[needed]} and pass it as --data"
@@ -300,13 +313,25 @@ def _make_datasets(config: TrainConfig):
     stems = tuple(config.stems) if config.stems else None  # the data's, by default
     if config.loss == "mixit":
         train = MixtureOfMixtures(
-            config.data, split="train", segment_seconds=config.segment_seconds, seed=config.seed,
-            level_range_db=config.level_range_db, epoch_size=epoch_size,
+            config.data,
+            split="train",
+            segment_seconds=config.segment_seconds,
+            seed=config.seed,
+            level_range_db=config.level_range_db,
+            epoch_size=epoch_size,
         )
-        valid = MixtureOfMixtures.validation(config.data, segment_seconds=config.segment_seconds, seed=config.seed + 1, size=config.valid_size)
+        valid = MixtureOfMixtures.validation(
+            config.data, segment_seconds=config.segment_seconds, seed=config.seed + 1, size=config.valid_size
+        )
     else:
-        train = DynamicMixing(config.data, segment_seconds=config.segment_seconds, seed=config.seed, stems=stems,
-                              epoch_size=epoch_size, stem_norm=config.stem_norm)
+        train = DynamicMixing(
+            config.data,
+            segment_seconds=config.segment_seconds,
+            seed=config.seed,
+            stems=stems,
+            epoch_size=epoch_size,
+            stem_norm=config.stem_norm,
+        )
         valid = MusdbValidation(config.data, subset="valid", stems=stems)
         if len(valid) == 0:  # an empty score would rank the checkpoints arbitrarily (issue 10)
             from mixitcli.data.errors import PreparedDataError
@@ -323,8 +348,11 @@ def micro_batch(config: TrainConfig, world: int) -> int:
     """Examples per forward pass on each device; the global batch must divide evenly."""
     if config.batch_size % (world * config.grad_accum):
         fits = [a for a in range(1, config.batch_size + 1) if config.batch_size % (world * a) == 0][:4]
-        keep = (f"keep the batch with --grad-accum {' or '.join(map(str, fits))}" if fits
-                else f"no --grad-accum splits it over {world} device(s): use a device count that divides it")
+        keep = (
+            f"keep the batch with --grad-accum {' or '.join(map(str, fits))}"
+            if fits
+            else f"no --grad-accum splits it over {world} device(s): use a device count that divides it"
+        )
         raise ConfigError(
             f"batch size {config.batch_size} does not split over {world} device(s) x {config.grad_accum} "
             f"accumulation step(s): {keep}, or give --batch-size a multiple of {world * config.grad_accum}"
@@ -348,7 +376,9 @@ def compute_loss(model, core: BSLocoformer, batch: torch.Tensor, config: TrainCo
     if mixit:  # remixed before the (linear) iSTFT, whose backward then runs on m signals, not n
         t = mixture.shape[-1]
         try:
-            return mixit_loss_from_spectra(out, refs, lambda spectra: core.synthesise(spectra, t), solver=config.mixit_solver)[0]
+            return mixit_loss_from_spectra(
+                out, refs, lambda spectra: core.synthesise(spectra, t), solver=config.mixit_solver
+            )[0]
         except SolverError:  # outputs the solver cannot use (e.g. overflowed): a non-finite loss, so a bad step,
             return torch.view_as_real(out).sum() * float("nan")  # whose backward still reaches every weight (DDP)
     return finetune_loss(out, refs)
@@ -387,8 +417,9 @@ def train_step(model, core, batches, optimizer, scheduler, config: TrainConfig, 
 
 
 @torch.no_grad()
-def validate(core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro: int,
-             stop: StopRequest | None = None) -> dict | None:
+def validate(
+    core: BSLocoformer, valid, config: TrainConfig, rt: Runtime, micro: int, stop: StopRequest | None = None
+) -> dict | None:
     """Pre-training: MixIT loss on held-out mixtures of mixtures. Fine-tuning: the loss and uSDR
     on whole validation songs, separated in 12 s chunks with a 6 s hop. Items are split
     across ranks and the sums reduced, so every rank gets the same numbers.
@@ -585,7 +616,11 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         set_rng_state(rng[rt.rank] if isinstance(rng, list) else rng)
     else:
         torch.manual_seed(config.seed * 1009 + rt.rank)  # dropout differs between ranks
-    model = DistributedDataParallel(core, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.distributed else core
+    model = (
+        DistributedDataParallel(core, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        if rt.distributed
+        else core
+    )
 
     manager = CheckpointManager(run, config.keep_best, best)
     pending = bool(ckpt is not None and ckpt.get("pending_validation"))
@@ -615,8 +650,14 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             rngs = [None] * rt.world
             dist.all_gather_object(rngs, rng_state())
         return training_state(
-            model=core, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch, epoch_step=epoch_step,
-            config=config.to_dict(), counters=counters,
+            model=core,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=step,
+            epoch=epoch,
+            epoch_step=epoch_step,
+            config=config.to_dict(),
+            counters=counters,
         ) | ({"rng": rngs} if rngs is not None else {})
 
     saved_step = step if ckpt is not None else None  # the step last.pt holds
@@ -681,9 +722,14 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                 if batches is None:  # a new epoch, or the rest of one after a resume
                     sampler.set_epoch(epoch, start=epoch_step * per_rank)
                     loader = DataLoader(
-                        train_set, batch_size=micro, sampler=sampler, num_workers=config.workers, drop_last=True,
+                        train_set,
+                        batch_size=micro,
+                        sampler=sampler,
+                        num_workers=config.workers,
+                        drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed + epoch),  # keeps the global RNG untouched
-                        pin_memory=rt.device.type == "cuda", persistent_workers=False,
+                        pin_memory=rt.device.type == "cuda",
+                        persistent_workers=False,
                         worker_init_fn=ignore_stop_signals,  # the loop decides when to stop, then ends them
                     )
                     batches = iter(loader)
@@ -709,9 +755,16 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
                         loss = loss.clone()
                         dist.all_reduce(loss)
                         loss /= rt.world
-                    record = {"step": step, "epoch": epoch, "time": round(now - started, 2), "loss/train": loss,
-                              "lr": stats["lr"], "grad/norm": stats["grad/norm"], "examples_per_s": round(speed, 2),
-                              "skipped_steps": counters["skipped_steps"]}
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "time": round(now - started, 2),
+                        "loss/train": loss,
+                        "lr": stats["lr"],
+                        "grad/norm": stats["grad/norm"],
+                        "examples_per_s": round(speed, 2),
+                        "skipped_steps": counters["skipped_steps"],
+                    }
                     if rt.distributed and config.check_sync_every and step % config.check_sync_every == 0:
                         spread = check_sync(core, rt)
                         record["dist/param_spread"] = spread
@@ -747,9 +800,15 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     except Interrupted as e:  # a second signal: stopped at once; every file is whole (atomic saves)
         raise Interrupted(e.signum, f"{e}, without saving; {go_on()}", quiet=not rt.main) from None
     except torch.OutOfMemoryError as e:  # the estimate let it through (it is a floor), the device did not
-        fix = memory_fix(config, rt, memory.next_grad_accum(config.batch_size, rt.world, config.grad_accum),
-                         resumable=saved_step is not None)
-        raise TrainingError(f"out of memory on {rt.device} at step {step + 1} with {micro} example(s) per forward pass; {fix}") from e
+        fix = memory_fix(
+            config,
+            rt,
+            memory.next_grad_accum(config.batch_size, rt.world, config.grad_accum),
+            resumable=saved_step is not None,
+        )
+        raise TrainingError(
+            f"out of memory on {rt.device} at step {step + 1} with {micro} example(s) per forward pass; {fix}"
+        ) from e
     except StorageError as e:  # the disk filled up while saving: say how to go on from the last good save
         if e.error is None:
             raise
@@ -772,7 +831,9 @@ def stop_workers(batches) -> None:
     (:func:`~mixitcli.signals.ignore_stop_signals`), so the SIGTERM that multiprocessing sends
     them when this process exits would not end them, and its wait for them would never return;
     the iterator ends them itself when it is closed, which a traceback holding it would delay."""
-    shutdown = getattr(batches, "_shutdown_workers", None)  # DataLoader's own clean-up (private, in every torch 1.x / 2.x)
+    shutdown = getattr(
+        batches, "_shutdown_workers", None
+    )  # DataLoader's own clean-up (private, in every torch 1.x / 2.x)
     if shutdown is not None:
         shutdown()
 
@@ -795,7 +856,9 @@ def check_memory(core: BSLocoformer, config: TrainConfig, rt: Runtime, micro: in
         TrainingError: the micro-batch cannot fit; the message gives the ``--grad-accum`` that
             fits at the same global batch, or says that not even one example fits.
     """
-    available, where = memory.available_bytes(rt.device, sharing=memory.local_processes() if rt.device.type == "cpu" else 1)
+    available, where = memory.available_bytes(
+        rt.device, sharing=memory.local_processes() if rt.device.type == "cpu" else 1
+    )
     if available is None:
         return ""
     samples = int(round(config.segment_seconds * core.config.sample_rate))
@@ -805,33 +868,57 @@ def check_memory(core: BSLocoformer, config: TrainConfig, rt: Runtime, micro: in
         shape = (b, sources, core.config.n_channels, samples)
         return torch.randn(shape, generator=torch.Generator().manual_seed(b)).to(rt.device)
 
-    key = (core.config, core.stems, config.loss, config.mixit_solver, config.trainable, config.bf16,
-           config.activation_checkpointing, samples, str(rt.device))  # what the measure depends on
+    key = (
+        core.config,
+        core.stems,
+        config.loss,
+        config.mixit_solver,
+        config.trainable,
+        config.bf16,
+        config.activation_checkpointing,
+        samples,
+        str(rt.device),
+    )  # what the measure depends on
     try:
-        per_example, constant = memory.batch_bytes(core, lambda batch: compute_loss(core, core, batch, config), examples, key=key)
+        per_example, constant = memory.batch_bytes(
+            core, lambda batch: compute_loss(core, core, batch, config), examples, key=key
+        )
     except torch.OutOfMemoryError as e:  # two examples do not fit on this GPU; one may
         one = config.batch_size // rt.world
         fix = memory_fix(config, rt, one if one > config.grad_accum else None, resumable=resume)
-        raise TrainingError(f"out of memory on {rt.device} measuring what two examples of {config.segment_seconds:g} s "
-                            f"need. {fix}") from e
-    estimate = memory.MemoryEstimate(per_example=per_example, fixed=constant + memory.optimizer_bytes(core),
-                                     available=available, where=where)
+        raise TrainingError(
+            f"out of memory on {rt.device} measuring what two examples of {config.segment_seconds:g} s need. {fix}"
+        ) from e
+    estimate = memory.MemoryEstimate(
+        per_example=per_example, fixed=constant + memory.optimizer_bytes(core), available=available, where=where
+    )
     if estimate.fits(micro):
         return estimate.describe(micro)
-    fix = memory_fix(config, rt, memory.grad_accum_that_fits(config.batch_size, rt.world, config.grad_accum, estimate), resumable=resume)
-    raise TrainingError(f"a micro-batch of {micro} example(s) of {config.segment_seconds:g} s cannot fit in memory: it needs "
-                        f"{estimate.describe(micro)}. {fix}")
+    fix = memory_fix(
+        config,
+        rt,
+        memory.grad_accum_that_fits(config.batch_size, rt.world, config.grad_accum, estimate),
+        resumable=resume,
+    )
+    raise TrainingError(
+        f"a micro-batch of {micro} example(s) of {config.segment_seconds:g} s cannot fit in memory: it needs "
+        f"{estimate.describe(micro)}. {fix}"
+    )
 
 
 def memory_fix(config: TrainConfig, rt: Runtime, grad_accum: int | None, *, resumable: bool) -> str:
     """How to make the micro-batch fit: ``--grad-accum N`` at the same global batch, with the
     command; or, when not even one example fits, what else to change."""
     if grad_accum is None:
-        return ("Not even one example per forward pass fits: shorten --segment-seconds, turn on "
-                "--activation-checkpointing, choose a smaller --size or use a device with more memory")
+        return (
+            "Not even one example per forward pass fits: shorten --segment-seconds, turn on "
+            "--activation-checkpointing, choose a smaller --size or use a device with more memory"
+        )
     micro = config.batch_size // (rt.world * grad_accum)
-    how = (f"--grad-accum {grad_accum} makes it {grad_accum} forward passes of {micro} example(s) per step on each "
-           f"device, the same global batch of {config.batch_size}")
+    how = (
+        f"--grad-accum {grad_accum} makes it {grad_accum} forward passes of {micro} example(s) per step on each "
+        f"device, the same global batch of {config.batch_size}"
+    )
     if resumable:
         return f"{how}: {resume_command(config, rt)} --grad-accum {grad_accum}"
     return f"{how}: run the same command with --grad-accum {grad_accum}"

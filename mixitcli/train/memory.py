@@ -19,9 +19,9 @@ fit cannot fit, and one that fits by a small margin may still not. Only the firs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -56,8 +56,10 @@ class MemoryEstimate:
     def describe(self, micro: int) -> str:
         """E.g. ``about 41.2 GB (16 x 2.5 GB per example, plus 0.1 GB of optimizer state); 23.0 GB RAM available``."""
         room = f"{human_bytes(self.available)} {self.where}" if self.available is not None else f"unknown {self.where}"
-        return (f"at least {human_bytes(self.needed(micro))} ({micro} x {human_bytes(self.per_example)} per example, "
-                f"plus {human_bytes(self.fixed)} for the weights' gradients and optimizer state); {room}")
+        return (
+            f"at least {human_bytes(self.needed(micro))} ({micro} x {human_bytes(self.per_example)} per example, "
+            f"plus {human_bytes(self.fixed)} for the weights' gradients and optimizer state); {room}"
+        )
 
 
 def grad_accum_that_fits(batch_size: int, world: int, grad_accum: int, estimate: MemoryEstimate) -> int | None:
@@ -114,8 +116,13 @@ _MEASURED: dict[object, tuple[int, int]] = {}
 trains several runs of one configuration (a test session, a sweep) measures it once."""
 
 
-def batch_bytes(core: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor],
-                example_of: Callable[[int], torch.Tensor], *, key: object = None) -> tuple[int, int]:
+def batch_bytes(
+    core: torch.nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    example_of: Callable[[int], torch.Tensor],
+    *,
+    key: object = None,
+) -> tuple[int, int]:
     """(per example, whatever the batch): the bytes autograd keeps for the backward pass of a
     batch of b examples are ``per_example * b + constant``, fitted to b = 1 and b = 2.
 
@@ -136,7 +143,9 @@ def batch_bytes(core: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.T
     return measured
 
 
-def activation_bytes(core: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> int:
+def activation_bytes(
+    core: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
+) -> int:
     """Bytes autograd keeps for the backward pass of ``batch``, its input included.
 
     Args:

@@ -70,8 +70,20 @@ def option(
         cli: False for options set by the stage itself (``stage``, ``loss``): no flag.
         metavar: the placeholder in ``--help`` (default: from the type).
     """
-    meta = dict(help=help, group=group, resume=resume, required=required, at_least=at_least, above=above,
-                at_most=at_most, below=below, aliases=tuple(aliases), stages=stages, cli=cli, metavar=metavar)
+    meta = dict(
+        help=help,
+        group=group,
+        resume=resume,
+        required=required,
+        at_least=at_least,
+        above=above,
+        at_most=at_most,
+        below=below,
+        aliases=tuple(aliases),
+        stages=stages,
+        cli=cli,
+        metavar=metavar,
+    )
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
@@ -244,7 +256,9 @@ def _convert(tp: Any, value: Any, text: bool) -> Any:
             return value
         if text and isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
             return int(value)
-        hint = " (write numbers without quotes)" if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()) else ""
+        hint = (
+            " (write numbers without quotes)" if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()) else ""
+        )
         raise Refused(f"must be a whole number, got {value!r}{hint}")
     if tp is float:
         number = None
@@ -292,6 +306,10 @@ def _broken(info: OptionInfo, value: Any) -> list[str]:
     """The bounds of ``info`` that the number ``value`` breaks, e.g. ``["< 1"]``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return []
-    bounds = ((info.at_least, ">=", operator.ge), (info.above, ">", operator.gt),
-              (info.at_most, "<=", operator.le), (info.below, "<", operator.lt))
+    bounds = (
+        (info.at_least, ">=", operator.ge),
+        (info.above, ">", operator.gt),
+        (info.at_most, "<=", operator.le),
+        (info.below, "<", operator.lt),
+    )
     return [f"{sign} {bound}" for bound, sign, holds in bounds if bound is not None and not holds(value, bound)]

@@ -42,7 +42,13 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         ax_loss.plot([r["step"] for r in valid], [r["loss/valid"] for r in valid], "o-", label="validation loss")
     if any("usdr/valid" in r for r in valid):
         twin = ax_loss.twinx()
-        twin.plot([r["step"] for r in valid], [r["usdr/valid"] for r in valid], "s--", color="tab:green", label="validation uSDR")
+        twin.plot(
+            [r["step"] for r in valid],
+            [r["usdr/valid"] for r in valid],
+            "s--",
+            color="tab:green",
+            label="validation uSDR",
+        )
         twin.set_ylabel("uSDR (dB)")
         twin.legend(loc="lower left")
     ax_loss.set_ylabel("loss (dB)")

@@ -69,7 +69,9 @@ def saved_config(run: Path) -> dict[str, Any]:
 
     path = run / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"--resume: {path} does not exist; is {run} a run folder? (to start a new run, drop --resume)")
+        raise ConfigError(
+            f"--resume: {path} does not exist; is {run} a run folder? (to start a new run, drop --resume)"
+        )
     try:
         saved = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:

@@ -32,9 +32,25 @@ def tiny_report(tmp_path_factory):
     """The tiny CPU run through the command line, its report under $OUT."""
     out = tmp_path_factory.mktemp("gpu_check_out")
     env = dict(os.environ, OUT=str(out), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--preset", "tiny", "--threads", "1",
-                           "--budget-s", "1200"],  # generous: the 2 CPU cores here are shared
-                          capture_output=True, text=True, env=env, timeout=1300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--threads",
+            "1",
+            "--budget-s",
+            "1200",
+        ],  # generous: the 2 CPU cores here are shared
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert json.loads(proc.stdout) == report  # the same JSON is printed
@@ -75,11 +91,15 @@ def test_training_through_the_cli(tiny_report):
     for stage in ("pretrain", "finetune"):
         run = training[stage]
         assert run["steps_logged"] == run["steps"] == 6 and run["losses_finite"] and run["skipped_steps"] == 0
-        assert run["s_per_step"] > 0 and math.isclose(run["examples_per_s"], run["batch_per_device"] / run["s_per_step"], rel_tol=0.02)
+        assert run["s_per_step"] > 0 and math.isclose(
+            run["examples_per_s"], run["batch_per_device"] / run["s_per_step"], rel_tol=0.02
+        )
         assert run["peak_gb"] > 0.1 and math.isfinite(run["loss_valid"])
     assert training["overfit"]["drop_db"] >= 1.0 and len(training["overfit"]["losses"]) == 6
     resume = training["resume"]
-    assert resume["bitwise_equal"] and resume["equal"] and resume["steps_compared"] == [3, 4] and resume["final_step"] == 4
+    assert (
+        resume["bitwise_equal"] and resume["equal"] and resume["steps_compared"] == [3, 4] and resume["final_step"] == 4
+    )
 
 
 @pytest.mark.slow
@@ -96,7 +116,9 @@ def test_separation_stems_match_the_cpu_reference(tiny_report):
     song = checks(tiny_report, "separation")["song"]
     assert song["stems"] == ["bass", "drums", "other", "vocals"]
     assert song["cpu_fp32"]["rtf"] > 0 and song["cpu_fp32"]["peak_gb"] > 0.1
-    assert song["device_bf16"]["snr_min_db"] > 30 and set(song["device_bf16"]["snr_vs_cpu_fp32_db"]) == set(song["stems"])
+    assert song["device_bf16"]["snr_min_db"] > 30 and set(song["device_bf16"]["snr_vs_cpu_fp32_db"]) == set(
+        song["stems"]
+    )
 
 
 @pytest.mark.slow
@@ -108,7 +130,9 @@ def test_throughput_reproduces_the_readme_arithmetic(tiny_report):
     hours = {t: v["gpu_hours_at_100_tflops"] for t, v in flops["tables"].items()}
     assert 2300 <= hours["table1"] <= 2400 and 14 <= hours["table2"] <= 18 and 1030 <= hours["table3"] <= 1090
     table1 = flops["tables"]["table1"]
-    assert math.isclose(table1["gpu_hours_this_gpu"], table1["gpu_hours_at_100_tflops"] * 100 / flops["achieved_tflops"], rel_tol=0.01)
+    assert math.isclose(
+        table1["gpu_hours_this_gpu"], table1["gpu_hours_at_100_tflops"] * 100 / flops["achieved_tflops"], rel_tol=0.01
+    )
 
 
 def test_a_failing_check_is_recorded_and_the_budget_skips(tmp_path, capsys):
@@ -125,7 +149,10 @@ def test_a_failing_check_is_recorded_and_the_budget_skips(tmp_path, capsys):
     assert gpu_check.main([*base, "--items", "model", "--budget-s", "0"]) == 1
     model = json.loads(report_path.read_text())["items"]["model"]
     assert model["status"] == "skipped"
-    assert all(c["status"] == "skipped" and "time budget" in c["reason"] for c in model["checks"].values()) and len(model["checks"]) == 3
+    assert (
+        all(c["status"] == "skipped" and "time budget" in c["reason"] for c in model["checks"].values())
+        and len(model["checks"]) == 3
+    )
     if not torch.cuda.is_available():  # no CUDA: a clear error naming the CPU run
         assert gpu_check.main(["--report", str(report_path)]) == 2
         assert "--device cpu --preset tiny" in json.loads(report_path.read_text())["error"]

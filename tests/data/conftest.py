@@ -76,7 +76,9 @@ def fma_prepared(fma_root, tmp_path_factory) -> Path:
     from mixitcli.data import fma
 
     out = tmp_path_factory.mktemp("fma_out") / "prep"
-    fma.prepare_fma(fma.locate_fma(fma_root, "small"), fma.PrepareConfig(out=out, workers=2, progress=False, valid_fraction=0.5))
+    fma.prepare_fma(
+        fma.locate_fma(fma_root, "small"), fma.PrepareConfig(out=out, workers=2, progress=False, valid_fraction=0.5)
+    )
     return out
 
 
@@ -92,7 +94,9 @@ def pool_prepared(tmp_path_factory) -> Path:
     for k, name in enumerate(POOL_TRACKS):
         write(src / f"{name}.wav", noise(12, amp=0.02 * (k + 1), seed=100 + k))
     out = tmp_path_factory.mktemp("pool_out") / "prep"
-    fma.prepare_fma(fma.locate_audio_dir(src), fma.PrepareConfig(out=out, workers=0, progress=False, valid_fraction=0.3))
+    fma.prepare_fma(
+        fma.locate_audio_dir(src), fma.PrepareConfig(out=out, workers=0, progress=False, valid_fraction=0.3)
+    )
     return out
 
 

@@ -51,14 +51,20 @@ def test_fma_tree_outcomes(fma_prepared):
     """Each generated file ends up exactly as its rule says; clip starts are exact."""
     kept = {tid: starts for tid, (_, outcome, starts) in FMA_FILES.items() if outcome == "kept"}
     rows = rows_by_track(fma_prepared)
-    assert {t: [r["offset"] for r in rs] for t, rs in rows.items()} == {t: [s * SR for s in ss] for t, ss in kept.items()}
+    assert {t: [r["offset"] for r in rs] for t, rs in rows.items()} == {
+        t: [s * SR for s in ss] for t, ss in kept.items()
+    }
     assert all(r["length"] == L for rs in rows.values() for r in rs)
     rejected = {r["track"]: r["reason"] for r in read_jsonl(fma_prepared / "rejected.jsonl")}
-    assert rejected == {tid: outcome for tid, (_, outcome, _) in FMA_FILES.items() if outcome not in ("kept", "not_in_subset")}
+    assert rejected == {
+        tid: outcome for tid, (_, outcome, _) in FMA_FILES.items() if outcome not in ("kept", "not_in_subset")
+    }
     summary = json.loads((fma_prepared / "summary.json").read_text())
     assert summary["files_seen"] == 10
     assert summary["files_kept"] == 3
-    assert summary["files_rejected"] == {r: 1 for r in ("empty", "low_sample_rate", "mono", "silent", "too_short", "truncated", "undecodable")}
+    assert summary["files_rejected"] == {
+        r: 1 for r in ("empty", "low_sample_rate", "mono", "silent", "too_short", "truncated", "undecodable")
+    }
     assert summary["files_not_in_subset"] == 1
     assert summary["metadata_tracks_without_file"] == 1
     assert summary["other_files"] == 1
@@ -119,7 +125,11 @@ def test_clip_silence_rule(gap_dir, tmp_path):
     assert summary["segments_dropped"] == {"silent": 3, "nonfinite": 0}
     x, _ = sf.read(str(gap_dir / "zeros.wav"), dtype="float32")
     index = SegmentIndex.load(tmp_path / "p")
-    k = next(i for i, r in enumerate(read_jsonl(tmp_path / "p" / "manifest.jsonl")) if r["track"] == "zeros" and r["offset"] == 25 * SR)
+    k = next(
+        i
+        for i, r in enumerate(read_jsonl(tmp_path / "p" / "manifest.jsonl"))
+        if r["track"] == "zeros" and r["offset"] == 25 * SR
+    )
     np.testing.assert_array_equal(index.read(k, 0, L), x[25 * SR : 35 * SR].T)  # PCM_16 in, PCM_16 out: exact
 
 
@@ -143,7 +153,14 @@ def test_official_rule_checks_the_partial_end_windows(tmp_path):
     write(tmp_path / "src" / "fade.wav", x)
     assert _prepare_dir(tmp_path / "src", tmp_path / "track", silence_rule="track")["files_rejected"] == {"silent": 1}
     _prepare_dir(tmp_path / "src", tmp_path / "clip")
-    assert [r["offset"] for r in rows_by_track(tmp_path / "clip")["fade"]] == [0, 5 * SR, 10 * SR, 15 * SR, 20 * SR, 22 * SR]
+    assert [r["offset"] for r in rows_by_track(tmp_path / "clip")["fade"]] == [
+        0,
+        5 * SR,
+        10 * SR,
+        15 * SR,
+        20 * SR,
+        22 * SR,
+    ]
 
 
 def test_keep_mono(fma_root, tmp_path):
@@ -269,12 +286,16 @@ def test_file_names_that_are_not_utf8_are_prepared_like_any_other(tmp_path):
     assert "\\ud" not in text  # no surrogate escapes in the JSON
     rows = rows_by_track(out)
     assert sorted(rows) == ["caf\\xe9 \\xff", "good"] and len(rows["caf\\xe9 \\xff"]) == 2
-    assert (out / rows["caf\\xe9 \\xff"][0]["store"]).stat().st_size == (10 * SR + SR // 2) * 4  # the whole 10.5 s, 16-bit stereo
+    assert (out / rows["caf\\xe9 \\xff"][0]["store"]).stat().st_size == (
+        10 * SR + SR // 2
+    ) * 4  # the whole 10.5 s, 16-bit stereo
     index = SegmentIndex.load(out)
     assert index.read(0, 0, 100).shape == (2, 100)
     journal = (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes()
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0 and (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes() == journal  # nothing decoded again
+    assert (
+        result.exit_code == 0 and (out / "shards" / "0-of-1" / "journal.jsonl").read_bytes() == journal
+    )  # nothing decoded again
 
 
 # ----------------------------------------------------------------------------- the command
@@ -286,7 +307,9 @@ def test_prepare_fma_end_to_end(tmp_path):
         write(src / "album" / f"song{k}.flac", noise(12, seed=k))
     (src / "broken.mp3").write_bytes(b"ID3 garbage")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "3 kept" in result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -311,9 +334,13 @@ def test_prepare_fma_errors(tmp_path, fma_root):
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 1, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
-    both = runner.invoke(app, ["prepare-fma", str(fma_root), "--audio-dir", str(fma_root), "--out", str(tmp_path / "o")])
+    both = runner.invoke(
+        app, ["prepare-fma", str(fma_root), "--audio-dir", str(fma_root), "--out", str(tmp_path / "o")]
+    )
     assert both.exit_code == 2 and "either ROOT" in both.output
-    mixed = runner.invoke(app, ["prepare-fma", "--audio-dir", str(fma_root), "--subset", "small", "--out", str(tmp_path / "o")])
+    mixed = runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(fma_root), "--subset", "small", "--out", str(tmp_path / "o")]
+    )
     assert mixed.exit_code == 2 and "go with ROOT" in " ".join(mixed.output.split())
 
 
@@ -365,7 +392,9 @@ class _QuotaFile:
 
 
 def _prepare(songs: Path, out: Path):
-    return runner.invoke(app, ["prepare-fma", "--audio-dir", str(songs), "--out", str(out), "--workers", "0", "--no-progress"])
+    return runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(songs), "--out", str(out), "--workers", "0", "--no-progress"]
+    )
 
 
 def test_full_disk_stops_the_run_and_the_rerun_keeps_every_file(songs, tmp_path, monkeypatch):
@@ -437,7 +466,9 @@ TRACKS = {
 
 def tracks_csv(path: Path, tracks: dict[str, tuple[str, str]]) -> Path:
     lines = [",album,set,set,track", ",title,split,subset,title", "track_id,,,,"]
-    lines += [f'{int(tid)},"Album, {tid}",{split},{subset},Song {tid}' for tid, (subset, split) in sorted(tracks.items())]
+    lines += [
+        f'{int(tid)},"Album, {tid}",{split},{subset},Song {tid}' for tid, (subset, split) in sorted(tracks.items())
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -461,7 +492,9 @@ def splits_of(prep: Path) -> dict[str, set[str]]:
 
 def test_split_follows_tracks_csv_and_merge_can_resplit(split_root, tmp_path):
     out = tmp_path / "prep"
-    result = runner.invoke(app, ["prepare-fma", str(split_root), "--subset", "small", "--out", str(out), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-fma", str(split_root), "--subset", "small", "--out", str(out), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "FMA's own split" in result.output and "1 files of FMA's test split left out" in result.output
     assert splits_of(out) == {"000010": {"train"}, "000011": {"train"}, "000012": {"valid"}, "000013": {"valid"}}
@@ -469,7 +502,10 @@ def test_split_follows_tracks_csv_and_merge_can_resplit(split_root, tmp_path):
     assert summary["split_rule"] == "fma tracks.csv" and summary["valid_fraction"] is None
     assert summary["files_in_fma_test_split"] == 1 and summary["files_seen"] == 4  # the test track is never decoded
     assert summary["files_not_in_subset"] == 1
-    assert summary["tracks_per_split"] == {"train": 2, "valid": 2} and summary["segments_per_split"] == {"train": 4, "valid": 4}
+    assert summary["tracks_per_split"] == {"train": 2, "valid": 2} and summary["segments_per_split"] == {
+        "train": 4,
+        "valid": 4,
+    }
 
     # --merge --valid-fraction: the same clips, split by a hash of the track id instead
     result = runner.invoke(app, ["prepare-fma", "--merge", "--out", str(out), "--valid-fraction", "0.5"])
@@ -491,7 +527,9 @@ def test_valid_fraction_applies_without_metadata(split_root, tmp_path):
     assert summary["files_seen"] == 6 and summary["files_in_fma_test_split"] == 0
     raised = fma.raised_to_minimum(set(TRACKS), fma.DEFAULT_VALID_FRACTION)
     assert len(raised) == 2 and summary["tracks_per_split"]["valid"] == 2
-    assert splits_of(tmp_path / "p") == {tid: {"valid" if tid in raised else fma.split_of(tid, fma.DEFAULT_VALID_FRACTION)} for tid in TRACKS}
+    assert splits_of(tmp_path / "p") == {
+        tid: {"valid" if tid in raised else fma.split_of(tid, fma.DEFAULT_VALID_FRACTION)} for tid in TRACKS
+    }
 
 
 def test_unknown_split_value_is_an_error(tmp_path):
@@ -516,7 +554,9 @@ def test_prepare_fma_holds_out_at_least_two_of_four_or_more_tracks(tmp_path):
     names = [f"song{k}" for k in range(6)]
     assert all(split_of(n, 0.01) == "train" for n in names)  # the fraction alone holds out none
     src = tracks_dir(tmp_path / "music", names)
-    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["tracks_per_split"] == {"train": 4, "valid": 2} and summary["valid_tracks_raised"] == 2
@@ -527,9 +567,24 @@ def test_prepare_fma_holds_out_at_least_two_of_four_or_more_tracks(tmp_path):
 
 def test_prepare_fma_with_three_tracks_says_pretrain_needs_more(tmp_path):
     src = tracks_dir(tmp_path / "music", ["a", "b", "c"])
-    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(src), "--out", str(tmp_path / "p"), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0 and "pretrain needs at least 2 validation tracks" in flat(result.output)
-    result = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "p"), "--out", str(tmp_path / "run"), "--size", "tiny", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(tmp_path / "p"),
+            "--out",
+            str(tmp_path / "run"),
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1
     assert "at least two tracks. Hold out more tracks" in flat(result.output)  # a sentence each
 
@@ -547,13 +602,18 @@ def test_prepare_fma_drops_and_counts_clips_with_nonfinite_samples(tmp_path):
     float_wav(src / "all_bad.wav", y)
     float_wav(src / "clean.wav", noise(11.0, seed=5))
     out = tmp_path / "prep"
-    result = runner.invoke(app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-fma", "--audio-dir", str(src), "--out", str(out), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["segments_dropped"] == {"silent": 0, "nonfinite": 2} and summary["files_with_nonfinite"] == 2
     assert summary["files_rejected"] == {"nonfinite": 1}
     text = flat(result.output)
-    assert "2 dropped for non-finite samples (NaN or infinity; 2 file(s) held some)" in text and "rejected: nonfinite 1" in text
+    assert (
+        "2 dropped for non-finite samples (NaN or infinity; 2 file(s) held some)" in text
+        and "rejected: nonfinite 1" in text
+    )
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["offset"] for r in rows if r["track"] == "one_nan") == [0, 15 * SR]
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
@@ -565,4 +625,6 @@ def test_prepare_fma_drops_and_counts_clips_with_nonfinite_samples(tmp_path):
         clip = index.read(k, 0, int(index.length[k]))
         assert np.isfinite(clip).all()
     first = [k for k, r in enumerate(rows) if r["track"] == "one_nan" and r["offset"] == 0][0]
-    np.testing.assert_allclose(index.read(first, 0, 10 * SR), x[: 10 * SR].T, atol=1 / 32768)  # the clean clip as it was
+    np.testing.assert_allclose(
+        index.read(first, 0, 10 * SR), x[: 10 * SR].T, atol=1 / 32768
+    )  # the clean clip as it was

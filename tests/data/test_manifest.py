@@ -23,8 +23,25 @@ from mixitcli.lock import LOCK_NAME
 from tests.builders import noise, write
 
 runner = CliRunner()
-PRETRAIN = ["--size", "tiny", "--segment-seconds", "0.2", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
-            "--no-checkpointing", "--batch-size", "1", "--max-steps", "1", "--valid-size", "1"]  # one step, as cheap as it gets
+PRETRAIN = [
+    "--size",
+    "tiny",
+    "--segment-seconds",
+    "0.2",
+    "--warmup-steps",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-checkpointing",
+    "--batch-size",
+    "1",
+    "--max-steps",
+    "1",
+    "--valid-size",
+    "1",
+]  # one step, as cheap as it gets
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +70,19 @@ def test_an_edited_manifest_rebuilds_the_index_or_is_refused_by_its_line(prepare
     result = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(run), *PRETRAIN])
     said = " ".join(result.output.split())
     assert result.exit_code == 0, result.output
-    assert f"warning: {data}: manifest.jsonl was changed after index.npz was written; rebuilt index.npz from manifest.jsonl ({len(lines) - 1} clips)" in said
+    assert (
+        f"warning: {data}: manifest.jsonl was changed after index.npz was written; rebuilt index.npz from manifest.jsonl ({len(lines) - 1} clips)"
+        in said
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the saved index matches now: no second rebuild
         assert len(SegmentIndex.load(data)) == len(lines) - 1
     assert not (run / LOCK_NAME).exists()  # the run released its folder
 
     with open(data / "manifest.jsonl", "a") as f:
-        f.write('{"track": "song9", "store": "shards/0-of-1/audio/song9.wav.s16", "store_offset": -5, "length": 441000}\n')
+        f.write(
+            '{"track": "song9", "store": "shards/0-of-1/audio/song9.wav.s16", "store_offset": -5, "length": 441000}\n'
+        )
     result = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / "run2"), *PRETRAIN])
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in result.output

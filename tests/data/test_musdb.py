@@ -107,7 +107,9 @@ def test_missing_and_compressed_musdb(tmp_path):
 
 def test_prepare_musdb_end_to_end_and_errors(musdb_root, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["prepare-musdb", str(musdb_root), "--out", str(out), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-musdb", str(musdb_root), "--out", str(out), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 train, 1 valid, 2 test" in result.output and (out / "salient" / "vocals.jsonl").is_file()
     (tmp_path / "bad" / "train" / "X - Y").mkdir(parents=True)
@@ -124,6 +126,8 @@ def test_prepare_musdb_refuses_an_empty_track(tmp_path, musdb_root):
     shutil.copytree(musdb_root, root)
     for source in ("mixture", "vocals", "drums", "bass", "other"):
         write(root / "train" / "B - Two" / f"{source}.wav", np.zeros((0, 2), np.float32))
-    result = runner.invoke(app, ["prepare-musdb", str(root), "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["prepare-musdb", str(root), "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]
+    )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "train/B - Two/mixture.wav: no samples (an empty track)" in flat(result.output)

@@ -23,7 +23,9 @@ runner = CliRunner()
 
 
 def prepare(root: Path, out: Path, *options: str):
-    return runner.invoke(app, ["prepare-stems", str(root), "--out", str(out), "--workers", "0", "--no-progress", *options])
+    return runner.invoke(
+        app, ["prepare-stems", str(root), "--out", str(out), "--workers", "0", "--no-progress", *options]
+    )
 
 
 def read(path) -> np.ndarray:
@@ -44,7 +46,11 @@ def folders(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folders")
     for k, (name, files) in enumerate({**FOLDER_SONGS, "Test": ("guitar", "bass", "keys", "mixture")}.items()):
         folder = root / ("test" if name == "Test" else "train") / name
-        stems = {s: noise(9, amp=0.02 * (j + 1), seed=10 * k + j) for j, s in enumerate(("guitar", "bass", "keys")) if s in files}
+        stems = {
+            s: noise(9, amp=0.02 * (j + 1), seed=10 * k + j)
+            for j, s in enumerate(("guitar", "bass", "keys"))
+            if s in files
+        }
         for s, x in stems.items():
             write(folder / f"{s}.wav", x)
         if "mixture" in files:
@@ -73,16 +79,28 @@ def test_folders_layout_rest_silence_summed_mixture_and_residual(folders, tmp_pa
     assert rows["Two"]["stems"]["guitar"] is None  # silence: no file at all
     assert rows["One"]["stems"]["guitar"] == str(folders / "train" / "One" / "guitar.wav")  # a single file as it is
     song = folders / "train" / "One"
-    np.testing.assert_allclose(read(rows["One"]["stems"]["rest"]), read(song / "bass.wav") + read(song / "keys.wav"), atol=1e-6)
+    np.testing.assert_allclose(
+        read(rows["One"]["stems"]["rest"]), read(song / "bass.wav") + read(song / "keys.wav"), atol=1e-6
+    )
     three = folders / "train" / "Three"
-    np.testing.assert_allclose(read(rows["Three"]["mixture"]), sum(read(three / f"{s}.wav") for s in ("guitar", "bass", "keys")), atol=1e-6)
+    np.testing.assert_allclose(
+        read(rows["Three"]["mixture"]), sum(read(three / f"{s}.wav") for s in ("guitar", "bass", "keys")), atol=1e-6
+    )
     segments = [json.loads(line) for line in (out / "salient" / "guitar.jsonl").read_text().splitlines()]
-    assert {s["track"] for s in segments} <= set(FOLDER_SONGS) - {"Two"} and all(s["length"] == 8 * SR for s in segments)
+    assert {s["track"] for s in segments} <= set(FOLDER_SONGS) - {"Two"} and all(
+        s["length"] == 8 * SR for s in segments
+    )
 
-    dropped = prepare(folders, tmp_path / "dropped", "--stems", "keys,guitar", "--valid-tracks", "1")  # no --rest: bass is dropped
+    dropped = prepare(
+        folders, tmp_path / "dropped", "--stems", "keys,guitar", "--valid-tracks", "1"
+    )  # no --rest: bass is dropped
     assert dropped.exit_code == 0 and "stems: keys, guitar; dropped (no --rest): bass" in flat(dropped.output)
-    everything = prepare(folders, tmp_path / "all", "--valid-tracks", "1")  # no --stems: every stem found, alphabetically
-    assert json.loads((tmp_path / "all" / "summary.json").read_text())["stems"] == ["bass", "guitar", "keys"], everything.output
+    everything = prepare(
+        folders, tmp_path / "all", "--valid-tracks", "1"
+    )  # no --stems: every stem found, alphabetically
+    assert json.loads((tmp_path / "all" / "summary.json").read_text())["stems"] == ["bass", "guitar", "keys"], (
+        everything.output
+    )
 
 
 @pytest.mark.parametrize("case", ["unknown stem", "repeated", "rest listed", "rest alone", "lengths", "rates"])
@@ -122,10 +140,15 @@ def moisesdb_track(root: Path, uuid: str, k: int) -> None:
         tracks = []
         for f in range(n_files):
             channels, seconds = (1, 9) if f == 1 and category == "guitar" else (2, 8.5 if category == "bass" else 9)
-            write(folder / category / f"{category}{f}.wav", noise(seconds, channels=channels, amp=0.03, seed=100 * k + 10 * j + f))
+            write(
+                folder / category / f"{category}{f}.wav",
+                noise(seconds, channels=channels, amp=0.03, seed=100 * k + 10 * j + f),
+            )
             tracks.append({"id": f"{category}{f}", "extension": "wav", "trackType": "x", "has_bleed": False})
         stems.append({"stemName": category, "tracks": tracks})
-    (folder / "data.json").write_text(json.dumps({"artist": f"Artist {k}", "song": f"Song {k}", "genre": "pop", "stems": stems}))
+    (folder / "data.json").write_text(
+        json.dumps({"artist": f"Artist {k}", "song": f"Song {k}", "genre": "pop", "stems": stems})
+    )
 
 
 def test_moisesdb_layout_sums_categories_into_the_stems_named(tmp_path):
@@ -134,7 +157,20 @@ def test_moisesdb_layout_sums_categories_into_the_stems_named(tmp_path):
     for k, uuid in enumerate(uuids):
         moisesdb_track(root, uuid, k)
     out = tmp_path / "prep"
-    result = prepare(root, out, "--layout", "moisesdb", "--stems", "vocals,guitar", "--rest", "rest", "--test-tracks", "1", "--valid-tracks", "1")
+    result = prepare(
+        root,
+        out,
+        "--layout",
+        "moisesdb",
+        "--stems",
+        "vocals,guitar",
+        "--rest",
+        "rest",
+        "--test-tracks",
+        "1",
+        "--valid-tracks",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert "tracks: 2 train, 1 valid, 1 test" in flat(result.output)
     assert "test: 1 of 4 tracks (chosen by a hash of the track folder's name" in flat(result.output)
@@ -143,13 +179,23 @@ def test_moisesdb_layout_sums_categories_into_the_stems_named(tmp_path):
     assert summary["stems"] == ["vocals", "guitar", "rest"] and summary["rest_of"] == ["bass", "piano"]
     row = json.loads((out / "tracks.jsonl").read_text().splitlines()[0])
     track = root / "moisesdb_v0.1" / row["track"]
-    assert row["title"] == f"Artist {uuids.index(row['track'])} - Song {uuids.index(row['track'])}" and row["frames"] == 9 * SR
+    assert (
+        row["title"] == f"Artist {uuids.index(row['track'])} - Song {uuids.index(row['track'])}"
+        and row["frames"] == 9 * SR
+    )
     guitar = read(track / "guitar" / "guitar0.wav") + read(track / "guitar" / "guitar1.wav")  # mono: both channels
     np.testing.assert_allclose(read(row["stems"]["guitar"]), guitar, atol=1e-6)
     bass = np.pad(read(track / "bass" / "bass0.wav"), ((0, SR // 2), (0, 0)))  # 8.5 s: padded with silence
     np.testing.assert_allclose(read(row["stems"]["rest"]), bass + read(track / "piano" / "piano0.wav"), atol=1e-6)
-    np.testing.assert_allclose(read(row["mixture"]), guitar + bass + read(track / "piano" / "piano0.wav") + read(track / "vocals" / "vocals0.wav"), atol=1e-5)
+    np.testing.assert_allclose(
+        read(row["mixture"]),
+        guitar + bass + read(track / "piano" / "piano0.wav") + read(track / "vocals" / "vocals0.wav"),
+        atol=1e-5,
+    )
 
     (root / "moisesdb_v0.1" / uuids[0] / "piano" / "piano0.wav").unlink()
     broken = prepare(root, tmp_path / "broken", "--layout", "moisesdb")
-    assert broken.exit_code == 1 and f"moisesdb_v0.1/{uuids[0]}/piano/piano0.wav: listed in data.json but missing" in flat(broken.output)
+    assert (
+        broken.exit_code == 1
+        and f"moisesdb_v0.1/{uuids[0]}/piano/piano0.wav: listed in data.json but missing" in flat(broken.output)
+    )

@@ -49,24 +49,54 @@ def test_a_damaged_prepared_folder_is_refused_when_the_run_starts(musdb_prepared
         ]
     elif case == "validation":
         (data / "valid.txt").write_text("Actions - One Minute Smile\nActions - One Minute Smile\n")
-        expected = ["valid.txt lists a track twice", "valid.txt line 2: 'Actions - One Minute Smile' again (first on line 1)"]
+        expected = [
+            "valid.txt lists a track twice",
+            "valid.txt line 2: 'Actions - One Minute Smile' again (first on line 1)",
+        ]
     else:
-        rewrite(data / "tracks.jsonl", lambda i, r: json.dumps(dict(r, frames=r["frames"] - 1 if r["subset"] == "valid" else r["frames"])))
-        expected = ["the valid songs do not match their files", f"has {12 * SR} samples, tracks.jsonl says {12 * SR - 1}"]
-    result = runner.invoke(app, ["finetune", "--data", str(data), "--out", str(tmp_path / "run"), "--size", "tiny", "--device", "cpu",
-                                 "--workers", "0"])
+        rewrite(
+            data / "tracks.jsonl",
+            lambda i, r: json.dumps(dict(r, frames=r["frames"] - 1 if r["subset"] == "valid" else r["frames"])),
+        )
+        expected = [
+            "the valid songs do not match their files",
+            f"has {12 * SR} samples, tracks.jsonl says {12 * SR - 1}",
+        ]
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     text = flat(result.output)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # handled: no traceback
     for part in expected:
         assert part in text, (part, text)
-    assert f"prepare it again: mixit prepare-musdb {json.loads((data / 'summary.json').read_text())['root']} --out {data}" in text
+    assert (
+        f"prepare it again: mixit prepare-musdb {json.loads((data / 'summary.json').read_text())['root']} --out {data}"
+        in text
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_song_of_no_samples_is_refused(musdb_prepared, tmp_path):
     data = tmp_path / "prep"
     shutil.copytree(musdb_prepared, data)
-    rewrite(data / "tracks.jsonl", lambda i, r: json.dumps(dict(r, frames=0 if r["subset"] == "valid" else r["frames"])))
-    result = runner.invoke(app, ["select-channels", str(tmp_path / "any.pt"), "--data", str(data), "--out", str(tmp_path / "s.json")])
+    rewrite(
+        data / "tracks.jsonl", lambda i, r: json.dumps(dict(r, frames=0 if r["subset"] == "valid" else r["frames"]))
+    )
+    result = runner.invoke(
+        app, ["select-channels", str(tmp_path / "any.pt"), "--data", str(data), "--out", str(tmp_path / "s.json")]
+    )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "Actions - One Minute Smile: no samples (an empty track)" in flat(result.output)

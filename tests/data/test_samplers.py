@@ -147,7 +147,9 @@ def test_dm_render(musdb_prepared):
             x, _ = sf.read(path, start=start + plan.offset, frames=T, dtype="float32")
             x = x.T
             gain = 10 ** (plan.gain_db[j] / 20)
-            np.testing.assert_allclose(stems[j].numpy(), x * gain / np.sqrt(np.mean(x.astype(np.float64) ** 2)), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(
+                stems[j].numpy(), x * gain / np.sqrt(np.mean(x.astype(np.float64) ** 2)), rtol=1e-5, atol=1e-7
+            )
             assert np.sqrt(np.mean(stems[j].numpy().astype(np.float64) ** 2)) == pytest.approx(gain, rel=1e-5)
 
 
@@ -228,8 +230,12 @@ def gated(seconds: float, period: float, duty: float, seed: int) -> np.ndarray:
 def sparse_dense(tmp_path_factory) -> Path:
     """One training track: drums and vocals play half of the time, bass and other always."""
     root = tmp_path_factory.mktemp("norm_musdb")
-    stems = {"drums": gated(12, 0.5, 0.5, seed=1), "vocals": gated(12, 2.0, 0.5, seed=2),
-             "bass": noise(12, amp=0.3, seed=3), "other": noise(12, amp=0.05, seed=4)}
+    stems = {
+        "drums": gated(12, 0.5, 0.5, seed=1),
+        "vocals": gated(12, 2.0, 0.5, seed=2),
+        "bass": noise(12, amp=0.3, seed=3),
+        "other": noise(12, amp=0.05, seed=4),
+    }
     for name, split in (("S - Sparse", "train"), ("T - Test", "test")):
         for stem, x in stems.items():
             write(root / split / name / f"{stem}.wav", x)

@@ -19,7 +19,9 @@ def test_held_out_tracks_are_deterministic_by_name():
     chosen = held_out_tracks(names)
     assert len(chosen) == 4  # 10 % of 40
     assert held_out_tracks(list(reversed(names))) == chosen  # the order given does not matter
-    assert len(held_out_tracks(names[:5])) == 2 and len(held_out_tracks(names[:2])) == 1  # at least 2, one kept for training
+    assert (
+        len(held_out_tracks(names[:5])) == 2 and len(held_out_tracks(names[:2])) == 1
+    )  # at least 2, one kept for training
     assert held_out_tracks(names[:1]) == []
     assert set(chosen) <= set(held_out_tracks(names + ["Artist 99 - New"]))  # one more track (5 held out) keeps them
 

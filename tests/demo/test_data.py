@@ -62,7 +62,9 @@ def test_exact_sum_int16_never_clips_and_sums_exactly():
 
 def test_musdb_mixture_is_the_exact_sum_of_the_stems(musdb_root):
     for folder in sorted(musdb_root.glob("*/*")):
-        data = {s: sf.read(str(folder / f"{s}.wav"), dtype="int16", always_2d=True)[0].astype(np.int32) for s in SOURCES}
+        data = {
+            s: sf.read(str(folder / f"{s}.wav"), dtype="int16", always_2d=True)[0].astype(np.int32) for s in SOURCES
+        }
         np.testing.assert_array_equal(data["mixture"], sum(data[s] for s in STEMS))
         assert np.abs(data["mixture"]).max() > 3000  # not silent
 
@@ -139,7 +141,21 @@ def test_generators_report_every_bad_argument():
 
 def test_cli_writes_both_sets(tmp_path):
     out = tmp_path / "demo"
-    args = ["make-demo-data", str(out), "--songs", "2", "--musdb-train", "2", "--musdb-test", "1", "--seconds", "3", "--seed", "5", "--no-progress"]
+    args = [
+        "make-demo-data",
+        str(out),
+        "--songs",
+        "2",
+        "--musdb-train",
+        "2",
+        "--musdb-test",
+        "1",
+        "--seconds",
+        "3",
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / MARKER).read_text())
@@ -160,7 +176,9 @@ def test_overwrite_never_deletes_what_it_did_not_make(tmp_path):
     (tmp_path / "musdb").mkdir()
     (tmp_path / "musdb" / "precious.wav").write_bytes(b"x")
     with pytest.raises(DemoDataError, match="not made by make-demo-data"):
-        make_demo_data(tmp_path, songs=1, musdb_train=1, musdb_test=0, musdb_valid=0, seconds=1.0, overwrite=True, progress=False)
+        make_demo_data(
+            tmp_path, songs=1, musdb_train=1, musdb_test=0, musdb_valid=0, seconds=1.0, overwrite=True, progress=False
+        )
     assert (tmp_path / "musdb" / "precious.wav").exists()
 
 
@@ -188,5 +206,14 @@ def test_cli_rejects_bad_arguments_before_writing(tmp_path, bad, named):
 def test_cli_help_explains_every_option():
     result = runner.invoke(app, ["make-demo-data", "--help"], terminal_width=200)
     assert result.exit_code == 0
-    for option in ("--songs", "--musdb-train", "--musdb-valid", "--musdb-test", "--seconds", "--seed", "--overwrite", "--progress"):
+    for option in (
+        "--songs",
+        "--musdb-train",
+        "--musdb-valid",
+        "--musdb-test",
+        "--seconds",
+        "--seed",
+        "--overwrite",
+        "--progress",
+    ):
         assert option in result.output, option

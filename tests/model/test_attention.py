@@ -46,7 +46,9 @@ def masks(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("n, s, elements", [(10, 7, 196), (3, 7, 20), (3, 7, 28), (3, 516, 1 << 16), (1032, 62, 1 << 16)])
+@pytest.mark.parametrize(
+    "n, s, elements", [(10, 7, 196), (3, 7, 20), (3, 7, 28), (3, 516, 1 << 16), (1032, 62, 1 << 16)]
+)
 def test_chunks_cover_the_scores_in_order(n, s, elements):
     chunks = attn_module._chunks(n, s, elements)
     order = [(i, r) for a, b, r0, r1 in chunks for i in range(a, b) for r in range(r0, r1)]

@@ -152,9 +152,20 @@ def test_batched_decoder_gradients_equal_per_band_heads(decoder):
     x = torch.randn(1, 2, 62, 16, requires_grad=True)
     spec = torch.randn(1, 2, 1025, 2, dtype=torch.complex64)
     weights = torch.randn(1, 3, 2, 1025, 2, dtype=torch.complex64)
-    params = [decoder.heads[i].get_parameter(name) for i in (0, 40, 61)
-              for name in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
-                           "fc3.weight", "fc3.bias")]
+    params = [
+        decoder.heads[i].get_parameter(name)
+        for i in (0, 40, 61)
+        for name in (
+            "norm.weight",
+            "norm.bias",
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+            "fc3.weight",
+            "fc3.bias",
+        )
+    ]
     grads = []
     for fn in (lambda x: decoder(x, spec), lambda x: per_band_masks(decoder, x) * spec.unsqueeze(1)):
         loss = (fn(x) * weights).real.sum()

@@ -22,7 +22,9 @@ def test_average_of_checkpoints_is_the_mean_of_weights(tmp_path):
         models.append(build_model("tiny", n_outputs=2))
         manager.save(make_state(models[-1], step=epoch, epoch=epoch), valid_loss=float(epoch))
     averaged = average_checkpoints(best_checkpoints(tmp_path))
-    states = [m.state_dict() for m in models]  # once: a tiny model's state_dict() takes milliseconds, per name it took seconds
+    states = [
+        m.state_dict() for m in models
+    ]  # once: a tiny model's state_dict() takes milliseconds, per name it took seconds
     for name, value in averaged.state_dict().items():
         expected = sum(state[name] for state in states) / 3
         assert torch.allclose(value, expected, atol=1e-6), name

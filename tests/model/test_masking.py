@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixitcli.model.masking import equal_width_runs, masked_planes, masked_spectrum, per_output_affine, stacked_last_layers
+from mixitcli.model.masking import (
+    equal_width_runs,
+    masked_planes,
+    masked_spectrum,
+    per_output_affine,
+    stacked_last_layers,
+)
 
 
 def composed(hidden, spec, weights, biases, c):
@@ -51,8 +57,10 @@ def test_float32_equals_composition(frames_inside):
     probe = torch.randn(2, 5, 2, 9, 25, dtype=torch.complex64)  # (b, n, c, l, f)
     probe = probe.transpose(-1, -2) if frames_inside else probe.transpose(-1, -2).contiguous()
     results = []
-    for fn in (lambda: masked_spectrum(hidden, spec, weights, biases, n_channels=2),
-               lambda: composed(hidden, spec, weights, biases, 2)):
+    for fn in (
+        lambda: masked_spectrum(hidden, spec, weights, biases, n_channels=2),
+        lambda: composed(hidden, spec, weights, biases, 2),
+    ):
         y = fn()
         results.append((y.detach(), torch.autograd.grad((y * probe).real.sum(), leaves)))
     (ours, ours_grads), (ref, ref_grads) = results

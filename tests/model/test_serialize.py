@@ -30,10 +30,14 @@ def test_a_non_finite_weight_is_refused_naming_it(tmp_path, official):
     torch.save(model, bad)
     song = tmp_path / "song.wav"
     sf.write(song, 0.1 * np.random.default_rng(0).standard_normal((44100, 2)), 44100)
-    result = runner.invoke(app, ["separate", str(song), "--model", str(bad), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    result = runner.invoke(
+        app, ["separate", str(song), "--model", str(bad), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    )
     said = flat(result.output)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"{bad}: weight separator.1.time.attn.qkv.weight holds 1 non-finite value(s) (NaN or infinity) of 768" in said
+    assert (
+        f"{bad}: weight separator.1.time.attn.qkv.weight holds 1 non-finite value(s) (NaN or infinity) of 768" in said
+    )
     assert not list((tmp_path / "out").rglob("*.wav"))
 
     folder = shutil.copytree(official.folder("tiny4"), tmp_path / "official")  # the authors' layout too
@@ -46,10 +50,19 @@ def test_a_non_finite_weight_is_refused_naming_it(tmp_path, official):
         load_model(folder)
 
 
-@pytest.mark.parametrize("other, cause", [
-    (dict(size="tiny", n_outputs=12), "the weights are of a model with 12 outputs, the configuration says 4 outputs: another number of outputs"),
-    (dict(size="small", n_outputs=4), "the weights are of a model with d_model 96, blocks 4, the configuration says d_model 16, blocks 2: another preset (small)"),
-])
+@pytest.mark.parametrize(
+    "other, cause",
+    [
+        (
+            dict(size="tiny", n_outputs=12),
+            "the weights are of a model with 12 outputs, the configuration says 4 outputs: another number of outputs",
+        ),
+        (
+            dict(size="small", n_outputs=4),
+            "the weights are of a model with d_model 96, blocks 4, the configuration says d_model 16, blocks 2: another preset (small)",
+        ),
+    ],
+)
 def test_weights_that_do_not_fit_their_configuration_are_one_line(tmp_path, other, cause):
     model = model_to_dict(build_model("tiny", n_outputs=4))
     model["state_dict"] = model_to_dict(build_model(other["size"], n_outputs=other["n_outputs"]))["state_dict"]
@@ -58,7 +71,9 @@ def test_weights_that_do_not_fit_their_configuration_are_one_line(tmp_path, othe
     with pytest.raises(ModelLoadError) as caught:
         load_model(path)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"{path}: the weights do not fit the model configuration saved with them: ")
+    assert "\n" not in message and message.startswith(
+        f"{path}: the weights do not fit the model configuration saved with them: "
+    )
     assert f"Likely cause: {cause}" in message
 
 

@@ -51,7 +51,9 @@ def fma_prep(tmp_path_factory) -> Path:
         audio.mkdir(parents=True, exist_ok=True)
         sf.write(audio / f"{name}.wav", mix.T, SR)
     out = root / "prep"
-    prepare_fma(locate_audio_dir(audio), PrepareConfig(out=out, workers=0, valid_fraction=VALID_FRACTION, progress=False))
+    prepare_fma(
+        locate_audio_dir(audio), PrepareConfig(out=out, workers=0, valid_fraction=VALID_FRACTION, progress=False)
+    )
     return out
 
 
@@ -84,8 +86,25 @@ def musdb_prep(musdb_root, tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- runs through the CLI
 
-FAST = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
-        "--no-checkpointing", "--batch-size", "2", "--valid-size", "4", "--log-every", "1"]
+FAST = [
+    "--size",
+    "tiny",
+    "--segment-seconds",
+    "0.5",
+    "--warmup-steps",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-checkpointing",
+    "--batch-size",
+    "2",
+    "--valid-size",
+    "4",
+    "--log-every",
+    "1",
+]
 """A tiny pre-training run of `mixit pretrain` on ``fma_prep``."""
 REPRO = ["--max-steps", "3", "--steps-per-epoch", "2", "--valid-every", "1", "--save-every", "3"]
 """Issue 11's repro: 3 steps, validations at steps 2 (epoch end) and 3 (the last step, inside
@@ -98,7 +117,9 @@ def cli_pretrain(data, run, *extra):
 
     from mixitcli.cli import app
 
-    return CliRunner().invoke(app, ["pretrain", "--data", str(data), "--out", str(run), *FAST, *REPRO, *map(str, extra)])
+    return CliRunner().invoke(
+        app, ["pretrain", "--data", str(data), "--out", str(run), *FAST, *REPRO, *map(str, extra)]
+    )
 
 
 @pytest.fixture(scope="session")

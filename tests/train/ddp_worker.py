@@ -14,7 +14,9 @@ real_train_step, steps = loop.train_step, []
 
 def train_step(*args, **kwargs):
     steps.append(1)
-    if os.environ["RANK"] == os.environ["MIXIT_TEST_SIGNAL_RANK"] and len(steps) == int(os.environ["MIXIT_TEST_SIGNAL_STEP"]):
+    if os.environ["RANK"] == os.environ["MIXIT_TEST_SIGNAL_RANK"] and len(steps) == int(
+        os.environ["MIXIT_TEST_SIGNAL_STEP"]
+    ):
         os.kill(os.getpid(), signal.SIGTERM)
     return real_train_step(*args, **kwargs)
 

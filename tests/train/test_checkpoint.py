@@ -42,7 +42,9 @@ def test_manager_keeps_last_and_best_k(tmp_path):
         manager.save(make_state(model, step=10 * epoch, epoch=epoch), valid_loss=loss)
     kept = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
     assert [e["valid_loss"] for e in kept] == [1.0, 3.0]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.pt")) == [e["path"] for e in sorted(kept, key=lambda e: e["path"])]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.pt")) == [
+        e["path"] for e in sorted(kept, key=lambda e: e["path"])
+    ]
     assert load_checkpoint(manager.last)["epoch"] == 4
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temporary files left
 
@@ -110,7 +112,11 @@ def saved_run(folder: Path, data: Path) -> Path:
 def test_damaged_checkpoints_are_found_by_resume_average_and_init(fma_prep, tmp_path, monkeypatch):
     run = saved_run(tmp_path / "run", fma_prep)
     folder = run / "checkpoints"
-    last, best2, best3 = folder / "last.pt", folder / "best-epoch0001-step0000002.pt", folder / "best-epoch0001-step0000003.pt"
+    last, best2, best3 = (
+        folder / "last.pt",
+        folder / "best-epoch0001-step0000002.pt",
+        folder / "best-epoch0001-step0000003.pt",
+    )
     flip_bytes(last)
     torch.load(last, weights_only=True)  # issue 20: torch reads it without complaint
     monkeypatch.setattr(loop, "train_step", lambda *a, **k: pytest.fail("trained from a damaged checkpoint"))

@@ -24,9 +24,25 @@ runner = CliRunner()
 
 def test_stage_defaults_follow_the_paper():
     pre, fine, freeze = PretrainConfig(), FinetuneConfig(), FreezeFinetuneConfig()
-    assert (pre.n_outputs, pre.batch_size, pre.epochs, pre.steps_per_epoch, pre.decay_factor, pre.loss) == (12, 128, 150, 2038, 0.965, "mixit")
-    assert (pre.warmup_steps, pre.decay_stop_epoch * pre.steps_per_epoch) == (4000, 152_850)  # the authors' FMA-large config
-    assert (fine.n_outputs, fine.batch_size, fine.epochs, fine.steps_per_epoch, fine.decay_start_epoch) == (4, 32, 900, 110, 550)
+    assert (pre.n_outputs, pre.batch_size, pre.epochs, pre.steps_per_epoch, pre.decay_factor, pre.loss) == (
+        12,
+        128,
+        150,
+        2038,
+        0.965,
+        "mixit",
+    )
+    assert (pre.warmup_steps, pre.decay_stop_epoch * pre.steps_per_epoch) == (
+        4000,
+        152_850,
+    )  # the authors' FMA-large config
+    assert (fine.n_outputs, fine.batch_size, fine.epochs, fine.steps_per_epoch, fine.decay_start_epoch) == (
+        4,
+        32,
+        900,
+        110,
+        550,
+    )
     assert (freeze.trainable, freeze.epochs) == ("encdec", 200)
     assert pre.weight_decay == fine.weight_decay == 1e-2 and pre.clip_norm == 5.0 and fine.warmup_steps == 5000
     assert pre.stem_norm == fine.stem_norm == "rms"  # the paper's; the table recipes choose mean_abs
@@ -66,7 +82,9 @@ def test_resume_allows_only_runtime_changes():
 
 
 def test_bad_options_are_reported_together(tmp_path):
-    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "r"), "--batch-size", "0", "--mixit-solver", "greedy"])
+    result = runner.invoke(
+        app, ["pretrain", "--out", str(tmp_path / "r"), "--batch-size", "0", "--mixit-solver", "greedy"]
+    )
     assert result.exit_code != 0
     assert "data" in result.output and "batch_size" in result.output and "mixit_solver" in result.output
 
@@ -81,7 +99,9 @@ def test_resume_compares_a_recipe_with_the_run(tmp_path, trained):
     assert f"size(run:'tiny',recipe{other}:'small')" in said and "lr(run:" not in said  # 0.002 is the run's 2e-3
     assert "aresumedrunneedsno--config" in said
     same = tmp_path / "same.yaml"
-    same.write_text("stage: pretrain\nsize: tiny\nlr: 2.0e-3\nepochs: 3\n")  # restates the run; changes a runtime option
+    same.write_text(
+        "stage: pretrain\nsize: tiny\nlr: 2.0e-3\nepochs: 3\n"
+    )  # restates the run; changes a runtime option
     assert runner.invoke(cli.app, ["pretrain", "--out", str(run), "--resume", "--config", str(same)]).exit_code == 0
     config, resume = trained.pop()
     assert (config.size, config.lr, config.epochs, resume) == ("tiny", 2e-3, 3, True)

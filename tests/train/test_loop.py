@@ -53,10 +53,31 @@ from tests.builders import prepare_musdb_cli as prepare
 from tests.train.conftest import FAST, REPRO, cli_pretrain
 
 runner = CliRunner()
-FAST_CONFIG = dict(size="tiny", segment_seconds=0.5, warmup_steps=1, workers=0, device="cpu", log_every=1, activation_checkpointing=False)
+FAST_CONFIG = dict(
+    size="tiny",
+    segment_seconds=0.5,
+    warmup_steps=1,
+    workers=0,
+    device="cpu",
+    log_every=1,
+    activation_checkpointing=False,
+)
 """Tiny training, as values of a configuration (for `train` called directly)."""
-FAST_CLI = ["--size", "tiny", "--segment-seconds", "0.5", "--warmup-steps", "1", "--workers", "0", "--device", "cpu",
-            "--log-every", "1", "--no-checkpointing"]
+FAST_CLI = [
+    "--size",
+    "tiny",
+    "--segment-seconds",
+    "0.5",
+    "--warmup-steps",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--log-every",
+    "1",
+    "--no-checkpointing",
+]
 """Tiny training, as command-line options (without the batch and validation sizes of FAST)."""
 
 
@@ -116,7 +137,16 @@ def test_mixit_step_runs_under_bf16_autocast(model):
 
 
 def pretrain_config(fma_prep, out, **over):
-    values = dict(FAST_CONFIG, data=str(fma_prep), out=str(out), batch_size=4, epochs=1, steps_per_epoch=4, valid_size=4, valid_every_epochs=1)
+    values = dict(
+        FAST_CONFIG,
+        data=str(fma_prep),
+        out=str(out),
+        batch_size=4,
+        epochs=1,
+        steps_per_epoch=4,
+        valid_size=4,
+        valid_every_epochs=1,
+    )
     values.update(over)
     return build_config("pretrain", overrides=values)
 
@@ -202,8 +232,17 @@ def test_gradient_accumulation_gives_the_same_step(fma_prep, tmp_path):
 @pytest.mark.slow
 def test_finetuning_loss_goes_down(musdb_prep, tmp_path):
     run = tmp_path / "fine"
-    values = dict(FAST_CONFIG, data=str(musdb_prep), out=str(run), batch_size=4, epochs=3, steps_per_epoch=8, lr=3e-3,
-                  warmup_steps=4, valid_every_epochs=3)
+    values = dict(
+        FAST_CONFIG,
+        data=str(musdb_prep),
+        out=str(run),
+        batch_size=4,
+        epochs=3,
+        steps_per_epoch=8,
+        lr=3e-3,
+        warmup_steps=4,
+        valid_every_epochs=3,
+    )
     train(build_config("finetune", overrides=values))
     losses = train_losses(run)
     first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (22, 23, 24)) / 3
@@ -220,8 +259,18 @@ def test_finetune_from_an_official_mixit_folder(official, musdb_prep, tmp_path):
     selection = tmp_path / "inst_head.json"  # the official selection format
     selection.write_text(json.dumps({"bass": 5, "drums": 1, "vocals": 9, "other": 2}))
     run = tmp_path / "run"
-    values = dict(FAST_CONFIG, data=str(musdb_prep), out=str(run), init=str(folder), selection=str(selection),
-                  batch_size=2, epochs=1, steps_per_epoch=1, lr=1e-9, warmup_steps=1)
+    values = dict(
+        FAST_CONFIG,
+        data=str(musdb_prep),
+        out=str(run),
+        init=str(folder),
+        selection=str(selection),
+        batch_size=2,
+        epochs=1,
+        steps_per_epoch=1,
+        lr=1e-9,
+        warmup_steps=1,
+    )
     train(build_config("finetune", overrides=values))
     from mixitcli.model.official import load_official
 
@@ -257,8 +306,24 @@ def test_activation_checkpointing_default_follows_device_and_size(monkeypatch):
 @pytest.fixture(scope="module")
 def pretrained(fma_prep, tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "pre"
-    invoke("pretrain", "--data", fma_prep, "--out", run, *FAST_CLI, "--batch-size", "4", "--epochs", "2",
-           "--steps-per-epoch", "2", "--valid-size", "4", "--valid-every", "1")
+    invoke(
+        "pretrain",
+        "--data",
+        fma_prep,
+        "--out",
+        run,
+        *FAST_CLI,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--valid-size",
+        "4",
+        "--valid-every",
+        "1",
+    )
     return run
 
 
@@ -271,7 +336,20 @@ def test_pretrain_writes_a_run_folder(pretrained):
 def test_checkpointing_default_is_resolved_and_recorded(fma_prep, tmp_path):
     run = tmp_path / "run"
     fast = [a for a in FAST_CLI if a != "--no-checkpointing"]
-    invoke("pretrain", "--data", fma_prep, "--out", run, *fast, "--batch-size", "2", "--max-steps", "1", "--valid-size", "2")
+    invoke(
+        "pretrain",
+        "--data",
+        fma_prep,
+        "--out",
+        run,
+        *fast,
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--valid-size",
+        "2",
+    )
     assert yaml.safe_load((run / "config.yaml").read_text())["activation_checkpointing"] is False  # tiny on CPU
 
 
@@ -300,8 +378,20 @@ def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
 
     common = [*FAST_CLI, "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2"]
     fine = tmp_path / "fine"
-    invoke("finetune", "--data", musdb_prep, "--out", fine, "--init", pretrained, "--selection", selection, *common,
-           "--stem-norm", "mean_abs")
+    invoke(
+        "finetune",
+        "--data",
+        musdb_prep,
+        "--out",
+        fine,
+        "--init",
+        pretrained,
+        "--selection",
+        selection,
+        *common,
+        "--stem-norm",
+        "mean_abs",
+    )
     assert load_checkpoint(fine / "checkpoints" / "last.pt")["config"]["stem_norm"] == "mean_abs"
     model = load_model(fine / "checkpoints" / "last.pt")
     assert model.config.n_outputs == 4 and model.stems == ("bass", "drums", "vocals", "other")
@@ -310,7 +400,9 @@ def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
 
     # freeze-finetune from the fine-tuned run: the separator must not move, the rest must
     frozen = tmp_path / "frozen"
-    invoke("freeze-finetune", "--data", musdb_prep, "--out", frozen, "--init", fine / "checkpoints" / "last.pt", *common)
+    invoke(
+        "freeze-finetune", "--data", musdb_prep, "--out", frozen, "--init", fine / "checkpoints" / "last.pt", *common
+    )
     assert load_checkpoint(frozen / "checkpoints" / "last.pt")["config"]["stem_norm"] == "rms"  # the default
     before = load_model(fine / "checkpoints" / "last.pt").state_dict()
     after = load_checkpoint(frozen / "checkpoints" / "last.pt")["model"]["state_dict"]
@@ -328,7 +420,9 @@ def test_select_finetune_freeze_average_plot(pretrained, musdb_prep, tmp_path):
 
 
 def test_finetune_from_12_outputs_needs_a_selection(pretrained, musdb_prep, tmp_path):
-    result = runner.invoke(app, ["finetune", "--data", str(musdb_prep), "--out", str(tmp_path / "x"), "--init", str(pretrained), *FAST_CLI])
+    result = runner.invoke(
+        app, ["finetune", "--data", str(musdb_prep), "--out", str(tmp_path / "x"), "--init", str(pretrained), *FAST_CLI]
+    )
     assert result.exit_code != 0 and "--selection" in result.output
 
 
@@ -362,10 +456,16 @@ def test_finetune_refuses_an_empty_validation_split(own_stems, tmp_path):
     out = tmp_path / "prep"
     assert prepare(own_stems, out).exit_code == 0
     (out / "valid.txt").write_text("")  # as a folder prepared before issue 10 looked
-    result = runner.invoke(app, ["finetune", "--data", str(out), "--out", str(tmp_path / "run"), "--size", "tiny", "--device", "cpu"])
+    result = runner.invoke(
+        app, ["finetune", "--data", str(out), "--out", str(tmp_path / "run"), "--size", "tiny", "--device", "cpu"]
+    )
     assert result.exit_code == 1
     text = flat(result.output)
-    assert "lists no validation songs" in text and "mixit prepare-musdb ROOT --out DIR" in text and "--valid-tracks" in text
+    assert (
+        "lists no validation songs" in text
+        and "mixit prepare-musdb ROOT --out DIR" in text
+        and "--valid-tracks" in text
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -375,8 +475,10 @@ def test_pretraining_refuses_a_4_output_model_as_init(fma_prep, tmp_path):
     result = cli_pretrain(fma_prep, tmp_path / "run", "--init", fine)
     said = flat(result.output)
     assert result.exit_code == 1, result.output
-    assert (f"pre-training needs a 12-output (MixIT) model, but --init {fine} has 4 outputs (bass, drums, vocals, other)"
-            in said) and "--selection" not in said
+    assert (
+        f"pre-training needs a 12-output (MixIT) model, but --init {fine} has 4 outputs (bass, drums, vocals, other)"
+        in said
+    ) and "--selection" not in said
 
 
 def test_weights_that_do_not_fit_their_configuration_are_one_line(musdb_prep, tmp_path):
@@ -386,13 +488,29 @@ def test_weights_that_do_not_fit_their_configuration_are_one_line(musdb_prep, tm
     model["state_dict"] = model_to_dict(build_model("tiny", n_outputs=12))["state_dict"]
     init = tmp_path / "mixed.pt"
     torch.save(model, init)
-    result = runner.invoke(app, ["finetune", "--data", str(musdb_prep), "--out", str(tmp_path / "run"), "--init", str(init),
-                                 "--size", "tiny", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(musdb_prep),
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(init),
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     message = result.output.strip()
     assert "\n" not in message, message
-    assert (f"--init: {init}: the weights do not fit the model configuration saved with them: 124 of another shape "
-            "(decoder.heads.0.fc3.weight (12, 16, 64) for (4, 16, 64)") in message
+    assert (
+        f"--init: {init}: the weights do not fit the model configuration saved with them: 124 of another shape "
+        "(decoder.heads.0.fc3.weight (12, 16, 64) for (4, 16, 64)"
+    ) in message
     assert "Likely cause: the weights are of a model with 12 outputs, the configuration says 4 outputs" in message
 
 
@@ -429,7 +547,9 @@ def assert_same_run(run, reference):
     assert ranked == [(e["path"], e["step"], e["valid_loss"]) for e in want["best"]]
     clock = ("time", "examples_per_s")
     logged = [{k: v for k, v in r.items() if k not in clock} for r in metrics(run)]
-    assert logged == [{k: pytest.approx(v, abs=1e-6) for k, v in r.items() if k not in clock} for r in metrics(reference)]
+    assert logged == [
+        {k: pytest.approx(v, abs=1e-6) for k, v in r.items() if k not in clock} for r in metrics(reference)
+    ]
 
 
 def test_signals_stop_pretraining_at_a_step_and_resume_exactly(pretrain_reference, fma_prep, tmp_path, monkeypatch):
@@ -441,7 +561,9 @@ def test_signals_stop_pretraining_at_a_step_and_resume_exactly(pretrain_referenc
     send_on_call(monkeypatch, loop, "train_step", 2, signal.SIGTERM, signal.SIGINT)
     result = runner.invoke(app, command)
     assert result.exit_code == 130, result.output
-    assert "SIGINT again: stopped at once, without saving; run the same command again (nothing was saved yet)" in flat(result.output)
+    assert "SIGINT again: stopped at once, without saving; run the same command again (nothing was saved yet)" in flat(
+        result.output
+    )
     assert not last.exists()
     monkeypatch.undo()
 
@@ -474,7 +596,18 @@ def test_signals_stop_pretraining_at_a_step_and_resume_exactly(pretrain_referenc
 @pytest.fixture(scope="module")
 def finetune_command(musdb_prep):
     fast = [a for i, a in enumerate(FAST) if "--valid-size" not in FAST[max(i - 1, 0) : i + 1]]  # pre-training's only
-    return ["finetune", "--data", str(musdb_prep), *fast, "--max-steps", "1", "--steps-per-epoch", "1", "--valid-every", "1"]
+    return [
+        "finetune",
+        "--data",
+        str(musdb_prep),
+        *fast,
+        "--max-steps",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--valid-every",
+        "1",
+    ]
 
 
 def test_signals_in_the_final_validation_and_save_of_finetuning_lose_nothing(finetune_command, tmp_path, monkeypatch):
@@ -510,8 +643,20 @@ def test_a_solver_failure_is_a_bad_step(fma_prep, tmp_path):
     squares fail (linalg.eigh: a traceback before the non-finite-step guard had a chance; at
     step 4 with --lr 1e6, at step 2 with 1e9). Now a bad step like a non-finite loss, so
     --max-bad-steps stops the run with its message, and the checkpoints hold finite weights."""
-    result = cli_pretrain(fma_prep, tmp_path / "run", "--lr", "1e9", "--max-bad-steps", "1", "--max-steps", "8",
-                          "--steps-per-epoch", "8", "--save-every", "1")
+    result = cli_pretrain(
+        fma_prep,
+        tmp_path / "run",
+        "--lr",
+        "1e9",
+        "--max-bad-steps",
+        "1",
+        "--max-steps",
+        "8",
+        "--steps-per-epoch",
+        "8",
+        "--save-every",
+        "1",
+    )
     said = flat(result.output)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "1 step in a row had a non-finite loss or gradient (step 2); stopped." in said
@@ -564,7 +709,9 @@ def test_interrupted_final_validation_is_made_on_resume(reference, fma_prep, tmp
     resumed, expected = best(run), best(reference)
     assert [(e["path"], e["step"]) for e in resumed] == [(e["path"], e["step"]) for e in expected]
     assert [e["valid_loss"] for e in resumed] == pytest.approx([e["valid_loss"] for e in expected], abs=1e-5)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        p.name for p in (reference / "checkpoints").iterdir()
+    )
     assert steps_logged(run) == steps_logged(reference)  # the redone steps are not logged twice
 
 
@@ -590,8 +737,10 @@ def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(fma_
     flat = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"no space left on the device of {run / 'checkpoints'} (writing best-epoch0001-step0000002.pt;" in flat
-    assert ("needed). Free some space there or choose a folder on a larger disk, then continue from step 1 "
-            f"({run / 'checkpoints' / 'last.pt'}) with: mixit pretrain --out {run} --resume") in flat
+    assert (
+        "needed). Free some space there or choose a folder on a larger disk, then continue from step 1 "
+        f"({run / 'checkpoints' / 'last.pt'}) with: mixit pretrain --out {run} --resume"
+    ) in flat
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
     monkeypatch.undo()
     result = runner.invoke(app, flat.split("with: mixit ")[1].split())  # the command the message gives
@@ -603,7 +752,9 @@ def test_full_disk_during_a_save_says_how_to_resume_and_leaves_no_temporary(fma_
 def test_temporary_of_a_killed_save_is_removed_on_resume(reference, fma_prep, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    dead = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )
     left = run / "checkpoints" / f".last.pt.tmp{dead}"  # what kill -9 during torch.save leaves
     left.write_bytes(b"\0" * 1000)
     result = runner.invoke(app, ["pretrain", "--out", str(run), "--resume", "--data", str(fma_prep)])  # done already
@@ -640,20 +791,61 @@ def test_two_ranks_stay_in_sync_and_stop_together(fma_prep, tmp_path):
     recipe.write_text(yaml.safe_dump({"stage": "pretrain", "check_sync_every": 1, "activation_checkpointing": False}))
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        "-m", "tests.train.ddp_worker", "pretrain", "--config", str(recipe), "--data", str(fma_prep), "--out", str(run),
-        "--size", "tiny", "--batch-size", "4", "--segment-seconds", "0.5", "--epochs", "3", "--steps-per-epoch", "1",
-        "--valid-every", "1", "--warmup-steps", "1", "--workers", "0", "--device", "cpu", "--log-every", "1", "--valid-size", "4",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "tests.train.ddp_worker",
+        "pretrain",
+        "--config",
+        str(recipe),
+        "--data",
+        str(fma_prep),
+        "--out",
+        str(run),
+        "--size",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--segment-seconds",
+        "0.5",
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        "1",
+        "--valid-every",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--valid-size",
+        "4",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MIXIT_TEST_SIGNAL_RANK="1", MIXIT_TEST_SIGNAL_STEP="2")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MIXIT_TEST_SIGNAL_RANK="1", MIXIT_TEST_SIGNAL_STEP="2"
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert "global batch 4 = 2 per forward x 1 accumulation x 2 device(s)" in proc.stderr
     said = " ".join(proc.stderr.split())
     last = run / "checkpoints" / "last.pt"
-    message = (f"SIGTERM at step 2: saved {last}; its validation of step 2 is made first when it continues. "
-               f"Continue with: torchrun <its options as before> -m mixitcli pretrain --out {run} --resume")
+    message = (
+        f"SIGTERM at step 2: saved {last}; its validation of step 2 is made first when it continues. "
+        f"Continue with: torchrun <its options as before> -m mixitcli pretrain --out {run} --resume"
+    )
     assert said.count(message) == 1, proc.stderr[-3000:]  # rank 0 says it, once
     assert "rank : 1 (local_rank: 1) exitcode : 143" in said  # as a shell reports SIGTERM (rank 0 may be ended
     # by torchrun's own SIGTERM as it exits: torchrun stops the other ranks once one has stopped)

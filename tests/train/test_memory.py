@@ -20,7 +20,9 @@ from tests.train.conftest import cli_pretrain
 def test_one_and_two_examples_predict_what_a_batch_keeps():
     """Fitted to one and two examples, the measure predicts what four keep; with the block paths
     recomputed in the backward pass (activation checkpointing), an example keeps less."""
-    config = build_config("pretrain", overrides=dict(data="-", out="-", size="tiny", segment_seconds=0.5, device="cpu", bf16=False))
+    config = build_config(
+        "pretrain", overrides=dict(data="-", out="-", size="tiny", segment_seconds=0.5, device="cpu", bf16=False)
+    )
     core = build_model("tiny", n_outputs=12).train()
     batch = torch.randn(4, 2, 2, 22050)  # (b, m, c, t): 4 mixtures of mixtures of 0.5 s
 
@@ -51,7 +53,11 @@ def test_an_impossible_batch_is_refused_before_the_first_step(fma_prep, tmp_path
     assert "a micro-batch of 100000 example(s) of 0.5 s cannot fit in memory: it needs at least" in said
     assert "RAM available" in said
     n = int(re.search(r"run the same command with --grad-accum (\d+)", said).group(1))
-    assert n > 1 and 100000 % n == 0 and f"--grad-accum {n} makes it {n} forward passes of {100000 // n} example(s)" in said
+    assert (
+        n > 1
+        and 100000 % n == 0
+        and f"--grad-accum {n} makes it {n} forward passes of {100000 // n} example(s)" in said
+    )
     assert not (run / "config.yaml").exists()  # the same command with --grad-accum N starts the run
 
 
@@ -69,9 +75,11 @@ def test_out_of_memory_in_a_step_gives_the_grad_accum_to_resume_with(fma_prep, t
     result = cli_pretrain(fma_prep, run, "--save-every", "1", "--max-steps", "2")
     said = flat(result.output)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert ("out of memory on cpu at step 2 with 2 example(s) per forward pass; --grad-accum 2 makes it 2 forward passes "
-            f"of 1 example(s) per step on each device, the same global batch of 2: mixit pretrain --out {run} --resume "
-            "--grad-accum 2") in said
+    assert (
+        "out of memory on cpu at step 2 with 2 example(s) per forward pass; --grad-accum 2 makes it 2 forward passes "
+        f"of 1 example(s) per step on each device, the same global batch of 2: mixit pretrain --out {run} --resume "
+        "--grad-accum 2"
+    ) in said
     monkeypatch.undo()
     stage, *args = said.split(": mixit ")[-1].split()  # the command the message gives, planned as the CLI does
     command_line = {"out": args[args.index("--out") + 1], "grad_accum": args[args.index("--grad-accum") + 1]}

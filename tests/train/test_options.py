@@ -31,7 +31,9 @@ WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 class MadeUpConfig(PretrainConfig):
     """Pre-training with two options that exist only in this test."""
 
-    made_up_gain_db: float = option(0.0, "A made-up gain, for this test only.", group=OBJECTIVE, at_least=-20, at_most=20)
+    made_up_gain_db: float = option(
+        0.0, "A made-up gain, for this test only.", group=OBJECTIVE, at_least=-20, at_most=20
+    )
     made_up_patience: int = option(3, "A made-up patience, for this test only.", group=RUNTIME, at_least=1, resume=True)
 
 
@@ -100,7 +102,14 @@ def test_every_stage_field_is_described():
     assert options_of(STAGE_CONFIGS["freeze-finetune"])["trainable"].default == "encdec"  # a stage's own default
 
 
-BAD_RECIPE = {"lr": "fast", "batch_size": "2", "grad_accum": True, "epochs": 3.7, "size": "huge", "level_range_db": [1, "x"]}
+BAD_RECIPE = {
+    "lr": "fast",
+    "batch_size": "2",
+    "grad_accum": True,
+    "epochs": 3.7,
+    "size": "huge",
+    "level_range_db": [1, "x"],
+}
 
 
 def test_recipe_values_are_checked_against_their_types(tmp_path, trained):
@@ -111,8 +120,23 @@ def test_recipe_values_are_checked_against_their_types(tmp_path, trained):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"stage": "pretrain", **BAD_RECIPE}))
-    result = runner.invoke(cli.app, ["pretrain", "--config", str(bad), "--out", str(tmp_path / "r"), "--size", "huge",
-                                     "--batch-size", "0", "--betas", "0.9", "high"])
+    result = runner.invoke(
+        cli.app,
+        [
+            "pretrain",
+            "--config",
+            str(bad),
+            "--out",
+            str(tmp_path / "r"),
+            "--size",
+            "huge",
+            "--batch-size",
+            "0",
+            "--betas",
+            "0.9",
+            "high",
+        ],
+    )
     said = flat(result.output)
     assert result.exit_code == 1 and not trained and "Traceback" not in result.output
     for expected in (
@@ -138,17 +162,46 @@ def test_betas_outside_0_1_are_refused_with_the_other_problems(tmp_path, trained
     said = flat(result.output)
     assert result.exit_code == 1 and not trained and "Traceback" not in result.output, result.output
     assert "betas must each be < 1, got 2.0 2.0" in said and "dropout must be < 1, got 1.5" in said
-    result = runner.invoke(cli.app, ["finetune", "--data", "d", "--out", str(tmp_path / "r"), "--betas", "-0.1", "0.999"])
+    result = runner.invoke(
+        cli.app, ["finetune", "--data", "d", "--out", str(tmp_path / "r"), "--betas", "-0.1", "0.999"]
+    )
     assert result.exit_code == 1 and "betas must each be >= 0, got -0.1 0.999" in flat(result.output)
 
 
 def test_command_line_values_reach_the_configuration(tmp_path, trained):
-    args = ["finetune", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--size", "tiny", "--lr", "2e-4",
-            "--betas", "0.8", "0.95", "--decay-stop-epoch", "none", "--valid-every", "3", "--no-checkpointing",
-            "--save-every", "7", "--trainable", "encdec", "--no-bf16"]
+    args = [
+        "finetune",
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "r"),
+        "--size",
+        "tiny",
+        "--lr",
+        "2e-4",
+        "--betas",
+        "0.8",
+        "0.95",
+        "--decay-stop-epoch",
+        "none",
+        "--valid-every",
+        "3",
+        "--no-checkpointing",
+        "--save-every",
+        "7",
+        "--trainable",
+        "encdec",
+        "--no-bf16",
+    ]
     assert runner.invoke(cli.app, args).exit_code == 0
     config, resume = trained.pop()
-    assert (config.stage, config.size, config.lr, config.betas, config.decay_stop_epoch) == ("finetune", "tiny", 2e-4, (0.8, 0.95), None)
+    assert (config.stage, config.size, config.lr, config.betas, config.decay_stop_epoch) == (
+        "finetune",
+        "tiny",
+        2e-4,
+        (0.8, 0.95),
+        None,
+    )
     assert (config.valid_every_epochs, config.activation_checkpointing, config.save_every_steps) == (3, False, 7)
     assert (config.trainable, config.bf16, resume) == ("encdec", False, False)
     # pre-training's options are not offered by fine-tuning
