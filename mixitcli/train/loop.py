@@ -714,6 +714,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
     started, last_log = time.time(), (time.time(), step)
     summary = {"stage": config.stage, "run": str(run), "start_step": step}
     batches = None
+    together = False  # every rank reached the end of the loop, or the same stop
     try:
         with progress, deferred_stop() as stop:
             if pending and not validate_and_save():  # the one a stop cut short, as the uninterrupted run made it
@@ -795,7 +796,9 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
             signum = agreed_stop(stop, rt)  # came during the last validation or save
             if signum:
                 raise halt(signum, pending_validation=False)
+        together = True
     except Stopped:
+        together = True  # every rank agreed on the stop and passed halt()'s barrier
         raise  # saved, and says so
     except Interrupted as e:  # a second signal: stopped at once; every file is whole (atomic saves)
         raise Interrupted(e.signum, f"{e}, without saving; {go_on()}", quiet=not rt.main) from None
@@ -819,6 +822,8 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         stop_workers(batches)
         log.close()
         if rt.owns_group:
+            if together:  # a rank that tears its gloo connections down while a peer still uses them aborts it
+                dist.barrier()
             dist.destroy_process_group()
     summary.update(step=step, epoch=epoch, skipped_steps=counters["skipped_steps"], best=manager.best)
     if rt.main:
