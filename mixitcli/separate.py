@@ -11,7 +11,7 @@ it); :func:`separate_file` streams a file through it, reading and writing in blo
 
 The authors also normalise the whole song by its per-channel STFT RMS before ``css`` and
 undo it afterwards. Our model divides every chunk by its own per-channel STFT RMS, so it is
-scale-equivariant and that global step only changes float rounding (tests/test_separate.py
+scale-equivariant and that global step only changes float rounding (tests/model/test_official.py
 checks the result against the official output, ``long_out``, to 1e-4): it is skipped.
 
 Shape letters (docs/method.md §3): n outputs, c channels, t samples, B chunks in a batch, T chunk length.
