@@ -367,9 +367,9 @@ def _decoded_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
             yield np.ascontiguousarray(data.T)
 
 
-def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
-    probe = _ffprobe(path)
-    cmd = [
+def _ffmpeg_pcm(path: Path) -> list[str]:
+    """The ffmpeg command that decodes ``path``'s first audio stream to interleaved float32 on stdout."""
+    return [
         "ffmpeg",
         "-v",
         "error",
@@ -384,6 +384,11 @@ def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
         "pcm_f32le",
         "-",
     ]
+
+
+def _ffmpeg_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    probe = _ffprobe(path)
+    cmd = _ffmpeg_pcm(path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     frame_bytes = 4 * probe.channels
     total, finished = 0, False
@@ -434,21 +439,7 @@ def _ffprobe(path: Path) -> AudioInfo:
 
 def _ffmpeg_decode(path: Path) -> tuple[np.ndarray, int]:
     probe = _ffprobe(path)
-    cmd = [
-        "ffmpeg",
-        "-v",
-        "error",
-        "-nostdin",
-        "-i",
-        str(path),
-        "-map",
-        "0:a:0",
-        "-f",
-        "f32le",
-        "-acodec",
-        "pcm_f32le",
-        "-",
-    ]
+    cmd = _ffmpeg_pcm(path)
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0 or not proc.stdout:
         raise AudioError(f"{path}: ffmpeg cannot decode it ({proc.stderr.decode(errors='replace').strip()[:200]})")
