@@ -822,7 +822,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> dict:
         stop_workers(batches)
         log.close()
         if rt.owns_group:
-            if together:  # a rank that tears its gloo connections down while a peer still uses them aborts it
+            if together:  # gloo can abort a rank whose peer tears its connections down first (SIGABRT seen under load)
                 dist.barrier()
             dist.destroy_process_group()
     summary.update(step=step, epoch=epoch, skipped_steps=counters["skipped_steps"], best=manager.best)
