@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -847,9 +848,10 @@ def test_two_ranks_stay_in_sync_and_stop_together(fma_prep, tmp_path):
         f"Continue with: torchrun <its options as before> -m mixitcli pretrain --out {run} --resume"
     )
     assert said.count(message) == 1, proc.stderr[-3000:]  # rank 0 says it, once
-    # as a shell reports SIGTERM (rank 0 may be ended by torchrun's own SIGTERM as it exits:
-    # torchrun stops the other ranks once one has stopped)
-    assert "rank : 1 (local_rank: 1) exitcode : 143" in said, proc.stderr[-3000:]
+    # as a shell reports SIGTERM. Both ranks stop at the agreed step with 143; torchrun reports
+    # the rank it sees end first (on a loaded machine rank 0 as often as rank 1) and then stops
+    # the other one itself
+    assert re.search(r"rank : [01] \(local_rank: [01]\) exitcode : 143", said), proc.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["dist/param_spread"] for r in records if "dist/param_spread" in r] == [0.0, 0.0]
     assert [r["step"] for r in records if "loss/valid" in r] == [1]
