@@ -55,6 +55,7 @@ def closed_form_gflop(cfg, frames: int) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 def test_tiny_bf16_figures(roofline, capsys):
     (r,) = roofline.main(
         ["--presets", "tiny", "--precision", "bf16", "--threads", "2", "--seconds", "24", "--reps", "1"]
