@@ -849,8 +849,8 @@ def test_two_ranks_stay_in_sync_and_stop_together(fma_prep, tmp_path):
     )
     assert said.count(message) == 1, proc.stderr[-3000:]  # rank 0 says it, once
     # as a shell reports SIGTERM. Both ranks stop at the agreed step with 143; torchrun reports
-    # the rank it sees end first (on a loaded machine rank 0 as often as rank 1) and then stops
-    # the other one itself
+    # the rank it sees end first (one full run under load reported rank 0) and then stops the
+    # other one itself
     assert re.search(r"rank : [01] \(local_rank: [01]\) exitcode : 143", said), proc.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["dist/param_spread"] for r in records if "dist/param_spread" in r] == [0.0, 0.0]
