@@ -15,8 +15,7 @@ from tests.official import OfficialModels
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # and so does every process a test starts (the CLI, torchrun's ranks, scoring workers): with
-    # a thread per core each, two of them oversubscribe the cores, and OpenMP's threads spin
-    # while they wait (`make test` on 2 cores: 513 s of user CPU time without this, 464 with it)
+    # a thread per core each, beside the other worker they would oversubscribe the cores
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
 keep_freed_memory()  # as the mixit command does: large tensors reuse freed memory
