@@ -84,7 +84,7 @@ def chunk_flops(network, chunk) -> dict[str, int]:
 
 def kind_of(op_name: str) -> str | None:
     """The kind (:data:`KINDS`) of a profiler op name, or None for everything else."""
-    if "conv" in op_name:
+    if "convolution" in op_name or op_name.startswith("aten::conv"):  # not aten::_convert...
         return "convolutions"
     if "scaled_dot_product" in op_name:
         return "attention"
