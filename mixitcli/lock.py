@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mixitcli.storage import StorageWarning
+from mixitcli.storage import StorageWarning, pid_alive
 
 LOCK_NAME = ".mixit.lock"
 """The lock file of a folder."""
@@ -110,7 +110,7 @@ class Holder:
         boot = _boot_id()
         if boot is not None and self.boot_id is not None and boot != self.boot_id:
             return "gone"  # the machine rebooted since
-        if not _pid_exists(self.pid):
+        if not pid_alive(self.pid):
             return "gone"
         start = _process_start(self.pid)
         if start is not None and self.proc_start is not None and start != self.proc_start:
@@ -125,20 +125,6 @@ def _command_line() -> str:
         first = "python -m mixitcli"
     text = " ".join([first, *(shlex.quote(a) for a in argv[1:])])
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _pid_exists(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _process_start(pid: int) -> int | None:

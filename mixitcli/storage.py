@@ -151,7 +151,8 @@ def atomic_write_with(path: str | Path, write) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts; this one always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -189,7 +190,7 @@ def remove_stale_temporaries(*folders: str | Path, recursive: bool = False, lock
                 stale = (
                     (m is not None or _LEGACY_PARTIAL.match(name) is not None)
                     if locked
-                    else (m is not None and not _pid_alive(int(m.group("a") or m.group("b") or m.group("c"))))
+                    else (m is not None and not pid_alive(int(m.group("a") or m.group("b") or m.group("c"))))
                 )
                 if stale:
                     path = Path(dirpath) / name
